@@ -1,0 +1,132 @@
+"""Loading a task from the user's own CSV, TSV or JSON Lines files.
+
+Every problem with a file is a ValueError naming the file, the line and the fix: a cryptic
+KeyError deep inside training, or rows skipped without a word, costs a user far more time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from adapterkit.data.labels import LabelCodec, infer_kind
+from adapterkit.data.splitting import split_examples
+from adapterkit.data.tables import Row, read_delimited, read_json_lines, require_columns
+from adapterkit.data.task import CLASSIFICATION, KINDS, Example, TaskData
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_JSON_LINES = (".jsonl", ".json")
+#: Share of the train file split off as validation or test when that file is not given.
+_HELD_OUT = 0.1
+_FILL_OR_DROP = "fill it in or remove the row"
+
+
+class _Raw(NamedTuple):
+    """An example before its label is encoded, with its location for error messages."""
+
+    texts: tuple[str, ...]
+    label: object
+    where: str
+
+
+def _read_rows(path: Path) -> list[Row]:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found; check the path (relative to {Path.cwd()})")
+    suffix = path.suffix.lower()
+    if suffix not in _DELIMITERS and suffix not in _JSON_LINES:
+        raise ValueError(
+            f"{path}: unknown extension {suffix!r}; use .csv, .tsv, or .jsonl/.json with one "
+            "JSON object per line"
+        )
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            if suffix in _JSON_LINES:
+                rows = read_json_lines(stream, str(path))
+            else:
+                rows = read_delimited(stream, str(path), _DELIMITERS[suffix])[1]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason}); save it as UTF-8") from error
+    if not rows:
+        raise ValueError(f"{path} is empty: it holds no examples; add one example per row")
+    return rows
+
+
+def _as_text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str) -> list[_Raw]:
+    examples = []
+    for row in _read_rows(path):
+        where = f"{path} line {row.line}"
+        require_columns(
+            row.fields,
+            (*text_columns, label_column),
+            where,
+            "Name the file's columns with text_columns= and label_column=.",
+        )
+        texts = tuple(_as_text(row.fields[column]) for column in text_columns)
+        for column, text in zip(text_columns, texts):
+            if not text:
+                raise ValueError(f"{where}: empty text in column {column!r}; {_FILL_OR_DROP}")
+        if not _as_text(row.fields[label_column]):
+            raise ValueError(f"{where}: empty label in column {label_column!r}; {_FILL_OR_DROP}")
+        examples.append(_Raw(texts, row.fields[label_column], where))
+    return examples
+
+
+def _encode(examples: list[_Raw], codec: LabelCodec) -> list[Example]:
+    return [Example(raw.texts, codec.encode(raw.label, raw.where)) for raw in examples]
+
+
+def load_files(
+    train_file: str | os.PathLike[str],
+    validation_file: str | os.PathLike[str] | None = None,
+    test_file: str | os.PathLike[str] | None = None,
+    text_columns: Sequence[str] = ("text",),
+    label_column: str = "label",
+    kind: str | None = None,
+    seed: int = 0,
+) -> TaskData:
+    """Load a task from CSV (.csv), TSV (.tsv) or JSON Lines (.jsonl, .json) files.
+
+    `text_columns` names one text column, or two for pair tasks. `kind=None` infers the task:
+    regression when every train label is a number and some are fractional, otherwise
+    classification, with the train file's labels (strings or integers) as class names, sorted.
+    A missing validation or test file is replaced by a seeded, stratified 10% of the train file.
+    The task is named after the train file.
+    """
+    columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    if not 1 <= len(columns) <= 2:
+        raise ValueError(
+            f"text_columns={list(columns)}: a task takes one text column or a pair; join the "
+            "extra columns into one text column first"
+        )
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be None (to infer it) or one of {KINDS}, got {kind!r}")
+    train_path = Path(train_file)
+    train_raw = _read_examples(train_path, columns, label_column)
+    labels = [raw.label for raw in train_raw]
+    codec = LabelCodec.fit(kind or infer_kind(labels), labels)
+
+    def read(file: str | os.PathLike[str]) -> list[Example]:
+        return _encode(_read_examples(Path(file), columns, label_column), codec)
+
+    fractions = (
+        _HELD_OUT if validation_file is None else 0.0,
+        _HELD_OUT if test_file is None else 0.0,
+    )
+    train, validation, test = split_examples(
+        _encode(train_raw, codec), fractions, seed, stratify=codec.kind == CLASSIFICATION
+    )
+    validation = validation if validation_file is None else read(validation_file)
+    test = test if test_file is None else read(test_file)
+    for split, examples in (("validation", validation), ("test", test)):
+        if not examples:  # a given file is never empty, so this split was carved from train
+            raise ValueError(
+                f"{train_path} has too few examples per label ({len(train_raw)} in all) to split "
+                f"off a {split} set; add examples or pass {split}_file="
+            )
+    return TaskData(train_path.stem, codec.kind, columns, codec.names, train, validation, test)

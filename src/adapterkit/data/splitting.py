@@ -1,0 +1,50 @@
+"""Seeded, stratified splitting shared by the bundled tasks and user files.
+
+Results are only comparable across methods if every method sees the same split, so the split
+depends on nothing but the examples and the seed. Each label is split on its own (stratification)
+and its share is rounded half up, so a label with fewer than five examples stays entirely in
+train instead of making a split fail or leaving train without it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from adapterkit.data.task import Example
+
+
+def _share(count: int, fraction: float) -> int:
+    """How many of `count` examples a split with this fraction gets (rounded half up)."""
+    return int(count * fraction + 0.5)
+
+
+def split_examples(
+    examples: list[Example], fractions: tuple[float, float], seed: int, stratify: bool
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """Split into (train, validation, test), with `fractions` = (validation, test) shares.
+
+    With `stratify` every label keeps its proportion in each split (for classification);
+    otherwise the examples are split as one group (for regression). Each returned split is in a
+    seeded random order, so any prefix of it is itself a random sample: that is how
+    ``load_task(max_examples=...)`` subsamples without changing which split an example is in.
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[int | float, list[int]] = defaultdict(list)
+    for index, example in enumerate(examples):
+        groups[example.label if stratify else 0].append(index)
+    train: list[int] = []
+    validation: list[int] = []
+    test: list[int] = []
+    for key in sorted(groups):
+        members = rng.permutation(groups[key]).tolist()
+        n_validation = _share(len(members), fractions[0])
+        n_test = _share(len(members), fractions[1])
+        validation += members[:n_validation]
+        test += members[n_validation : n_validation + n_test]
+        train += members[n_validation + n_test :]
+    train_examples, validation_examples, test_examples = (
+        [examples[i] for i in rng.permutation(part).tolist()] for part in (train, validation, test)
+    )
+    return train_examples, validation_examples, test_examples

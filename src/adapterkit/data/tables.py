@@ -1,0 +1,81 @@
+"""Strict readers for delimited text and JSON lines, used for bundled corpora and user files alike.
+
+They keep the line number of every row and refuse malformed input with a message that names the
+source, the line and the fix, because a silently skipped or mis-split row corrupts a dataset
+without anyone noticing (a stray quote in a tab-separated file can swallow hundreds of rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, TextIO
+
+
+class Row(NamedTuple):
+    """A row's fields by column name, with the line it starts on (1-based) for error messages."""
+
+    line: int
+    fields: Mapping[str, Any]
+
+
+def read_delimited(
+    stream: TextIO, source: str, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
+) -> tuple[tuple[str, ...], list[Row]]:
+    """Read a delimited table whose first row is the header; return (columns, rows).
+
+    Blank lines are skipped. `quoting=csv.QUOTE_NONE` reads files that never quote and whose
+    texts may begin with a quote character.
+    """
+    reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
+    rows: list[Row] = []
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{source} is empty: expected a header row, then one row per example")
+        columns = tuple(name.strip() for name in header)
+        start = reader.line_num + 1
+        for values in reader:
+            if values:
+                if len(values) != len(columns):
+                    raise ValueError(
+                        f"{source} line {start}: expected {len(columns)} fields {list(columns)}, "
+                        f"found {len(values)}; quote fields that contain {delimiter!r}, quotes "
+                        "or line breaks"
+                    )
+                rows.append(Row(start, dict(zip(columns, values))))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise ValueError(f"{source} line {reader.line_num}: malformed row ({error})") from error
+    return columns, rows
+
+
+def read_json_lines(stream: Iterable[str], source: str) -> list[Row]:
+    """Read JSON Lines: one JSON object per line, blank lines skipped."""
+    rows: list[Row] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{source} line {number}: not valid JSON ({error.msg}); write one JSON object "
+                "per line (JSON Lines), not a JSON array or an object spread over several lines"
+            ) from error
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{source} line {number}: expected a JSON object with one field per column, "
+                f"got a JSON {type(value).__name__}"
+            )
+        rows.append(Row(number, value))
+    return rows
+
+
+def require_columns(present: Iterable[str], needed: Iterable[str], where: str, fix: str) -> None:
+    """Unless every needed column is present, fail listing the columns there and how to `fix` it."""
+    present = list(present)
+    missing = [name for name in needed if name not in present]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; columns present: {present}. {fix}")

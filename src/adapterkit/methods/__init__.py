@@ -1,0 +1,3 @@
+"""Every method registers itself on import; importing this package makes them all available."""
+
+from . import bitfit, bottleneck, finetune, lora  # noqa: F401

@@ -1,0 +1,157 @@
+"""Bottleneck adapters: Houlsby, Pfeiffer, parallel and scaled parallel (the "unified view").
+
+A bottleneck adapter is a down-projection to ``m`` dimensions, a non-linearity and an
+up-projection back to the hidden size ``d``:
+
+    A(z) = W_up f(W_down z + b_down) + b_up,      W_down: m x d,  W_up: d x m
+
+It adds ``2dm + d + m`` parameters. The variants differ in where ``z`` comes from and how the
+result is added (He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer
+Learning", Sec. 3):
+
+* sequential (Houlsby et al. 2019; Pfeiffer et al. 2021): ``h' = h + A(h)`` on the output ``h``
+  of a sublayer's last projection, before the residual add and layer norm. Houlsby puts one
+  after attention and one after the FFN and trains the layer norms; Pfeiffer keeps only the FFN
+  one (found as good at half the cost in the AdapterFusion paper).
+* parallel: ``h' = h + s * A(x)`` with ``x`` the sublayer's input, so the adapter runs beside the
+  sublayer instead of after it; ``scaled_parallel`` uses ``s = 4``, which He et al. found better
+  than ``s = 1`` on the FFN.
+
+``W_down`` starts as N(0, init_scale²) and ``W_up`` at zero, so every variant is exactly the
+identity at init (the near-identity initialisation Houlsby et al. ask for, made exact) while
+``W_up`` still receives gradient on the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..registry import MethodConfig, register_method
+from ..sites import SiteModule
+from .base import AdapterMethod, select_layers
+from .deltas import NormDelta
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh}
+_NORM_OF = {"attn": "attn_norm", "ffn": "ffn_norm"}
+
+
+@dataclass(frozen=True)
+class BottleneckConfig(MethodConfig):
+    """Options shared by the bottleneck family.
+
+    Args:
+        sublayers: which sublayers get an adapter: ``attn``, ``ffn`` or both.
+        parallel: read the sublayer input (parallel) instead of its output (sequential).
+        bottleneck_size: ``m``; if None, ``hidden_size // reduction_factor``.
+        reduction_factor: ``d / m`` when ``bottleneck_size`` is not given.
+        non_linearity: relu, gelu, silu/swish or tanh.
+        init_scale: standard deviation of the down-projection at init.
+        scaling: the factor ``s`` on the adapter output, or ``"learned"`` (a trained scalar from 1).
+        train_layer_norms: give the adapter its own (delta) layer norms of the adapted sublayers.
+        layers: which layers get adapters (None: all).
+    """
+
+    sublayers: tuple[str, ...] = ("ffn",)
+    parallel: bool = False
+    bottleneck_size: int | None = None
+    reduction_factor: float = 16.0
+    non_linearity: str = "relu"
+    init_scale: float = 1e-2
+    scaling: float | str = 1.0
+    train_layer_norms: bool = False
+    layers: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        bad = [s for s in self.sublayers if s not in _NORM_OF]
+        if bad or not self.sublayers:
+            raise ValueError(f"{self.method}: sublayers must be a non-empty subset of ('attn', 'ffn'), got {self.sublayers}")
+        if self.non_linearity not in ACTIVATIONS:
+            raise ValueError(f"{self.method}: unknown non_linearity {self.non_linearity!r}; use one of {sorted(ACTIVATIONS)}")
+        if self.bottleneck_size is not None and self.bottleneck_size < 1:
+            raise ValueError(f"{self.method}: bottleneck_size must be >= 1, got {self.bottleneck_size}")
+        if self.reduction_factor <= 0:
+            raise ValueError(f"{self.method}: reduction_factor must be > 0, got {self.reduction_factor}")
+        if isinstance(self.scaling, str) and self.scaling != "learned":
+            raise ValueError(f"{self.method}: scaling must be a number or 'learned', got {self.scaling!r}")
+
+    def size_for(self, hidden_size: int) -> int:
+        size = self.bottleneck_size or max(1, int(hidden_size // self.reduction_factor))
+        if size > hidden_size:
+            raise ValueError(
+                f"{self.method}: bottleneck_size {size} is larger than the hidden size {hidden_size}; "
+                f"a bottleneck must be narrower than the model (try {max(1, hidden_size // 16)})"
+            )
+        return size
+
+
+@dataclass(frozen=True)
+class HoulsbyConfig(BottleneckConfig):
+    method = "houlsby"
+    sublayers: tuple[str, ...] = ("attn", "ffn")
+    train_layer_norms: bool = True
+
+
+@dataclass(frozen=True)
+class PfeifferConfig(BottleneckConfig):
+    method = "pfeiffer"
+
+
+@dataclass(frozen=True)
+class ParallelConfig(BottleneckConfig):
+    method = "parallel"
+    parallel: bool = True
+
+
+@dataclass(frozen=True)
+class ScaledParallelConfig(BottleneckConfig):
+    method = "scaled_parallel"
+    parallel: bool = True
+    scaling: float | str = 4.0
+
+
+class Bottleneck(SiteModule):
+    """``out + s * up(f(down(z)))`` with ``z`` the site output (sequential) or input (parallel).
+
+    Shapes: ``x, out: (batch, seq, d)``; ``down: d -> m``; ``up: m -> d``.
+    """
+
+    def __init__(self, hidden_size: int, size: int, config: BottleneckConfig):
+        super().__init__()
+        self.needs_input = config.parallel
+        self.down = nn.Linear(hidden_size, size)
+        self.activation = ACTIVATIONS[config.non_linearity]()
+        self.up = nn.Linear(size, hidden_size)
+        nn.init.normal_(self.down.weight, std=config.init_scale)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        if config.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer("scaling", torch.tensor(float(config.scaling)), persistent=False)
+
+    def residual(self, z: torch.Tensor) -> torch.Tensor:
+        """``A(z) = up(f(down(z)))``: the adapter's contribution before scaling."""
+        return self.up(self.activation(self.down(z)))
+
+    def forward(self, x, out):
+        return out + self.scaling * self.residual(x if self.needs_input else out)
+
+
+class BottleneckAdapter(AdapterMethod):
+    def __init__(self, config: BottleneckConfig, parts, sites):
+        super().__init__(config, parts, sites)
+        size = config.size_for(parts.hidden_size)
+        for layer in select_layers(config.layers, parts.num_layers, config.method):
+            for sublayer in config.sublayers:
+                self.attach(sites[f"{layer}.{sublayer}"], Bottleneck(parts.hidden_size, size, config))
+                if config.train_layer_norms:
+                    norm_site = sites[f"{layer}.{_NORM_OF[sublayer]}"]
+                    self.attach(norm_site, NormDelta(norm_site.output_module))
+
+
+for _config in (HoulsbyConfig, PfeifferConfig, ParallelConfig, ScaledParallelConfig):
+    register_method(_config, BottleneckAdapter)

@@ -1,0 +1,109 @@
+"""Saving and loading one adapter: a directory with ``adapter_config.json`` and
+``adapter.safetensors``.
+
+The JSON holds the method config (with its type tag), the head config, and the identity of the
+base model it was trained on (model type, sizes, and a fingerprint of its weights, see
+:func:`adapterkit.model.base_fingerprint`). Loading into any other base model is refused with a
+message naming both, because an adapter's weights only mean something on top of the exact
+weights it was trained with. Tensors are stored with safetensors (no pickle), keys prefixed
+``adapter.`` (the method's modules), ``head.`` and, for full/partial fine-tuning, ``base.``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_directory
+from .heads import HeadConfig
+from .registry import config_from_dict
+
+if TYPE_CHECKING:
+    from .model import AdapterModel
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+FORMAT = "adapterkit.adapter/1"
+
+
+def base_identity(model: AdapterModel) -> dict[str, Any]:
+    return {
+        "model_type": model.parts.model_type,
+        "name_or_path": getattr(model, "name_or_path", None),
+        "num_layers": model.parts.num_layers,
+        "hidden_size": model.parts.hidden_size,
+        "fingerprint": model.fingerprint,
+    }
+
+
+def save_adapter(model: AdapterModel, name: str, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write adapter ``name`` of ``model`` to ``directory`` atomically; returns the directory."""
+    tensors = {k: p.detach().cpu().contiguous() for k, p in model.adapter_parameters(name).items()}
+    head = model.heads[name].config.to_dict() if name in model.heads else None
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        "config": model.adapters[name].config.to_dict(),
+        "head": head,
+        "base_model": base_identity(model),
+        **(extra or {}),
+    }
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a saved adapter: {CONFIG_FILE} is missing")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {meta.get('format')!r}; this adapterkit reads {FORMAT!r}")
+    return meta
+
+
+def check_base(model: AdapterModel, meta: dict[str, Any], where: Path) -> None:
+    """Refuse an adapter trained on another base model."""
+    saved = meta["base_model"]
+    if saved["fingerprint"] != model.fingerprint:
+        here = base_identity(model)
+        raise ValueError(
+            f"adapter {where} was trained on base model {saved['name_or_path'] or saved['model_type']} "
+            f"({saved['model_type']}, {saved['num_layers']} layers, hidden {saved['hidden_size']}, "
+            f"fingerprint {saved['fingerprint']}), but this model is {here['name_or_path'] or here['model_type']} "
+            f"({here['model_type']}, {here['num_layers']} layers, hidden {here['hidden_size']}, fingerprint "
+            f"{here['fingerprint']}); load it into the model it was trained on"
+        )
+
+
+def load_adapter(model: AdapterModel, directory: str | Path, name: str | None = None) -> str:
+    """Add the adapter saved in ``directory`` to ``model`` (as ``name``, default: its saved name)."""
+    directory = Path(directory)
+    meta = read_adapter_config(directory)
+    check_base(model, meta, directory)
+    name = name or meta["name"]
+    head = HeadConfig(**meta["head"]) if meta["head"] else None
+    model.add_adapter(name, config_from_dict(meta["config"]), head)
+    try:
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        params = model.adapter_parameters(name)
+        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        if missing or unexpected:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for key, param in params.items():
+            if tuple(tensors[key].shape) != tuple(param.shape):
+                raise ValueError(f"{directory / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(param.shape)}")
+            param.data.copy_(tensors[key])
+    except Exception:
+        model.delete_adapter(name)
+        raise
+    return name

@@ -1,0 +1,229 @@
+"""Where things sit inside a transformer, as data.
+
+Every method in adapterkit acts at a few well-defined places of each transformer layer: the
+attention projections (q, k, v, o), the feed-forward input and output projections, and the two
+layer norms. Architectures name these differently (``attention.self.query`` in BERT,
+``self_attn.q_proj`` in Llama, ``attention.q_lin`` in DistilBERT), so instead of copying each
+model's forward code we keep one :class:`Placement` per architecture family: plain module paths,
+resolved structurally against the loaded model. A missing entry or a path that matches nothing is
+an error that names the model type and says how to supply a placement.
+
+Two facts about a family matter beyond the paths:
+
+* ``norm_first``: post-LN models (BERT) compute ``LN(x + sublayer(x))``; pre-LN models (Llama)
+  compute ``x + sublayer(LN(x))``. Adapters placed "after the sublayer's output projection, before
+  the residual add" land in the right spot in both cases when hooked on the output projection.
+* ``decoder``: causal decoders get a causal-LM head and are loaded with their LM head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+LINEAR_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+"""Roles of the linear projections inside a layer that methods such as LoRA can target."""
+
+NORM_ROLES = ("attn_norm", "ffn_norm")
+SUBLAYERS = ("attn", "ffn")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Module paths of one architecture family.
+
+    Args:
+        layers: path of the ``nn.ModuleList`` of transformer layers, matched as a suffix of the
+            module names of the loaded model (so ``encoder.layer`` matches both a bare
+            ``BertModel`` and ``bert.encoder.layer`` inside a task model).
+        q, k, v, o: attention projections, relative to one layer.
+        ffn_in: the feed-forward input projection(s) (Llama has two: gate and up).
+        ffn_out: the feed-forward output projection.
+        attn_norm, ffn_norm: the layer norm belonging to the attention / feed-forward sublayer.
+        embeddings: the token embedding module, matched as a suffix like ``layers``.
+        norm_first: True for pre-LN layers (norm before the sublayer).
+        decoder: True for causal decoders.
+    """
+
+    layers: str
+    q: str
+    k: str
+    v: str
+    o: str
+    ffn_in: tuple[str, ...]
+    ffn_out: str
+    attn_norm: str
+    ffn_norm: str
+    embeddings: str
+    norm_first: bool = False
+    decoder: bool = False
+
+    def role_paths(self, role: str) -> tuple[str, ...]:
+        """Paths (relative to a layer) of the module(s) that play ``role``."""
+        if role == "ffn_in":
+            return self.ffn_in
+        return (getattr(self, role),)
+
+
+_BERT = Placement(
+    layers="encoder.layer",
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    ffn_in=("intermediate.dense",),
+    ffn_out="output.dense",
+    attn_norm="attention.output.LayerNorm",
+    ffn_norm="output.LayerNorm",
+    embeddings="embeddings.word_embeddings",
+)
+_DISTILBERT = Placement(
+    layers="transformer.layer",
+    q="attention.q_lin",
+    k="attention.k_lin",
+    v="attention.v_lin",
+    o="attention.out_lin",
+    ffn_in=("ffn.lin1",),
+    ffn_out="ffn.lin2",
+    attn_norm="sa_layer_norm",
+    ffn_norm="output_layer_norm",
+    embeddings="embeddings.word_embeddings",
+)
+_MPNET = Placement(
+    layers="encoder.layer",
+    q="attention.attn.q",
+    k="attention.attn.k",
+    v="attention.attn.v",
+    o="attention.attn.o",
+    ffn_in=("intermediate.dense",),
+    ffn_out="output.dense",
+    attn_norm="attention.LayerNorm",
+    ffn_norm="output.LayerNorm",
+    embeddings="embeddings.word_embeddings",
+)
+_LLAMA = Placement(
+    layers="layers",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.o_proj",
+    ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+    ffn_out="mlp.down_proj",
+    attn_norm="input_layernorm",
+    ffn_norm="post_attention_layernorm",
+    embeddings="embed_tokens",
+    norm_first=True,
+    decoder=True,
+)
+
+PLACEMENTS: dict[str, Placement] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "camembert": _BERT,
+    "electra": _BERT,
+    "distilbert": _DISTILBERT,
+    "mpnet": _MPNET,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+}
+
+
+def register_placement(model_type: str, placement: Placement) -> None:
+    """Teach adapterkit a new architecture family (``config.model_type`` -> paths)."""
+    PLACEMENTS[model_type] = placement
+
+
+@dataclass
+class LayerParts:
+    """The resolved modules of one transformer layer, by role."""
+
+    index: int
+    layer: nn.Module
+    modules: dict[str, tuple[nn.Module, ...]] = field(default_factory=dict)
+
+    def role(self, role: str) -> tuple[nn.Module, ...]:
+        return self.modules[role]
+
+
+@dataclass
+class ResolvedModel:
+    """A placement resolved against one loaded model."""
+
+    model_type: str
+    placement: Placement
+    root: nn.Module
+    layers: list[LayerParts]
+    embeddings: nn.Embedding
+    hidden_size: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def _how_to_fix(model_type: str) -> str:
+    return (
+        f"adapterkit.register_placement({model_type!r}, Placement(layers=..., q=..., ...)) "
+        "or pass placement=Placement(...) when loading the model; "
+        f"known model types: {', '.join(sorted(PLACEMENTS))}"
+    )
+
+
+def _find_by_suffix(model: nn.Module, suffix: str, model_type: str) -> nn.Module:
+    matches = [m for name, m in model.named_modules() if name == suffix or name.endswith("." + suffix)]
+    if len(matches) != 1:
+        found = "nothing" if not matches else f"{len(matches)} modules"
+        raise ValueError(
+            f"placement path {suffix!r} matched {found} in a {model_type!r} model; "
+            f"fix the placement: {_how_to_fix(model_type)}"
+        )
+    return matches[0]
+
+
+def _get_path(layer: nn.Module, path: str, model_type: str) -> nn.Module:
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        raise ValueError(
+            f"placement path {path!r} does not exist in the layers of a {model_type!r} model "
+            f"(layer type {type(layer).__name__}); fix the placement: {_how_to_fix(model_type)}"
+        ) from None
+
+
+def resolve(model: nn.Module, placement: Placement | None = None) -> ResolvedModel:
+    """Resolve the placement of ``model`` (a Hugging Face ``PreTrainedModel``) to modules.
+
+    Raises:
+        ValueError: the model type has no placement entry, or a path matches nothing.
+    """
+    config = model.config
+    model_type = config.model_type
+    if placement is None:
+        if model_type not in PLACEMENTS:
+            raise ValueError(
+                f"adapterkit has no placement for model type {model_type!r}: "
+                f"add one with {_how_to_fix(model_type)}"
+            )
+        placement = PLACEMENTS[model_type]
+    layer_list = _find_by_suffix(model, placement.layers, model_type)
+    if not isinstance(layer_list, nn.ModuleList):
+        raise ValueError(f"placement path {placement.layers!r} is a {type(layer_list).__name__}, not a ModuleList")
+    layers = []
+    for index, layer in enumerate(layer_list):
+        parts = LayerParts(index=index, layer=layer)
+        for role in LINEAR_ROLES + NORM_ROLES:
+            parts.modules[role] = tuple(_get_path(layer, p, model_type) for p in placement.role_paths(role))
+        layers.append(parts)
+    embeddings = _find_by_suffix(model, placement.embeddings, model_type)
+    return ResolvedModel(
+        model_type=model_type,
+        placement=placement,
+        root=model,
+        layers=layers,
+        embeddings=embeddings,
+        hidden_size=embeddings.embedding_dim,
+    )

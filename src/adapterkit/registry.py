@@ -1,0 +1,79 @@
+"""The method registry: a method is a config dataclass plus a module class, registered by name.
+
+Configs are frozen dataclasses validated in ``__post_init__`` and serialised with a type tag
+(``{"method": "lora", ...}``), so a saved adapter says what it is and loads back into the same
+config. Lists coming from JSON or the command line are normalised to tuples, keeping configs
+hashable and comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .methods.base import AdapterMethod
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config. Subclasses set ``method`` and add fields."""
+
+    method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad option and the fix; subclasses override."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    config_cls: type[MethodConfig]
+    module_cls: type[AdapterMethod]
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(config_cls: type[MethodConfig], module_cls: type[AdapterMethod]) -> None:
+    """Register a method under ``config_cls.method``."""
+    if not config_cls.method:
+        raise ValueError(f"{config_cls.__name__} must set the class attribute 'method'")
+    REGISTRY[config_cls.method] = MethodSpec(config_cls, module_cls)
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def make_config(method: str, **options: Any) -> MethodConfig:
+    """Build the config of ``method`` from keyword options, rejecting unknown options clearly."""
+    config_cls = method_spec(method).config_cls
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"method {method!r} has no option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(known))}"
+        )
+    return config_cls(**options)
+
+
+def config_from_dict(data: dict[str, Any]) -> MethodConfig:
+    """Inverse of :meth:`MethodConfig.to_dict`."""
+    data = dict(data)
+    method = data.pop("method", None)
+    if method is None:
+        raise ValueError("adapter config has no 'method' field; was it written by adapterkit?")
+    return make_config(method, **data)
