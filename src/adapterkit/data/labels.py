@@ -2,7 +2,7 @@
 
 The mapping is fitted on training labels only and applied unchanged to validation and test, so a
 label that training never saw is reported instead of silently getting a new id the head does not
-have. Class names are sorted (numerically when they are all integers) so the same data always
+have. Class names are sorted (numerically when they are all numbers) so the same data always
 gives the same ids.
 """
 
@@ -57,8 +57,8 @@ class LabelCodec:
             return cls(kind, ())
         if names is None:
             found = {class_name(label) for label in labels}
-            integer = all(as_number(name) is not None for name in found)
-            names = tuple(sorted(found, key=int if integer else None))
+            numeric = all(as_number(name) is not None for name in found)
+            names = tuple(sorted(found, key=float if numeric else None))
         return cls(kind, names)
 
     def encode(self, label: object, where: str) -> int | float:

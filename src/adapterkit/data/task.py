@@ -66,13 +66,13 @@ class TaskData:
     def describe(self) -> str:
         """A one-line summary for logs and reports."""
         if self.kind == REGRESSION:
-            target = "regression on a score"
+            target = "regression"
         elif len(self.label_names) <= _LABELS_SHOWN:
             target = f"{self.num_labels}-way classification ({', '.join(self.label_names)})"
         else:
             target = f"{self.num_labels}-way classification"
         texts = " + ".join(self.text_columns)
         return (
-            f"{self.name}: {target} of {texts}; train/validation/test = "
+            f"{self.name}: {target} from {texts}; train/validation/test = "
             f"{len(self.train)}/{len(self.validation)}/{len(self.test)}"
         )
