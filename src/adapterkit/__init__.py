@@ -1,23 +1,35 @@
-"""adapterkit: adapters and other parameter-efficient methods for Hugging Face transformers."""
+"""adapterkit: adapters and other parameter-efficient methods for Hugging Face transformers.
 
-from .composition import Setup, Stack
-from .heads import HeadConfig
-from .model import AdapterModel
-from .placement import PLACEMENTS, Placement, register_placement
-from .registry import REGISTRY, MethodConfig, make_config, register_method
+The public names are imported lazily, so ``import adapterkit.data`` or ``adapterkit tasks``
+does not pay for importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdapterModel",
-    "HeadConfig",
-    "MethodConfig",
-    "PLACEMENTS",
-    "Placement",
-    "REGISTRY",
-    "Setup",
-    "Stack",
-    "make_config",
-    "register_method",
-    "register_placement",
-]
+_EXPORTS = {
+    "AdapterModel": "model",
+    "HeadConfig": "heads",
+    "MethodConfig": "registry",
+    "REGISTRY": "registry",
+    "make_config": "registry",
+    "register_method": "registry",
+    "PLACEMENTS": "placement",
+    "Placement": "placement",
+    "register_placement": "placement",
+    "Setup": "composition",
+    "Stack": "composition",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        importlib.import_module(".methods", __name__)  # registers every method
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
