@@ -1,0 +1,170 @@
+"""Training-step time, training peak memory and inference latency of each method on ``minilm``.
+
+Usage: ``python benchmarks/bench_methods.py [--model minilm] [--batch 32] [--seq 64] [--steps 10]``
+
+Every method runs in its own fresh worker process, so memory freed by one method cannot hide
+another's peak; the workers run one after the other in the same invocation (rounds alternate
+the order) and ratios are taken against the full fine-tuning and plain-model figures of *this*
+run, the only comparison that means anything on a noisy shared machine.
+
+* step time: median wall time of forward + backward + AdamW step on one fixed batch.
+* peak memory: on CPU the growth of the process's peak resident set (``VmHWM`` in
+  ``/proc/self/status``, reset through ``/proc/self/clear_refs`` once the model is loaded and
+  freed heap memory was trimmed) over all training steps; on GPU the growth of
+  ``torch.cuda.max_memory_allocated``. Either way: what training needs beyond the loaded model.
+* inference: median forward latency (eval mode, no grad) of the adapted model against the plain
+  model, alternated in the same worker; LoRA is also measured merged into the base weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ["full", "houlsby", "pfeiffer", "parallel", "scaled_parallel", "lora", "bitfit", "probe", "partial"]
+
+
+def _rss_peak_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def worker(method: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    from adapterkit import AdapterModel, HeadConfig
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AdapterModel.from_pretrained(args.model).to(device)
+    model.add_adapter("task", method, HeadConfig(num_labels=2))
+    model.train_adapter("task")
+    vocab = model.parts.embeddings.num_embeddings
+    batch = {
+        "input_ids": torch.randint(1000, vocab, (args.batch, args.seq), device=device),
+        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=device),
+    }
+    labels = torch.randint(0, 2, (args.batch,), device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed while loading back to the OS
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_kib() * 1024
+    for _ in range(2):
+        step()
+    step_ms = _median_ms(step, args.steps)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _rss_peak_kib() * 1024) - before
+    trained, total = model.count_parameters("task")
+
+    model.eval()
+    result = {"method": method, "step_ms": step_ms, "peak_mib": peak / 2**20, "trainable": trained, "total": total}
+    if method in ("full", "partial", "probe"):
+        return result  # no adapter in the forward path: inference equals the plain model
+
+    def latency(adapters) -> float:
+        with torch.no_grad():
+            return _median_ms(lambda: model(**batch, adapters=adapters), 1)
+
+    plain, adapted = [], []
+    for _ in range(args.steps):  # alternate so drift hits both equally
+        plain.append(latency(None))
+        adapted.append(latency("task"))
+    result["infer_ms"], result["plain_ms"] = statistics.median(adapted), statistics.median(plain)
+    if method == "lora":  # merged but still loaded: the sites stay hooked and add nothing
+        model.merge_adapter("task")
+        merged, plain = [], []
+        for _ in range(args.steps):
+            plain.append(latency(None))
+            merged.append(latency("task"))
+        result["merged_infer_ms"], result["merged_plain_ms"] = statistics.median(merged), statistics.median(plain)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over all methods (order alternates)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+
+    methods = args.methods.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for round_index in range(args.rounds):
+        for method in methods if round_index % 2 == 0 else reversed(methods):
+            cmd = [sys.executable, __file__, "--worker", method] + [
+                f"--{k}={getattr(args, k)}" for k in ("model", "batch", "seq", "steps", "threads")
+            ]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs[method].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"  round {round_index + 1}: {method} done", file=sys.stderr)
+
+    def med(method: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[method])
+
+    full_step, full_mem = med("full", "step_ms"), med("full", "peak_mib")
+    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} threads={args.threads}")
+    print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | inference overhead |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method in methods:
+        r = runs[method][0]
+        overhead = "-"
+        if "infer_ms" in r:
+            overhead = f"{(med(method, 'infer_ms') / med(method, 'plain_ms') - 1) * 100:+.1f}%"
+            if method == "lora":
+                merged = med(method, "merged_infer_ms") / med(method, "merged_plain_ms") - 1
+                overhead += f" (merged {merged * 100:+.1f}%)"
+        print(
+            f"| {method} | {r['trainable']:,} | {100 * r['trainable'] / r['total']:.2f}% | {med(method, 'step_ms'):.0f} | "
+            f"{full_step / med(method, 'step_ms'):.2f}x | {med(method, 'peak_mib'):.0f} | "
+            f"{med(method, 'peak_mib') / full_mem:.2f}x | {overhead} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
