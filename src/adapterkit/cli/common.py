@@ -1,0 +1,132 @@
+"""Arguments and helpers shared by the subcommands: data selection, method options, models."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..data import TaskData, load_files, load_task
+from ..data.task import CLASSIFICATION, KINDS, Example
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, booleans, null,
+    lists), else taken as a string: ``reduction_factor=8``, ``layers=[4,5]``, ``non_linearity=gelu``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def options_dict(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in pairs or []:
+        if key in options:
+            raise ValueError(f"--option {key} is given twice")
+        options[key] = value
+    return options
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
+    """``--task NAME`` or files: ``--train-file`` (plus optional validation/test files) for
+    training, ``--test-file`` for evaluation."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="a bundled task (see `adapterkit tasks`)")
+    flag = "--train-file" if training else "--test-file"
+    source.add_argument(flag, type=Path, help="a CSV, TSV or JSON Lines file with text and label columns")
+    if training:
+        parser.add_argument("--validation-file", type=Path, help="default: 10%% of the train file")
+        parser.add_argument("--test-file", type=Path, help="default: 10%% of the train file")
+    parser.add_argument("--text-column", action="append", metavar="COLUMN",
+                        help="text column of the files; give it twice for pair tasks (default: text)")
+    parser.add_argument("--label-column", default="label", metavar="COLUMN", help="label column of the files (default: label)")
+    if training:
+        parser.add_argument("--kind", choices=KINDS, help="task kind of the files (default: inferred from the labels)")
+    parser.add_argument("--max-examples", type=int, metavar="N", help="use at most N examples of each split")
+
+
+def cap(task: TaskData, max_examples: int | None) -> TaskData:
+    if max_examples is None:
+        return task
+    if max_examples < 1:
+        raise ValueError(f"--max-examples must be a positive count, got {max_examples}")
+    return dataclasses.replace(
+        task, train=task.train[:max_examples], validation=task.validation[:max_examples], test=task.test[:max_examples]
+    )
+
+
+def load_training_data(args: argparse.Namespace) -> TaskData:
+    if args.task:
+        return load_task(args.task, seed=args.seed, max_examples=args.max_examples)
+    task = load_files(
+        args.train_file,
+        args.validation_file,
+        args.test_file,
+        text_columns=tuple(args.text_column or ("text",)),
+        label_column=args.label_column,
+        kind=args.kind,
+        seed=args.seed,
+    )
+    return cap(task, args.max_examples)
+
+
+def adapter_name(text: str) -> str:
+    """A valid adapter name (letters, digits, '_' and '-') made from a task or file name.
+
+    Names of ``nn.Module`` attributes (a file called ``train.csv`` gives ``train``) are refused
+    by the model, so those get an ``_adapter`` suffix.
+    """
+    from torch import nn
+
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "adapter"
+    return f"{name}_adapter" if hasattr(nn.ModuleDict, name) else name
+
+
+def model_reference(model: str) -> str:
+    """The model as it should be recorded: an absolute path for folders, so ``eval`` and
+    ``predict`` find it again from any working directory; short names unchanged."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def relabel(examples: list[Example], names: tuple[str, ...], head_names: tuple[str, ...], kind: str) -> list[Example]:
+    """Re-index class ids from the data's label order to the order the adapter's head predicts."""
+    if kind != CLASSIFICATION or not head_names or tuple(names) == tuple(head_names):
+        return examples
+    unknown = sorted(set(names) - set(head_names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the labels the adapter predicts: {list(head_names)}")
+    index = [head_names.index(name) for name in names]
+    return [Example(e.texts, index[e.label]) for e in examples]
+
+
+def load_saved_adapter(directory: Path, model: str | None) -> tuple[Any, str, dict[str, Any]]:
+    """(model, adapter name, saved config) for an adapter folder written by ``save_adapter``.
+
+    The base model is the one recorded in the adapter unless ``model`` names another; loading
+    refuses a model whose weights differ from the ones the adapter was trained on.
+    """
+    from ..model import AdapterModel
+    from ..persistence import read_adapter_config
+    from ..store import load_fused_adapters
+
+    meta = read_adapter_config(directory)
+    reference = model or meta.get("base_model", {}).get("name_or_path")
+    if not reference:
+        raise ValueError(f"{directory} does not record its base model; pass --model")
+    loaded = AdapterModel.from_pretrained(model_reference(reference))
+    load_fused_adapters(loaded, directory, meta)  # a fusion needs the adapters it fuses (store.py)
+    name = loaded.load_adapter(directory)
+    if name not in loaded.heads or loaded.heads[name].config.kind not in KINDS:
+        raise ValueError(
+            f"adapter {directory} has no classification or regression head, so it cannot evaluate or predict"
+        )
+    return loaded, name, meta

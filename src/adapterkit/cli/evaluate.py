@@ -1,0 +1,57 @@
+"""``adapterkit eval``: evaluate a saved adapter on a bundled task's test split or a labelled file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data import load_files, load_task
+from .common import add_data_arguments, load_saved_adapter, relabel
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a saved adapter",
+        description="Evaluate a saved adapter (e.g. RUN/best) on the test split of a bundled task or on a "
+        "labelled file. The base model recorded in the adapter is loaded unless --model is given.",
+    )
+    parser.add_argument("--adapter", required=True, type=Path, help="a saved adapter folder")
+    parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
+    add_data_arguments(parser, training=False)
+    parser.add_argument("--seed", type=int, help="split seed of a bundled task (default: the training seed)")
+    parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import evaluate
+
+    model, name, meta = load_saved_adapter(args.adapter, args.model)
+    head = model.heads[name].config
+    saved_task = meta.get("task", {})
+    if args.task:
+        # the training seed also fixed the split: the same seed keeps training examples out of test
+        seed = args.seed if args.seed is not None else meta.get("training", {}).get("seed", 0)
+        data = load_task(args.task, seed=seed, max_examples=args.max_examples)
+        examples = data.test
+    else:
+        columns = tuple(args.text_column or saved_task.get("text_columns") or ("text",))
+        # the file is the whole evaluation set: read it as train, validation and test alike
+        data = load_files(args.test_file, args.test_file, args.test_file, columns, args.label_column, kind=head.kind)
+        examples = data.train[: args.max_examples] if args.max_examples else data.train
+    if data.kind != head.kind:
+        raise ValueError(f"adapter {args.adapter} has a {head.kind} head, but the data is {data.kind}")
+    examples = relabel(examples, data.label_names, head.label_names, head.kind)
+    max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
+    metrics = evaluate(model, examples, name, max_length=max_length, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        print(f"{name} on {data.name} ({len(examples)} examples)")
+        for metric, value in metrics.items():
+            print(f"{metric} {value:.4f}")
+    return 0

@@ -1,0 +1,86 @@
+"""``adapterkit fuse``: AdapterFusion stage two over adapters already trained (e.g. in a store)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_data_arguments, adapter_name, load_training_data
+
+DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
+folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
+for the target task. The fusion is saved as its own adapter (OUTPUT_DIR/best, and STORE/NAME with
+--store); `adapterkit eval --adapter` on it loads the adapters it fuses as well. With --prune K the
+K adapters that receive the most fusion attention on the validation split are kept (AdapterDrop's
+fusion pruning) and the pruned fusion is evaluated and saved."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("fuse", help="train an AdapterFusion over trained adapters", description=DESCRIPTION)
+    parser.add_argument("--adapters", required=True, metavar="A,B,...", help="adapters to fuse: names in --store or folders")
+    parser.add_argument("--store", type=Path, help="adapter store to read adapters from and save the fusion into")
+    parser.add_argument("--model", help="base model (default: the one recorded in the adapters)")
+    add_data_arguments(parser, training=True)
+    parser.add_argument("--name", help="fusion name (default: <task>_fusion)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature over adapters (default: 1)")
+    parser.add_argument("--regularization", type=float, default=0.01, help="weight of ||V - I||^2 (default: 0.01)")
+    parser.add_argument("--prune", type=int, metavar="K", help="keep only the K most attended adapters after training")
+    parser.add_argument("--pooling", help="head pooling: cls, mean or last (default: mean; last for decoders)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the fusion method's)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping (0: never)")
+    parser.add_argument("--output-dir", help="default: runs/<name>")
+    parser.add_argument("--quiet", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..fusion import FusionConfig, fusion_attention, prune_fusion
+    from ..model import AdapterModel
+    from ..persistence import read_adapter_config
+    from ..store import SAVED_EXTRAS, adapter_folder
+    from ..training import Trainer, TrainingConfig, add_task_adapter, evaluate, format_table
+    from ..training.batching import Collator, encode_examples, make_loader
+    from .common import model_reference
+
+    folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
+    if len(folders) < 2:
+        raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
+    reference = args.model or read_adapter_config(folders[0])["base_model"].get("name_or_path")
+    if not reference:
+        raise ValueError(f"{folders[0]} does not record its base model; pass --model")
+    task = load_training_data(args)
+    name = args.name or adapter_name(f"{task.name}_fusion")
+    model = AdapterModel.from_pretrained(model_reference(reference))
+    fused = {model.load_adapter(folder, activate=False): folder.resolve() for folder in folders}
+    fusion = FusionConfig(adapters=tuple(fused), temperature=args.temperature, regularization=args.regularization)
+    add_task_adapter(model, name, fusion, task, pooling=args.pooling, seed=args.seed)
+    output = Path(args.output_dir or f"runs/{name}")
+    config = TrainingConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
+        seed=args.seed, patience=args.patience or None, output_dir=str(output), progress=not args.quiet,
+    )
+    result = Trainer(model, name, task, config).train()
+    print(format_table([result]))
+
+    collator = Collator(model.tokenizer, task.kind)
+    validation = make_loader(encode_examples(model.tokenizer, task.validation, args.max_length), collator, 64)
+    print("\nfusion attention per layer (validation split):")
+    print(fusion_attention(model, name, validation).format())
+    if args.prune is not None:
+        kept, _ = prune_fusion(model, name, validation, keep=args.prune)
+        metrics = evaluate(model, task.test, name, max_length=args.max_length)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"\npruned to {', '.join(kept)}: test {shown}")
+    # the trainer saved the best fusion; save it again with (pruning and) where its adapters live
+    best = output / "best"
+    extra = {k: v for k, v in read_adapter_config(best).items() if k in SAVED_EXTRAS}
+    extra["fused_adapters"] = {n: str(f) for n, f in fused.items() if n in model.adapters[name].config.adapters}
+    model.save_adapter(name, best, extra=extra)
+    print(f"\nfusion: {best}")
+    if args.store is not None:
+        print(f"saved in the store: {model.save_adapter(name, args.store / name, extra=extra)}")
+    return 0

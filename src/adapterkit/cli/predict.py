@@ -1,0 +1,115 @@
+"""``adapterkit predict``: one prediction per input text, from a file or standard input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data.tables import read_delimited, read_json_lines, require_columns
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_JSON_LINES = (".jsonl", ".json")
+
+DESCRIPTION = """Print one prediction per input: the label name for classification, a number for
+regression. Input is --input FILE or standard input: plain text with one input per line (blank
+lines are skipped; for pair tasks the two texts are separated by a tab), or a .csv/.tsv/.jsonl file
+read with --text-column (default: the columns the adapter was trained on)."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="predict labels with a saved adapter", description=DESCRIPTION)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--adapter", type=Path, help="a saved adapter folder")
+    target.add_argument("--adapters", metavar="A,B,...", help="several adapters (names in --store, or folders) "
+                        "predicted in one Parallel pass: a header line, then one tab-separated column per task")
+    parser.add_argument("--store", type=Path, help="the adapter store that --adapters names refer to")
+    parser.add_argument("--drop-first", type=int, default=0, metavar="N",
+                        help="with --adapters: no adapters in the first N layers (AdapterDrop), which then run "
+                        "once for all tasks instead of once per task")
+    parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
+    parser.add_argument("--input", type=Path, help="input file (default: standard input, plain text)")
+    parser.add_argument("--text-column", action="append", metavar="COLUMN", help="text column(s) of a CSV/TSV/JSONL input")
+    parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.set_defaults(func=run)
+
+
+def read_inputs(path: Path | None, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Texts from a table file (by column) or plain lines (tab-separated for pairs)."""
+    if path is not None and path.suffix.lower() in (*_DELIMITERS, *_JSON_LINES):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            if path.suffix.lower() in _JSON_LINES:
+                rows = read_json_lines(stream, str(path))
+            else:
+                rows = read_delimited(stream, str(path), _DELIMITERS[path.suffix.lower()])[1]
+        texts = []
+        for row in rows:
+            require_columns(row.fields, columns, f"{path} line {row.line}", "Name the text column(s) with --text-column.")
+            texts.append(tuple(str(row.fields[c]) for c in columns))
+        return texts
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = tuple(line.split("\t")) if len(columns) == 2 else (line,)
+        if len(parts) != len(columns):
+            raise ValueError(f"{path or 'stdin'} line {number}: a pair task needs two texts separated by a tab")
+        texts.append(parts)
+    return texts
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import predict
+
+    if args.adapters:
+        return run_parallel(args)
+    from .common import load_saved_adapter
+
+    model, name, meta = load_saved_adapter(args.adapter, args.model)
+    columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
+    texts = read_inputs(args.input, columns)
+    max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
+    for prediction in predict(model, texts, name, max_length=max_length, batch_size=args.batch_size):
+        print(f"{prediction:.6g}" if isinstance(prediction, float) else prediction)
+    return 0
+
+
+def run_parallel(args: argparse.Namespace) -> int:
+    """``--adapters a,b,c``: every task's prediction for each input, from one forward pass per batch."""
+    from ..composition import AdapterDrop, Parallel
+    from ..model import AdapterModel
+    from ..multitask import predict_tasks
+    from ..persistence import read_adapter_config
+    from ..store import adapter_folder, load_fused_adapters
+    from .common import model_reference
+
+    folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
+    metas = [read_adapter_config(folder) for folder in folders]
+    reference = args.model or metas[0]["base_model"].get("name_or_path")
+    if not reference:
+        raise ValueError(f"{folders[0]} does not record its base model; pass --model")
+    model = AdapterModel.from_pretrained(model_reference(reference))
+    names = [meta["name"] for meta in metas]
+    # plain adapters first, so a fusion finds the ones it fuses already loaded
+    for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] == "fusion"):
+        load_fused_adapters(model, folder, meta)
+        if meta["name"] not in model.adapters:
+            model.load_adapter(folder, activate=False)
+    setup = AdapterDrop(Parallel(*names), first=args.drop_first)
+    columns = tuple(args.text_column or metas[0].get("task", {}).get("text_columns") or ("text",))
+    texts = read_inputs(args.input, columns)
+    max_length = args.max_length or max(m.get("training", {}).get("max_length", 128) for m in metas)
+    predictions = predict_tasks(model, texts, setup, max_length=max_length, batch_size=args.batch_size)
+    print("\t".join(names))
+    for row in zip(*(predictions[name] for name in names)):
+        print("\t".join(f"{p:.6g}" if isinstance(p, float) else p for p in row))
+    return 0

@@ -1,0 +1,117 @@
+"""``adapterkit train``: add an adapter of a method to a model, train it on a task, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_data_arguments, adapter_name, load_training_data, model_reference, options_dict, parse_option
+
+DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
+accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
+in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json.
+With --nproc N it trains data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs):
+--batch-size is then the global batch of a step, split evenly across the processes."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train an adapter on a task", description=DESCRIPTION)
+    parser.add_argument("--model", default="minilm", help="bundled model name or local model folder (default: minilm)")
+    parser.add_argument("--method", required=True, help="a registered method (see `adapterkit methods`)")
+    parser.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE",
+                        help="a method option, value read as JSON if it parses (repeatable): "
+                        "--option reduction_factor=8 --option layers=[4,5]")
+    add_data_arguments(parser, training=True)
+    parser.add_argument("--name", help="adapter name (default: the task name)")
+    parser.add_argument("--pooling", help="head pooling: cls, mean or last (default: mean; last for decoders)")
+    parser.add_argument("--mlp-head", action="store_true", help="a one-hidden-layer MLP head instead of a linear one")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the method's, see `adapterkit methods`)")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example (default: 128)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patience", type=int, default=2,
+                        help="stop after this many validations without improvement (default: 2; 0 never stops)")
+    parser.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--output-dir", help="default: runs/<name>-<method>")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.add_argument("--store", help="also save the best adapter as STORE/<name>, an adapter store that "
+                        "`fuse` and `predict --adapters` read; earlier adapters there are left as they are")
+    parser.add_argument("--robust-adapter-drop", action="store_true",
+                        help="skip the adapters of a random number of lower layers in each batch (AdapterDrop), "
+                        "so the adapter works with any number of lower layers dropped at inference")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train in N data-parallel processes on this machine (relaunches under torchrun; "
+                        "for several machines run `torchrun ... -m adapterkit train ...` instead)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="shard the frozen base weights across the processes (FSDP2); adapters stay whole")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute layer activations in the backward pass instead of storing them")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..distributed import launched, relaunch
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.batch_size % args.nproc:
+        raise ValueError(f"--batch-size {args.batch_size} is split across --nproc {args.nproc} processes; make it a multiple")
+    if args.nproc > 1 and not launched():  # before the heavy imports: the N processes do the work
+        return relaunch(args.nproc, args.argv)
+    if args.fsdp and not launched():
+        raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
+
+    from ..model import AdapterModel
+    from ..registry import make_config
+    from ..composition import AdapterDrop
+    from ..distributed import enable_gradient_checkpointing, is_main_process, make_accelerator, shard_model
+    from ..store import save_to_store
+    from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
+
+    try:  # fail fast, before loading data and model
+        method = make_config(args.method, **options_dict(args.option))
+    except TypeError as error:  # an option of the wrong type, e.g. a string where a number belongs
+        raise ValueError(f"method {args.method!r}: bad option value ({error})") from error
+    name = args.name or adapter_name(args.task or args.train_file.stem)
+    config = TrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_length=args.max_length,
+        seed=args.seed,
+        patience=args.patience or None,
+        eval_every=args.eval_every,
+        max_grad_norm=args.max_grad_norm or None,
+        output_dir=args.output_dir or f"runs/{name}-{args.method}",
+        resume=args.resume,
+        mixed_precision=args.mixed_precision,
+        progress=not args.quiet,
+    )
+    main = is_main_process()
+    task = load_training_data(args)
+    if not args.quiet and main:
+        print(task.describe(), file=sys.stderr, flush=True)
+    model = AdapterModel.from_pretrained(model_reference(args.model))
+    add_task_adapter(model, name, method, task, pooling=args.pooling, mlp=args.mlp_head, seed=args.seed)
+    setup = AdapterDrop(name, robust=True) if args.robust_adapter_drop else None
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    accelerator = make_accelerator(config)
+    if args.fsdp:
+        shard_model(model, accelerator)
+    result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
+    if not main:  # rank 0 reports and writes
+        return 0
+    print(format_table([result]))
+    print(f"\nbest adapter (epoch {result.best_epoch} of {result.epochs_run}): {config.output_dir}/best")
+    if args.store:
+        print(f"saved in the store: {save_to_store(model, name, args.store, like=f'{config.output_dir}/best')}")
+    return 0

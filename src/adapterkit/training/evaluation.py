@@ -1,0 +1,102 @@
+"""Running an adapted model over examples or raw texts: predictions and metrics.
+
+One loop serves the trainer (validation, test; under ``accelerate``, where each process sees a
+shard and predictions are gathered) and the CLI's ``eval``/``predict`` (one process, no
+``accelerate``), so a number printed by ``adapterkit eval`` is computed exactly as the trainer
+computed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..composition import Setup, as_setup
+from ..data.task import REGRESSION, Example
+from .batching import Collator, EncodedDataset, encode_examples, encode_texts, make_loader
+from .metrics import compute_metrics
+
+if TYPE_CHECKING:
+    from ..model import AdapterModel
+
+
+def head_config(model: AdapterModel, adapters: str | Setup):
+    """The config of the head that answers for ``adapters`` (a clear error when there is none)."""
+    name = as_setup(adapters).head_name()
+    if name not in model.heads:
+        raise ValueError(
+            f"adapter {name!r} has no prediction head; add it with head=HeadConfig(...) "
+            "(adapterkit.training.task_head(task) builds one for a task)"
+        )
+    return model.heads[name].config
+
+
+@torch.no_grad()
+def predict_loader(
+    model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], adapters: str | Setup, kind: str, accelerator: Any = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predictions, labels or None): class ids (argmax) or regression scores for every example.
+
+    With an ``accelerator`` the loader is a prepared (sharded) one and results are gathered from
+    all processes, without the duplicates ``accelerate`` pads the last batch with.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    predictions, labels = [], []
+    try:
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            target = batch.pop("labels", None)
+            logits = model(**batch, adapters=adapters).logits
+            output = logits.float() if kind == REGRESSION else logits.argmax(-1)
+            if accelerator is not None:
+                output = accelerator.gather_for_metrics(output)
+                target = accelerator.gather_for_metrics(target) if target is not None else None
+            predictions.append(output.cpu())
+            if target is not None:
+                labels.append(target.cpu())
+    finally:
+        model.train(was_training)
+    if not predictions:
+        return np.zeros(0), None
+    return torch.cat(predictions).numpy(), (torch.cat(labels).numpy() if labels else None)
+
+
+def evaluate(
+    model: AdapterModel,
+    examples: Sequence[Example],
+    adapters: str | Setup,
+    max_length: int = 128,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Metrics of ``adapters`` on labelled examples (accuracy/macro-F1 or Pearson/MSE)."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    kind = head_config(model, adapters).kind
+    dataset = encode_examples(model.tokenizer, examples, max_length)
+    loader = make_loader(dataset, Collator(model.tokenizer, kind), batch_size)
+    predictions, labels = predict_loader(model, loader, adapters, kind)
+    return compute_metrics(kind, predictions, labels)
+
+
+def predict(
+    model: AdapterModel,
+    texts: Sequence[tuple[str, ...] | str],
+    adapters: str | Setup,
+    max_length: int = 128,
+    batch_size: int = 64,
+) -> list[str | float]:
+    """One prediction per input: the class name (or id, if the head has no names) or a score."""
+    config = head_config(model, adapters)
+    inputs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
+    dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, max_length), None)
+    loader = make_loader(dataset, Collator(model.tokenizer, config.kind), batch_size)
+    predictions, _ = predict_loader(model, loader, adapters, config.kind)
+    if config.kind == REGRESSION:
+        return [float(p) for p in predictions]
+    names = config.label_names
+    return [names[int(p)] if names else str(int(p)) for p in predictions]
