@@ -23,6 +23,11 @@ _EXPORTS = {
     "register_placement": "placement",
     "Setup": "composition",
     "Stack": "composition",
+    "Fuse": "composition",
+    "Parallel": "composition",
+    "Routed": "composition",
+    "AdapterDrop": "composition",
+    "FusionConfig": "fusion",
 }
 
 __all__ = sorted(_EXPORTS)

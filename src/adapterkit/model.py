@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
 from . import methods  # noqa: F401  (registers every method)
-from .composition import Setup, as_setup
+from .composition import Setup, add_regularization, as_setup, forward_context
 from .heads import CausalLMHead, HeadConfig, build_head, head_loss
 from .methods.base import AdapterMethod
 from .placement import PLACEMENTS, Placement, resolve
@@ -108,6 +108,8 @@ class AdapterModel(nn.Module):
         """Add adapter ``name`` of a method (a config, or a method name plus its options)."""
         if not _NAME.match(name):
             raise ValueError(f"adapter name {name!r} must use only letters, digits, '_' and '-'")
+        if hasattr(nn.ModuleDict, name):  # ModuleDict refuses keys that shadow its attributes
+            raise ValueError(f"adapter name {name!r} is reserved (a torch.nn.Module attribute); pick another name")
         if name in self.adapters:
             raise ValueError(f"an adapter named {name!r} exists already; delete it first or pick another name")
         if isinstance(config, str):
@@ -130,10 +132,16 @@ class AdapterModel(nn.Module):
             self.heads[name] = build_head(head, self.parts.hidden_size).to(reference.device, reference.dtype)
         for site, site_module in module.attachments():
             self.router.attach(site, name, site_module)
+        try:
+            module.bind(self, name)  # hooks outside sites: attention prefixes, input prompts
+        except Exception:
+            self.delete_adapter(name)
+            raise
         return module
 
     def delete_adapter(self, name: str) -> None:
         self._check_names([name])
+        self.adapters[name].unbind(self, name)
         self.router.detach(name)
         del self.adapters[name]
         if name in self.heads:
@@ -191,10 +199,29 @@ class AdapterModel(nn.Module):
     def merge_and_unload(self, name: str) -> None:
         """Merge ``name`` and remove it: the base model alone now computes the adapted function."""
         self.merge_adapter(name)
+        self.adapters[name].unbind(self, name)
         self.router.detach(name)
         del self.adapters[name]
         if self.active_setup is not None and name in self.active_setup.adapter_names():
             self.active_setup = None
+
+    # ----------------------------------------------------------------- training
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Gradient checkpointing of the base model's layers (non-reentrant unless the kwargs say
+        ``use_reentrant=True``); the name and arguments are transformers', so
+        ``transformers.Trainer(args=TrainingArguments(activation_checkpointing=True))`` finds it.
+        See :func:`adapterkit.distributed.enable_gradient_checkpointing`."""
+        from .distributed import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(
+            self, every_n_layers=every_n_layers, offload=offload, checkpoint_kwargs=activation_checkpointing_kwargs
+        )
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """The name transformers releases before the rename call (``gradient_checkpointing=True``)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ----------------------------------------------------------------- forward
     def current_setup(self) -> Setup | None:
@@ -224,18 +251,28 @@ class AdapterModel(nn.Module):
         Returns a ``SequenceClassifierOutput`` (logits, loss if labels are given) for
         classification/regression heads, the base model's ``CausalLMOutput`` for a causal-LM head
         or a decoder without head, and a ``BaseModelOutput`` with the hidden states otherwise.
+        ``Parallel`` and ``Routed`` setups return a ``composition.MultiTaskOutput`` (one head output
+        per task). While a fusion is trained, its regulariser is part of ``loss``.
         """
         setup = self.current_setup() if adapters is None else adapters
-        with self.using(setup) as setup:
+        with self.using(setup) as setup, forward_context(self, setup):
             head_name = setup.head_name() if setup is not None else None
             head = self.heads[head_name] if head_name in self.heads else None
-            if self.is_decoder and (head is None or isinstance(head, CausalLMHead)):
-                return self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            multi_output = setup is not None and setup.multi_output  # Parallel / Routed: one head per task
+            if self.is_decoder and not multi_output and (head is None or isinstance(head, CausalLMHead)):
+                output = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+                output.loss = add_regularization(self, setup, output.loss)
+                return output
             hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            if multi_output:
+                output = setup.outputs(self, hidden, attention_mask, labels)
+                output.loss = add_regularization(self, setup, output.loss)
+                return output
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
             logits = head(hidden, attention_mask)
             loss = head_loss(head.config, logits, labels) if labels is not None else None
+            loss = add_regularization(self, setup, loss)  # AdapterFusion's penalty while training a fusion
             return SequenceClassifierOutput(loss=loss, logits=logits)
 
     @torch.no_grad()
@@ -271,4 +308,4 @@ class AdapterModel(nn.Module):
 
     def _checked(self, setup: Setup) -> Setup:
         self._check_names(setup.adapter_names())
-        return setup
+        return setup.bind(self)  # heads, fusions, nesting against this model (composition.py)

@@ -68,6 +68,15 @@ class SiteModule(nn.Module):
     def forward(self, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    @classmethod
+    def batched(cls, modules: list[SiteModule | None]):
+        """The batched form of several modules of this class at one site, for per-sample routing
+        and ``Parallel``: returns ``forward(x, out, index) -> out'`` (see ``routing.py``)."""
+        raise NotImplementedError(
+            f"{cls.__name__} has no batched form, so adapters using it cannot be routed per sample "
+            f"(Parallel falls back to one call per branch); implement {cls.__name__}.batched (see adapterkit/routing.py)"
+        )
+
 
 def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
     """All sites of a resolved model, keyed ``"<layer>.<position>"``."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ..placement import ResolvedModel
 from ..registry import MethodConfig
 from ..sites import Site, SiteModule
+
+if TYPE_CHECKING:
+    from ..model import AdapterModel
 
 
 class AdapterMethod(nn.Module):
@@ -41,6 +45,18 @@ class AdapterMethod(nn.Module):
     def base_parameters(self) -> dict[str, nn.Parameter]:
         """Base-model parameters (by their name in the base model) that this method trains."""
         return {}
+
+    def bind(self, model: AdapterModel, name: str) -> None:
+        """Called by the model once this adapter is on it as ``name`` (its sites attached).
+
+        Methods that act outside sites install their hooks here (prefixes on attention, prompts
+        on the input, see ``attention.py`` and ``methods/prompt.py``), reading the active setup
+        through ``model.current_setup()``; initialisations that need the model or its tokenizer
+        run here too. The default does nothing.
+        """
+
+    def unbind(self, model: AdapterModel, name: str) -> None:
+        """Undo :meth:`bind` (also after a partial one); called when the adapter is deleted."""
 
 
 def select_layers(layers: tuple[int, ...] | None, num_layers: int, method: str) -> tuple[int, ...]:

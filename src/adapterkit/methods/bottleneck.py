@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..registry import MethodConfig, register_method
+from ..routing import check_same, groups, select, stack_padded
 from ..sites import SiteModule
 from .base import AdapterMethod, select_layers
 from .deltas import NormDelta
@@ -139,6 +140,43 @@ class Bottleneck(SiteModule):
 
     def forward(self, x, out):
         return out + self.scaling * self.residual(x if self.needs_input else out)
+
+    @classmethod
+    def batched(cls, modules):
+        """Several bottlenecks at one site as one gathered ``baddbmm`` pair (see ``routing.py``).
+
+        Widths are zero-padded to the largest ``m``; sequential and parallel adapters may mix (each
+        row reads ``out`` or ``x``). Shapes: ``W_down (n+1, m, d)``, ``W_up (n+1, d, m)``.
+        """
+        present = [m for m in modules if m is not None]
+        activation = check_same(present, "non-linearity", lambda m: type(m.activation))
+        d = present[0].down.in_features
+        m = max(module.down.out_features for module in present)
+        w_down = stack_padded([a.down.weight if a else None for a in modules], (m, d))
+        b_down = stack_padded([a.down.bias if a else None for a in modules], (m,))
+        w_up = stack_padded([a.up.weight if a else None for a in modules], (d, m))
+        b_up = stack_padded([a.up.bias if a else None for a in modules], (d,))
+        scale = stack_padded([a.scaling.reshape(()) if a else None for a in modules], ())
+        reads_input = [bool(a is not None and a.needs_input) for a in modules] + [False]
+        act = activation()
+
+        def forward(x, out, index):
+            # identity slots give zero whatever they read, so only the present modules decide
+            if x is None or not any(reads_input):
+                z = out
+            elif all(a.needs_input for a in present):
+                z = x
+            else:
+                rows = torch.tensor(reads_input, device=out.device)
+                rows = rows[:-1].repeat_interleave(out.shape[0] // len(modules)) if index is None else rows[index]
+                z = torch.where(rows.view(-1, *([1] * (out.dim() - 1))), x, out)
+            hidden = torch.baddbmm(
+                select(b_down, index).unsqueeze(1), groups(z, index, len(modules)), select(w_down, index).transpose(1, 2)
+            )
+            y = torch.baddbmm(select(b_up, index).unsqueeze(1), act(hidden), select(w_up, index).transpose(1, 2))
+            return out + (select(scale, index).view(-1, 1, 1) * y).reshape(out.shape)
+
+        return forward
 
 
 class BottleneckAdapter(AdapterMethod):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..routing import groups, select, stack_padded
 from ..sites import SiteModule
 
 
@@ -30,6 +31,17 @@ class BiasDelta(SiteModule):
 
     def forward(self, x, out):
         return out + self.bias
+
+    @classmethod
+    def batched(cls, modules):
+        """Per-row biases: ``out + Δb[index]``."""
+        features = next(m for m in modules if m is not None).bias.shape[0]
+        bias = stack_padded([m.bias if m else None for m in modules], (features,))
+
+        def forward(x, out, index):
+            return (groups(out, index, len(modules)) + select(bias, index).unsqueeze(1)).reshape(out.shape)
+
+        return forward
 
 
 class NormDelta(SiteModule):
@@ -58,3 +70,24 @@ class NormDelta(SiteModule):
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    @classmethod
+    def batched(cls, modules):
+        """Per-row gain and bias deltas on one norm: ``out + Δγ[index] ⊙ x̂ + Δβ[index]``."""
+        present = [m for m in modules if m is not None]
+        features = next(p for m in present for p in (m.weight, m.bias) if p is not None).shape[0]
+        gain = [m.weight if m else None for m in modules]
+        bias = [m.bias if m else None for m in modules]
+        gain = stack_padded(gain, (features,)) if any(g is not None for g in gain) else None
+        bias = stack_padded(bias, (features,)) if any(b is not None for b in bias) else None
+
+        def forward(x, out, index):
+            n = len(modules)
+            result = groups(out, index, n)
+            if gain is not None:
+                result = result + select(gain, index).unsqueeze(1) * groups(present[0].normalized(x), index, n)
+            if bias is not None:
+                result = result + select(bias, index).unsqueeze(1)
+            return result.reshape(out.shape)
+
+        return forward

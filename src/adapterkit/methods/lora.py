@@ -21,6 +21,7 @@ from torch import nn
 
 from ..placement import LINEAR_ROLES
 from ..registry import MethodConfig, register_method
+from ..routing import check_same, groups, select, stack_padded
 from ..sites import SiteModule, role_sites
 from .base import AdapterMethod, select_layers
 
@@ -76,6 +77,35 @@ class LoraDelta(SiteModule):
         if self.merged:
             return out
         return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+    @classmethod
+    def batched(cls, modules):
+        """Several LoRA deltas on one projection as two gathered ``bmm`` (ranks zero-padded).
+
+        Shapes: ``A (n+1, r, d_in)``, ``B (n+1, d_out, r)``, ``scaling (n+1,)``.
+        """
+        present = [m for m in modules if m is not None]
+        merged = [m for m in present if m.merged]
+        if merged:
+            raise ValueError(
+                "a merged LoRA adapter is folded into the shared base weights and so acts on every row; "
+                "unmerge it before routing it per sample or running it in Parallel"
+            )
+        p = check_same(present, "dropout", lambda m: getattr(m.dropout, "p", 0.0))
+        r = max(m.lora_A.shape[0] for m in present)
+        d_in, d_out = present[0].lora_A.shape[1], present[0].lora_B.shape[0]
+        a = stack_padded([m.lora_A if m else None for m in modules], (r, d_in))
+        b = stack_padded([m.lora_B if m else None for m in modules], (d_out, r))
+        scale = torch.tensor([m.scaling if m else 0.0 for m in modules] + [0.0], dtype=a.dtype, device=a.device)
+        training = any(m.training for m in present)
+
+        def forward(x, out, index):
+            x = nn.functional.dropout(x, p, training) if p else x
+            low = torch.bmm(groups(x, index, len(modules)), select(a, index).transpose(1, 2))
+            y = torch.bmm(low, select(b, index).transpose(1, 2))
+            return out + (select(scale, index).view(-1, 1, 1) * y).reshape(out.shape)
+
+        return forward
 
     @torch.no_grad()
     def merge(self) -> None:

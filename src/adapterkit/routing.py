@@ -1,0 +1,109 @@
+"""Batched site computation: many adapters in one batch, one gathered operation per site.
+
+Per-sample routing (each row of a batch names its own adapter: different tasks or different users
+in one batch, the seeds' "per-user prefixes run in parallel inside one mini-batch") and
+:class:`~adapterkit.composition.Parallel` (one input replicated once per task) both need, at every
+site, to apply a *different* adapter to each row. A Python loop over adapter groups (what peft's
+mixed-adapter batches do) runs one small kernel per group and copies rows in and out; instead each
+method's site module offers a *batched form* (:meth:`SiteModule.batched`) that stacks the weights
+of the adapters at the site and applies them to every row at once:
+
+    W_stack: (n + 1, ...)               weights of the n adapters, plus an all-zero identity slot
+    W_rows = W_stack[index]             (rows, ...)   gathered: row r uses adapter index[r]
+    y_r = bmm(z_r, W_rows^T)            one batched matmul for all rows
+
+Two layouts share the code (``index`` argument of a batched form):
+
+* ``index`` a ``LongTensor (rows,)``: row ``r`` uses adapter ``index[r]``; the value ``n`` (the
+  identity slot) means "no adapter here" (a row that routes to none, or to an adapter with nothing
+  attached at this site). Used by :class:`~adapterkit.composition.Routed`.
+* ``index`` None: the batch is ``n`` equal blocks of rows, block ``k`` using adapter ``k`` (a
+  ``None`` module is an identity block). No gather is needed: the rows are viewed as
+  ``(n, block_rows * seq, d)`` and multiplied with the stacked weights directly. Used by
+  :class:`~adapterkit.composition.Parallel`.
+
+Adapters of different sizes (bottleneck widths, LoRA ranks) are zero-padded to the largest: padded
+down-projection rows give ``f(0) = 0`` for every supported non-linearity, and the matching padded
+up-projection columns are zero, so padding changes nothing. The identity slot is all zeros, so an
+unrouted row gets ``out + 0`` exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .sites import SiteModule
+
+BatchedForward = Callable[[torch.Tensor | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""``forward(x, out, index) -> out'`` of a batched form (see the module docstring for ``index``)."""
+
+
+def has_batched_form(module: SiteModule) -> bool:
+    """Whether ``module``'s class overrides :meth:`SiteModule.batched`."""
+    return type(module).batched.__func__ is not SiteModule.batched.__func__
+
+
+def stack_padded(tensors: Sequence[torch.Tensor | None], shape: Sequence[int]) -> torch.Tensor:
+    """Stack ``tensors`` (``None``: zeros) zero-padded to ``shape``, plus a final all-zero slot.
+
+    Returns ``(len(tensors) + 1, *shape)``. Differentiable: gradients reach every stacked tensor,
+    so a routed batch trains all of its adapters at once (multi-task training).
+    """
+    like = next(t for t in tensors if t is not None)
+    rows = []
+    for t in [*tensors, None]:
+        if t is None:
+            rows.append(like.new_zeros(shape))
+            continue
+        pad = []
+        for have, want in zip(reversed(t.shape), reversed(shape)):
+            pad += [0, want - have]
+        rows.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.stack(rows)
+
+
+def select(stacked: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Per-row weights: ``stacked[index]`` (rows layout) or the ``n`` adapter slots (blocks layout)."""
+    return stacked[:-1] if index is None else stacked[index]
+
+
+def groups(t: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
+    """View ``t (rows, ..., d)`` as ``(groups, tokens_per_group, d)`` for a batched matmul.
+
+    Rows layout: one group per row. Blocks layout: one group per adapter (``n`` equal blocks).
+    """
+    if index is not None:
+        return t.reshape(t.shape[0], -1, t.shape[-1])
+    if t.shape[0] % n:
+        raise ValueError(f"a batch of {t.shape[0]} rows does not split into {n} equal blocks")
+    return t.reshape(n, -1, t.shape[-1])
+
+
+def apply_batched(
+    modules: Sequence[SiteModule | None], x: torch.Tensor | None, out: torch.Tensor, index: torch.Tensor | None
+) -> torch.Tensor:
+    """Apply ``modules[index[r]]`` to row ``r`` of ``out`` (or module ``k`` to block ``k``).
+
+    A site may hold modules of several classes (a LoRA delta and a BitFit bias on one projection);
+    each class's batched form runs once with the other classes' rows as identity. Rows are
+    disjoint between classes, so the order does not matter.
+    """
+    kinds = dict.fromkeys(type(m) for m in modules if m is not None)
+    for kind in kinds:
+        group = [m if type(m) is kind else None for m in modules]
+        out = kind.batched(group)(x, out, index)
+    return out
+
+
+def check_same(modules: Sequence[SiteModule], what: str, value: Callable[[SiteModule], object]) -> object:
+    """The common value of ``value(m)`` over ``modules``, or a clear error when they differ."""
+    values = {value(m) for m in modules}
+    if len(values) != 1:
+        raise ValueError(
+            f"per-sample routing stacks the adapters at a site into one batched operation, which needs "
+            f"them to share the same {what}; found {sorted(map(str, values))} among "
+            f"{type(modules[0]).__name__} modules. Route these adapters in separate batches."
+        )
+    return values.pop()

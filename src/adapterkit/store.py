@@ -1,0 +1,73 @@
+"""An adapter store: one folder holding many saved adapters, ``STORE/<name>/``.
+
+Continual tasks (Pfeiffer et al. 2021's "non-destructive" composition) keep one frozen base model
+and add an adapter per task; nothing already trained is touched, so a store only ever gains
+folders. ``adapterkit train --store`` puts each trained task adapter there, ``adapterkit fuse``
+reads adapters from it and adds a fusion, ``adapterkit eval`` / ``predict --adapters a,b,c`` load
+from it. A fusion's saved config records where the adapters it fuses were loaded from
+(``fused_adapters``), so it can be loaded on its own from anywhere; failing that it looks for them
+beside itself in the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .persistence import CONFIG_FILE, read_adapter_config
+
+if TYPE_CHECKING:
+    from .model import AdapterModel
+
+SAVED_EXTRAS = ("task", "training")
+"""Keys of a trained adapter's saved config that travel with it into the store (data, max length)."""
+
+
+def adapter_folder(item: str | Path, store: str | Path | None) -> Path:
+    """``item`` as a saved adapter folder: itself if it is one, else ``store/item``."""
+    path = Path(item)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if store is not None and (Path(store) / str(item) / CONFIG_FILE).is_file():
+        return Path(store) / str(item)
+    where = f"nor in the store {store}" if store is not None else "(give --store to look it up by name)"
+    raise FileNotFoundError(f"adapter {item!r} is not a saved adapter folder {where}")
+
+
+def save_to_store(
+    model: AdapterModel, name: str, store: str | Path, like: str | Path | None = None, extra: dict[str, Any] | None = None
+) -> Path:
+    """Save adapter ``name`` as ``store/name``, keeping the task and training records of the saved
+    adapter ``like`` (e.g. the trainer's ``best`` folder) so ``eval``/``predict`` can use them."""
+    kept: dict[str, Any] = {}
+    if like is not None and (Path(like) / CONFIG_FILE).is_file():
+        saved = read_adapter_config(like)
+        kept = {k: saved[k] for k in (*SAVED_EXTRAS, "fused_adapters") if k in saved}
+    return model.save_adapter(name, Path(store) / name, extra={**kept, **(extra or {})})
+
+
+def load_fused_adapters(model: AdapterModel, directory: str | Path, meta: dict[str, Any]) -> list[str]:
+    """If the adapter saved in ``directory`` is a fusion, load the adapters it fuses first.
+
+    Each is looked up at the path recorded when the fusion was saved, then beside the fusion in
+    its store. Adapters already on the model are kept. Returns the names loaded.
+    """
+    config = meta.get("config", {})
+    if config.get("method") != "fusion":
+        return []
+    recorded = meta.get("fused_adapters", {})
+    loaded = []
+    for name in config.get("adapters", ()):
+        if name in model.adapters:
+            continue
+        candidates = [Path(recorded[name])] if name in recorded else []
+        candidates.append(Path(directory).parent / name)
+        found = next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"fusion {directory} fuses adapter {name!r}, found neither at "
+                f"{' nor '.join(str(c) for c in candidates)}; put it in the same adapter store"
+            )
+        model.load_adapter(found, name=name, activate=False)
+        loaded.append(name)
+    return loaded
