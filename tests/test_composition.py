@@ -23,15 +23,6 @@ from adapterkit.sites import SiteModule
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which only spin when the CPUs are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def head(num_labels: int = 3, pooling: str = "mean") -> HeadConfig:
     return HeadConfig(num_labels=num_labels, dropout=0.0, pooling=pooling)
 

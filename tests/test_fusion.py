@@ -18,15 +18,6 @@ from adapterkit.multitask import mixture_batches, train_multitask
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which only spin when the CPUs are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def head(num_labels: int = 2) -> HeadConfig:
     return HeadConfig(num_labels=num_labels, dropout=0.0)
 
