@@ -58,15 +58,19 @@ def save_adapter(model: AdapterModel, name: str, directory: str | Path, extra: d
     return directory
 
 
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / CONFIG_FILE
+def read_format_json(directory: str | Path, filename: str, expected_format: str, what: str) -> dict[str, Any]:
+    """Read ``directory/filename`` and check its ``format`` tag (an adapter, a checkpoint, ...)."""
+    path = Path(directory) / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a saved adapter: {CONFIG_FILE} is missing")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}; this adapterkit reads {FORMAT!r}")
-    return meta
+        raise FileNotFoundError(f"{directory} is not {what}: {filename} is missing")
+    data = json.loads(path.read_text())
+    if data.get("format") != expected_format:
+        raise ValueError(f"{path} has format {data.get('format')!r}; this adapterkit reads {expected_format!r}")
+    return data
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    return read_format_json(directory, CONFIG_FILE, FORMAT, "a saved adapter")
 
 
 def check_base(model: AdapterModel, meta: dict[str, Any], where: Path) -> None:

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..atomic import atomic_directory
-from ..persistence import WEIGHTS_FILE, check_base, read_adapter_config
+from ..persistence import WEIGHTS_FILE, check_base, read_adapter_config, read_format_json
 from .rng import capture_rng_state, restore_rng_state
 from .state import load_tree, save_tree
 
@@ -111,13 +111,7 @@ def save_checkpoint(
 
 
 def read_checkpoint_state(directory: Path) -> dict[str, Any]:
-    path = directory / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a training checkpoint: {STATE_FILE} is missing")
-    state = json.loads(path.read_text())
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {state.get('format')!r}; this adapterkit reads {FORMAT!r}")
-    return state
+    return read_format_json(directory, STATE_FILE, FORMAT, "a training checkpoint")
 
 
 def load_checkpoint(
