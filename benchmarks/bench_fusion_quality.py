@@ -16,7 +16,12 @@ convention speeches: 151 train / 19 validation / 19 test), on the same base mode
 * ``fusion``: AdapterFusion (stage two) over the source adapters plus the target's own adapter
   (Pfeiffer et al. 2021's Fusion(ST-A) setting), training only the fusion and its head;
 * ``fusion pruned``: the fusion keeping the ``--keep`` adapters that received the most fusion
-  attention on the validation split (AdapterDrop's pruning), evaluated without retraining.
+  attention on the validation split (AdapterDrop's pruning), evaluated without retraining;
+* ``pruned, retrained``: that pruned fusion trained further on the target (stage two again, from
+  its weights, over the kept adapters only).
+
+``--reuse`` takes every run already finished in ``WORK`` (its ``results.json`` and best adapter)
+instead of training it again, so a later invocation only adds what is missing.
 
 Every method uses the same trainer, splits, maximum length and early stopping on validation
 accuracy. Test accuracy and macro-F1 are printed per seed and as the mean over seeds.
@@ -47,7 +52,24 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def reused(model, name, output, args) -> dict | None:
+    """With ``--reuse``: the test metrics of an earlier run in ``output``, its adapter loaded."""
+    results, best = Path(output) / "results.json", Path(output) / "best"
+    if not (args.reuse and results.is_file() and (best / "adapter_config.json").is_file()):
+        return None
+    if model is not None:
+        if name in model.adapters:
+            model.delete_adapter(name)
+        model.load_adapter(best, name=name, activate=False)
+    metrics = json.loads(results.read_text())["test_metrics"]
+    log(f"  {name}: test {metrics} (reused {output})")
+    return metrics
+
+
 def train(model, name, task, args, epochs, output, learning_rate=None):
+    earlier = reused(model, name, output, args)
+    if earlier is not None:
+        return earlier
     config = TrainingConfig(
         epochs=epochs, batch_size=args.batch_size, max_length=args.max_length, seed=args.train_seed,
         patience=args.patience, learning_rate=learning_rate, output_dir=str(output), progress=False,
@@ -97,13 +119,18 @@ def run_seed(model: AdapterModel, sources: list[str], seed: int, args) -> dict:
     kept, _ = prune_fusion(model, "fusion", loader, keep=args.keep)
     scores["fusion pruned"] = evaluate(model, target.test, "fusion", max_length=args.max_length)
     log(f"  fusion pruned to {kept}: test {scores['fusion pruned']}")
+    # the pruned fusion trained further (from its weights) on the kept adapters only
+    epochs = args.retrain_epochs or args.target_epochs
+    scores["pruned, retrained"] = train(model, "fusion", target, args, epochs, work / "fusion-pruned", args.fusion_lr)
     model.delete_adapter("fusion")
     model.delete_adapter("target")
 
-    full = AdapterModel.from_pretrained(args.model)  # full fine-tuning changes the base: its own copy
-    add_task_adapter(full, "full", "full", target, seed=args.train_seed)
-    scores["full FT"] = train(full, "full", target, args, args.target_epochs, work / "full")
-    del full
+    scores["full FT"] = reused(None, "full", work / "full", args)
+    if scores["full FT"] is None:
+        full = AdapterModel.from_pretrained(args.model)  # full fine-tuning changes the base: its own copy
+        add_task_adapter(full, "full", "full", target, seed=args.train_seed)
+        scores["full FT"] = train(full, "full", target, args, args.target_epochs, work / "full")
+        del full
     return {"scores": scores, "kept": list(kept), "attention": attention.mean}
 
 
@@ -123,6 +150,8 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--retrain-epochs", type=int, default=None, help="for the pruned fusion (default: --target-epochs)")
+    parser.add_argument("--reuse", action="store_true", help="take every run already finished in WORK instead of training it again")
     parser.add_argument("--work", default="runs/bench-fusion-quality")
     args = parser.parse_args()
 
@@ -132,17 +161,17 @@ def main() -> None:
     sources = source_adapters(model, args)
     runs = {seed: run_seed(model, sources, seed, args) for seed in args.seeds}
 
-    methods = ["head only", "adapter", "full FT", "fusion", "fusion pruned"]
-    print(f"\n{args.target} test, {args.model}; fusion over {len(sources) + 1} adapters "
+    methods = ["head only", "adapter", "full FT", "fusion", "fusion pruned", "pruned, retrained"]
+    print(f"\n{args.target} test (accuracy / macro-F1), {args.model}; fusion over {len(sources) + 1} adapters "
           f"({', '.join(sources)}, target), pruned to {args.keep}")
-    header = f"{'method':<15}" + "".join(f"{'seed ' + str(s):>16}" for s in args.seeds) + f"{'mean acc':>10}{'mean F1':>9}"
+    header = f"{'method':<18}" + "".join(f"{'seed ' + str(s):>16}" for s in args.seeds) + f"{'mean acc':>10}{'mean F1':>9}"
     print(header)
     for method in methods:
         cells = [runs[s]["scores"][method] for s in args.seeds]
         line = "".join(f"{c['accuracy']:>9.3f} / {c['macro_f1']:.2f}" for c in cells)
         mean_acc = statistics.mean(c["accuracy"] for c in cells)
         mean_f1 = statistics.mean(c["macro_f1"] for c in cells)
-        print(f"{method:<15}{line}{mean_acc:>10.3f}{mean_f1:>9.3f}")
+        print(f"{method:<18}{line}{mean_acc:>10.3f}{mean_f1:>9.3f}")
     for seed in args.seeds:
         attention = ", ".join(f"{k} {v:.2f}" for k, v in sorted(runs[seed]["attention"].items(), key=lambda kv: -kv[1]))
         print(f"seed {seed}: kept {runs[seed]['kept']}; mean attention {attention}")
