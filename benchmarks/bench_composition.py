@@ -201,14 +201,18 @@ def bench_fusion(args) -> None:
     }
     t = time_configs(configs, args.rounds, args.device)
     k = list(configs)
+    def faster(slow: str, fast: str) -> str:
+        return f"{t[slow] / t[fast]:.3f}x ({(t[slow] / t[fast] - 1) * 100:.0f}% faster)"
+
+    n, keep = args.adapters, args.keep
     extra = {
         "setting": f"{args.batch} rows x {args.seq} tokens; " + describe(args, model),
-        f"pruning {args.adapters} -> {args.keep}, adapterkit": f"{t[k[0]] / t[k[1]]:.3f}x ({(t[k[0]] / t[k[1]] - 1) * 100:.0f}% faster)",
-        f"pruning {args.adapters} -> {args.keep}, paper formula": f"{t[k[2]] / t[k[3]]:.3f}x ({(t[k[2]] / t[k[3]] - 1) * 100:.0f}% faster)",
-        f"paper formula -> adapterkit, {args.adapters} adapters": f"{t[k[2]] / t[k[0]]:.3f}x",
-        f"paper formula, {args.adapters} adapters -> adapterkit, {args.keep} adapters": f"{t[k[2]] / t[k[1]]:.3f}x",
+        f"pruning {n} -> {keep}, adapterkit": faster(k[0], k[1]),
+        f"pruning {n} -> {keep}, paper formula": faster(k[2], k[3]),
+        f"paper formula -> adapterkit, {n} adapters": faster(k[2], k[0]),
+        f"paper formula, {n} adapters -> adapterkit, {keep} adapters": faster(k[2], k[1]),
     }
-    report(f"fusion: pruning a fusion of {args.adapters} adapters to {args.keep}", t, dict.fromkeys(configs, args.batch), extra)
+    report(f"fusion: pruning a fusion of {n} adapters to {keep}", t, dict.fromkeys(configs, args.batch), extra)
 
 
 # ----------------------------------------------------------------------------- per-sample routing
@@ -253,7 +257,9 @@ def bench_routing(args) -> None:
         f"{args.adapters} adapters, routed (gathered bmm)": lambda: hidden(routed),
         "1 adapter for every row": lambda: hidden(Stack(names[0])),
         f"{args.adapters} adapters, loop over groups": lambda: hidden(loop),
-        f"{args.adapters} adapters, one pass per adapter": lambda: [model(**b, adapters=Stack(n)).last_hidden_state for n, b in per_adapter.items()],
+        f"{args.adapters} adapters, one pass per adapter": lambda: [
+            model(**b, adapters=Stack(n)).last_hidden_state for n, b in per_adapter.items()
+        ],
         "plain model": lambda: hidden(None),
     }
     t = time_configs(configs, args.rounds, args.device)

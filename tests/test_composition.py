@@ -236,7 +236,8 @@ def test_routed_decoder_lm_rows_equal_rows_alone():
 def test_routed_is_one_batched_call_per_site(monkeypatch):
     calls = []
     original = Bottleneck.batched.__func__
-    monkeypatch.setattr(Bottleneck, "batched", classmethod(lambda cls, modules: calls.append(len(modules)) or original(cls, modules)))
+    counting = classmethod(lambda cls, modules: calls.append(len(modules)) or original(cls, modules))
+    monkeypatch.setattr(Bottleneck, "batched", counting)
     adapters = {f"u{i}": ("pfeiffer", {"reduction_factor": 4}) for i in range(6)}
     model = model_with("bert", adapters)
     with torch.no_grad():

@@ -196,7 +196,8 @@ def test_fusion_saves_and_loads_as_its_own_artefact(tmp_path):
     from safetensors.torch import load_file
 
     keys = set(load_file(str(tmp_path / "f" / "adapter.safetensors")))
-    expected = {f"adapter.layers.{l}.ffn.{p}" for l in range(LAYERS) for p in ("query.weight", "query.bias", "key.weight", "value.weight", "value.bias")}
+    tensors = ("query.weight", "query.bias", "key.weight", "value.weight", "value.bias")
+    expected = {f"adapter.layers.{layer}.ffn.{p}" for layer in range(LAYERS) for p in tensors}
     assert keys == expected | {"head.layers.0.weight", "head.layers.0.bias"}
 
     fresh = AdapterModel(tiny_base("bert")).eval()
