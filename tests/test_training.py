@@ -311,6 +311,36 @@ def test_resume_after_an_interruption_gives_the_same_weights_as_an_uninterrupted
     assert again.epochs_run == 2
 
 
+def test_a_reparameterised_prefix_is_saved_folded_and_a_finished_run_resumes(model_dir, tmp_path):
+    task = toy_task(64, 16)
+    options = dict(prefix_length=4, reparam_hidden=16)
+    settings = dict(epochs=2, learning_rate=3e-3)
+    model = fresh(model_dir, "prefix", task=task, **options)
+    training_form = model.count_parameters("toy")[0]
+    result = Trainer(model, "toy", task, quick(tmp_path, **settings)).train()
+
+    best = json.loads((tmp_path / "best" / "adapter_config.json").read_text())
+    checkpoint = json.loads((tmp_path / "checkpoint" / "adapter" / "adapter_config.json").read_text())
+    assert best["config"]["reparameterize"] is False and checkpoint["config"]["reparameterize"] is True
+    assert best["training"]["epoch"] == result.best_epoch
+    head = 32 * 2 + 2  # linear head: hidden 32 -> 2 labels
+    prefix = 2 * 2 * 4 * 32  # layers x (key, value) x l x d
+    saved = sum(t.numel() for t in adapter_tensors(tmp_path / "best").values())
+    assert result.trainable_params == training_form > result.saved_params == saved == prefix + head
+
+    # the folded file reproduces the trained model
+    batch = model.tokenizer(["good film", "bad plot dull"], return_tensors="pt", padding=True)
+    loaded = AdapterModel.from_pretrained(str(model_dir))
+    loaded.load_adapter(tmp_path / "best")
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch, adapters="toy").logits, model(**batch, adapters="toy").logits)
+
+    # a new process resuming the finished run builds the training form: it must fold to read best/
+    again = Trainer(fresh(model_dir, "prefix", task=task, **options), "toy", task, quick(tmp_path, resume=True, **settings)).train()
+    assert again.test_metrics == result.test_metrics and again.saved_params == saved
+
+
 def test_resume_refuses_a_checkpoint_of_another_method(model_dir, tmp_path):
     task = toy_task(32, 16)
     Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, epochs=1)).train()

@@ -57,7 +57,7 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _canonical(data: Any) -> Any:
+def json_form(data: Any) -> Any:
     """As it reads back from JSON (tuples become lists), for comparing configs."""
     return json.loads(json.dumps(data))
 
@@ -77,7 +77,7 @@ def restore_adapter_weights(model: AdapterModel, name: str, directory: str | Pat
         ("method config", meta["config"], model.adapters[name].config.to_dict()),
         ("head", meta["head"], current_head),
     ):
-        if _canonical(saved) != _canonical(current):
+        if json_form(saved) != json_form(current):
             raise ValueError(
                 f"{directory} holds an adapter with {what} {saved}, but adapter {name!r} has {current}; "
                 "resume with the same method, options and head, or start a fresh output directory"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .result import TrainingResult
 
-_COLUMNS = ("method", "task", "test", "trainable params", "share", "train time", "peak memory")
+_COLUMNS = ("method", "task", "test", "trainable params", "share", "saved params", "train time", "peak memory")
 
 
 def format_bytes(count: int) -> str:
@@ -46,6 +46,7 @@ def _row(result: TrainingResult) -> list[str]:
         test,
         format_count(result.trainable_params),
         f"{100 * result.trainable_share:.3f}%",
+        format_count(result.trainable_params if result.saved_params is None else result.saved_params),
         format_seconds(result.train_time_s),
         format_bytes(result.peak_memory_bytes),
     ]

@@ -24,6 +24,9 @@ class TrainingResult:
         test_metrics: metrics on the test split, computed with the best adapter.
         validation_metrics: the best validation metrics (those that selected the adapter).
         trainable_params: parameters the adapter trains (its head included).
+        saved_params: parameters of the saved best adapter (head included); fewer than
+            ``trainable_params`` when a training-only reparameterisation was folded away (a
+            prefix's MLP). None in results written before this field existed.
         base_params: parameters of the base model.
         train_time_s: wall-clock time of the training epochs, summed over resumed sessions
             (validation included; checkpoint writing and the test evaluation not).
@@ -52,6 +55,7 @@ class TrainingResult:
     best_epoch: int | None
     stopped_early: bool
     learning_rate: float
+    saved_params: int | None = None
     output_dir: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,8 @@ regression) saves the adapter to ``output_dir/best``; ``patience`` validations i
 one end the run. After every epoch the full state goes to ``output_dir/checkpoint`` (see
 ``checkpoint.py``), so ``resume=True`` continues after the last completed epoch and ends with
 the same weights as a run that was never interrupted. At the end the best adapter is loaded
-back into the model (left in eval mode), evaluated on the test split, and the
+back into the model (left in eval mode; a reparameterised prefix folded into plain prefixes, and
+``best/`` rewritten in that small form), evaluated on the test split, and the
 :class:`TrainingResult` is written to ``output_dir/results.json``.
 """
 
@@ -38,12 +39,14 @@ from ..composition import Setup
 from ..data.task import TaskData
 from ..distributed import make_accelerator
 from .batching import Collator, encode_examples, make_loader
+from ..persistence import CONFIG_FILE, read_adapter_config
 from .checkpoint import (
     BEST_DIR,
     CHECKPOINT_DIR,
     RESULTS_FILE,
     STATE_FILE,
     Progress,
+    json_form,
     load_checkpoint,
     restore_adapter_weights,
     save_checkpoint,
@@ -193,15 +196,40 @@ class Trainer:
         progress.peak_memory_bytes = max(progress.peak_memory_bytes, peak.bytes)
 
         acc.wait_for_everyone()
-        if (best_dir / "adapter_config.json").is_file():
-            restore_adapter_weights(model, self.adapter, best_dir)
+        trained = model.count_parameters(self.adapter)[0]  # in the training form, before any folding
+        if (best_dir / CONFIG_FILE).is_file():
+            self._restore_best(acc, best_dir, progress)
         test_metrics = self._evaluate(acc, test_loader)
         model.eval()  # hand the model back ready for inference (no dropout)
-        result = self._result(progress, test_metrics, acc, output if keep else None)
+        result = self._result(progress, test_metrics, acc, output if keep else None, trained)
         if keep and self._main:
             result.save(output / RESULTS_FILE)
         acc.wait_for_everyone()
         return result
+
+    def _restore_best(self, acc, best_dir: Path, progress: Progress) -> None:
+        """Load the best weights back into the model, folded into their inference form.
+
+        An adapter with a training-only reparameterisation (a prefix computed by an MLP, or a
+        union holding one, such as MAM) is folded once training is over: the same outputs from
+        far fewer parameters (on minilm a prefix of length 30 keeps 138K of the MLP form's 2.57M),
+        and ``best/`` is rewritten in that form, which is what ``eval``, ``predict`` and serving
+        load. The checkpoint keeps the training form, which resuming needs. A run resumed after it
+        had finished finds ``best/`` already folded, so it folds the live adapter first.
+        """
+        model, adapter = self.model, self.model.adapters[self.adapter]
+        fold = getattr(adapter, "fold", None)
+        saved_config = json_form(read_adapter_config(best_dir)["config"])
+        if fold is not None and saved_config != json_form(adapter.config.to_dict()):
+            fold()
+        restore_adapter_weights(model, self.adapter, best_dir)
+        if fold is None:
+            return
+        fold()  # idempotent
+        acc.wait_for_everyone()  # every process has read best/ before it is rewritten
+        if self._main and saved_config != json_form(adapter.config.to_dict()):
+            best = next(r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch)
+            model.save_adapter(self.adapter, best_dir, extra=self._saved_extra(progress.best_epoch, best))
 
     def _train_epoch(self, acc, wrapped, loader, optimizer, scheduler, trainable, epoch: int, progress: Progress) -> float:
         cfg = self.config
@@ -279,8 +307,10 @@ class Trainer:
             },
         }
 
-    def _result(self, progress: Progress, test_metrics: dict[str, float], acc, output: Path | None) -> TrainingResult:
-        trained, base = self.model.count_parameters(self.adapter)
+    def _result(
+        self, progress: Progress, test_metrics: dict[str, float], acc, output: Path | None, trained: int
+    ) -> TrainingResult:
+        saved, base = self.model.count_parameters(self.adapter)
         best = next((r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch), {})
         return TrainingResult(
             adapter=self.adapter,
@@ -291,6 +321,7 @@ class Trainer:
             test_metrics=test_metrics,
             validation_metrics=best,
             trainable_params=trained,
+            saved_params=saved,
             base_params=base,
             train_time_s=progress.train_time_s,
             peak_memory_bytes=progress.peak_memory_bytes,
