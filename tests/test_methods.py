@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from tiny_models import ARCHITECTURES, DECODERS, ENCODERS, HIDDEN, LAYERS, tiny_
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.heads import head_loss
+from adapterkit.registry import make_config
 
 # method -> options used in the table (small bottlenecks so a 32-wide model can host them)
 METHODS: dict[str, dict] = {
@@ -209,6 +212,33 @@ def test_clear_errors():
         model.add_adapter("a", "pfeiffer")
     with pytest.raises(ValueError, match="must be the only adapter"):
         model.add_adapter("f", "full")
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("lora", {"r": "8"}, r"lora: option r must be int, got '8' \(str\)"),
+        ("lora", {"r": 8.5}, "option r must be int"),
+        ("houlsby", {"reduction_factor": "abc"}, "option reduction_factor must be float"),
+        ("pfeiffer", {"layers": [0, "1"]}, r"option layers must be tuple\[int, \.\.\.\] \| None"),
+        ("prefix", {"reparameterize": 1}, "option reparameterize must be bool"),
+    ],
+)
+def test_options_of_the_wrong_type_are_refused_by_name(method, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(method, **options)
+
+
+def test_the_registry_knows_the_built_in_methods_without_importing_the_model():
+    code = "from adapterkit.registry import make_config; print(make_config('houlsby').method)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "houlsby"
+
+
+def test_valid_option_types_pass_ints_as_floats_and_lists_as_tuples():
+    assert make_config("scaled_parallel", scaling=4).scaling == 4
+    assert make_config("scaled_parallel", scaling="learned").scaling == "learned"
+    assert make_config("pfeiffer", layers=[0, 1]).layers == (0, 1)
 
 
 def test_unknown_architecture_names_the_model_type_and_the_fix():

@@ -9,6 +9,10 @@ hashable and comparable.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import types
+import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,13 +31,46 @@ class MethodConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Refuse an option of the wrong type (``"8"`` for an int) before ``validate`` compares it."""
+        hints = _field_types(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                expected = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+                raise ValueError(
+                    f"{self.method}: option {f.name} must be {expected}, got {value!r} ({type(value).__name__})"
+                )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option and the fix; subclasses override."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
+
+
+@functools.cache
+def _field_types(config_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_cls)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (the forms configs use: scalars, ``X | None``,
+    unions, ``tuple[X, ...]``); an int is a valid float, a bool is not a number."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 @dataclass(frozen=True)
@@ -53,6 +90,7 @@ def register_method(config_cls: type[MethodConfig], module_cls: type[AdapterMeth
 
 
 def method_spec(name: str) -> MethodSpec:
+    importlib.import_module("adapterkit.methods")  # the built-in methods register on import
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; available methods: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]

@@ -74,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..store import save_to_store
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
-    try:  # fail fast, before loading data and model
-        method = make_config(args.method, **options_dict(args.option))
-    except TypeError as error:  # an option of the wrong type, e.g. a string where a number belongs
-        raise ValueError(f"method {args.method!r}: bad option value ({error})") from error
+    method = make_config(args.method, **options_dict(args.option))  # fail fast, before loading data and model
     name = args.name or adapter_name(args.task or args.train_file.stem)
     config = TrainingConfig(
         epochs=args.epochs,
