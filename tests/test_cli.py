@@ -143,6 +143,28 @@ def test_report_tabulates_runs_and_plots_them(trained, workspace):
 
 
 # ---------------------------------------------------------------- listings
+def test_fuse_trains_prunes_retrains_and_saves_a_fusion_that_eval_loads(workspace, tmp_path):
+    files = ["--train-file", str(workspace["train"]), "--validation-file", str(workspace["validation"]),
+             "--test-file", str(workspace["test"]), "--text-column", "review", "--label-column", "sentiment"]
+    small = ["--epochs", "1", "--batch-size", "16", "--max-length", "16", "--quiet"]
+    store = tmp_path / "store"
+    for name in ("first", "second"):
+        code, _, err = run_cli("train", "--model", str(workspace["model"]), "--method", "pfeiffer", "--name", name,
+                               "--store", str(store), "--output-dir", str(tmp_path / name), *files, *small)
+        assert code == 0, err
+    code, out, err = run_cli("fuse", "--adapters", "first,second", "--store", str(store), "--name", "both",
+                             "--prune", "1", "--prune-epochs", "1", "--output-dir", str(tmp_path / "fusion"), *files, *small)
+    assert code == 0, err
+    assert "fusion attention per layer" in out and "trained 1 more epoch(s): test accuracy" in out
+    assert (tmp_path / "fusion" / "pruned" / "results.json").is_file()
+    meta = json.loads((store / "both" / "adapter_config.json").read_text())
+    assert len(meta["config"]["adapters"]) == 1 and list(meta["fused_adapters"]) == meta["config"]["adapters"]
+    code, out, err = run_cli("eval", "--adapter", str(store / "both"), "--test-file", str(workspace["test"]),
+                             "--label-column", "sentiment", "--text-column", "review")
+    assert code == 0, err
+    assert "accuracy" in out
+
+
 def test_methods_lists_options_and_default_learning_rates():
     code, out, _ = run_cli("methods")
     assert code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from .common import add_data_arguments, adapter_name, load_training_data
@@ -12,7 +13,8 @@ folders), freeze them and the base model, and train a fusion layer per transform
 for the target task. The fusion is saved as its own adapter (OUTPUT_DIR/best, and STORE/NAME with
 --store); `adapterkit eval --adapter` on it loads the adapters it fuses as well. With --prune K the
 K adapters that receive the most fusion attention on the validation split are kept (AdapterDrop's
-fusion pruning) and the pruned fusion is evaluated and saved."""
+fusion pruning), trained further for --prune-epochs (default 0: used as pruned), evaluated and
+saved."""
 
 
 def register(subparsers) -> None:
@@ -25,6 +27,10 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature over adapters (default: 1)")
     parser.add_argument("--regularization", type=float, default=0.01, help="weight of ||V - I||^2 (default: 0.01)")
     parser.add_argument("--prune", type=int, metavar="K", help="keep only the K most attended adapters after training")
+    parser.add_argument(
+        "--prune-epochs", type=int, default=0, metavar="E",
+        help="train the pruned fusion further for E epochs, from its weights (default: 0)",
+    )
     parser.add_argument("--pooling", help="head pooling: cls, mean or last (default: mean; last for decoders)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -72,9 +78,13 @@ def run(args: argparse.Namespace) -> int:
     print(fusion_attention(model, name, validation).format())
     if args.prune is not None:
         kept, _ = prune_fusion(model, name, validation, keep=args.prune)
+        if args.prune_epochs > 0:  # its own run folder: best/ of the unpruned fusion stays as it was
+            retrain = dataclasses.replace(config, epochs=args.prune_epochs, output_dir=str(output / "pruned"))
+            Trainer(model, name, task, retrain).train()
         metrics = evaluate(model, task.test, name, max_length=args.max_length)
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"\npruned to {', '.join(kept)}: test {shown}")
+        retrained = f", trained {args.prune_epochs} more epoch(s)" if args.prune_epochs > 0 else ""
+        print(f"\npruned to {', '.join(kept)}{retrained}: test {shown}")
     # the trainer saved the best fusion; save it again with (pruning and) where its adapters live
     best = output / "best"
     extra = {k: v for k, v in read_adapter_config(best).items() if k in SAVED_EXTRAS}
