@@ -38,6 +38,10 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "partial": 2e-5,
     # A linear (or MLP) head on frozen features: a small convex-ish problem, 1e-3 is standard.
     "probe": 1e-3,
+    # Pfeiffer et al. 2021 train fusion at 5e-5 for 10 epochs on large targets. Fusion starts
+    # from identity values and near-uniform attention; on targets of a few hundred examples and
+    # 5-10 epochs, 1e-3 is what benchmarks/bench_fusion_quality.py measured with.
+    "fusion": 1e-3,
 }
 #: For a registered method not in the table: most such methods train few fresh parameters.
 FALLBACK_LEARNING_RATE = 1e-3
