@@ -436,3 +436,36 @@ def test_bad_options_get_clear_errors():
     model.add_adapter("long", "prompt", prompt_length=500)
     with pytest.raises(ValueError, match="input of 20 tokens plus 500 prompt positions exceeds the 512.*at most 12"):
         model(input_ids=torch.randint(3, VOCAB, (1, 20)), adapters="long")
+
+
+# ----------------------------------------------------------------------------- the real decoder
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["prefix", "prompt", "mam"])
+def test_real_smollm2_generates_the_same_tokens_with_and_without_the_cache(name):
+    """SmolLM2-135M: a Llama with grouped-query attention (9 query heads, 3 key/value heads)."""
+    from adapterkit.bundled_models import model_cache_dir
+
+    folder = model_cache_dir("smollm2-135m")
+    if not (folder / "config.json").is_file():
+        pytest.skip("smollm2-135m is not installed; run resolve_model_path('smollm2-135m') once to install it")
+    model = AdapterModel.from_pretrained(str(folder))
+    assert model.base.config.num_key_value_heads < model.base.config.num_attention_heads
+    method, options = {"prefix": ("prefix", {"prefix_length": 8, "reparameterize": False}),
+                       "prompt": ("prompt", {"prompt_length": 8, "init": "text", "init_text": "Answer briefly."}),
+                       "mam": ("mam", {"prefix_length": 8, "reparam_hidden": 32})}[name]
+    model.add_adapter("task", method, HeadConfig(kind="causal_lm"), **options)
+    perturb(model, seed=1)
+    model.set_active("task")
+    model.eval()
+    tokenizer = model.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["The capital of France is", "One, two, three,"], return_tensors="pt", padding=True)
+    options = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
+    with torch.no_grad():
+        cached = model.generate(**batch, **options)
+        uncached = model.generate(**batch, use_cache=False, **options)
+        adapted = model(**batch).logits[:, -1]
+        with model.using(None):
+            plain = model(**batch).logits[:, -1]
+    assert torch.equal(cached, uncached)
+    assert (adapted - plain).abs().max() > 0.1  # the adapter is really in the computation
