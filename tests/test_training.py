@@ -412,6 +412,19 @@ def test_report_renders_a_table_and_a_log_scale_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_names_runs_of_one_method_apart_and_plots_one_panel_per_task(tmp_path):
+    import dataclasses
+
+    from matplotlib.image import imread
+
+    text = dataclasses.replace(sample_result("prompt", 0.001, 0.8), adapter="prompt-text")
+    other_task = dataclasses.replace(sample_result("houlsby", 0.02, 0.7), task="other")
+    assert "prompt (prompt-text)" in format_table([text])
+    one = imread(plot_results([text], tmp_path / "one.png"))
+    two = imread(plot_results([text, other_task], tmp_path / "two.png"))
+    assert two.shape[1] == 2 * one.shape[1] and two.shape[0] == one.shape[0]
+
+
 # ---------------------------------------------------------------- the real model
 @pytest.mark.integration
 def test_houlsby_on_minilm_beats_the_majority_class_on_rotten_tomatoes(tmp_path):

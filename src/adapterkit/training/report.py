@@ -38,10 +38,15 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def run_label(result: TrainingResult) -> str:
+    """The method, and the adapter's name when it says more (``prompt (prompt-text)``)."""
+    return result.method if result.adapter in (result.method, result.task) else f"{result.method} ({result.adapter})"
+
+
 def _row(result: TrainingResult) -> list[str]:
     test = ", ".join(f"{name} {value:.4f}" for name, value in result.test_metrics.items())
     return [
-        result.method if result.adapter in (result.method, result.task) else f"{result.method} ({result.adapter})",
+        run_label(result),
         result.task,
         test,
         format_count(result.trainable_params),
@@ -71,26 +76,33 @@ def format_table(results: Sequence[TrainingResult], style: str = "markdown") -> 
 
 
 def plot_results(results: Sequence[TrainingResult], path: str | Path, title: str | None = None) -> Path:
-    """Save a PNG of each run's main test metric against its trainable share (log x axis)."""
+    """Save a PNG of each run's main test metric against its trainable share (log x axis), one
+    panel per task, each run labelled as in the table and coloured by label across panels."""
     from matplotlib.figure import Figure
 
     if not results:
         raise ValueError("no results to plot")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(6.4, 4.4), dpi=120, layout="constrained")
-    axes = figure.add_subplot()
-    metric = results[0].main_metric
-    for result in results:
-        share = max(100 * result.trainable_share, 1e-6)
-        axes.scatter(share, result.test_metrics.get(result.main_metric, float("nan")), s=40)
-        axes.annotate(result.method, (share, result.test_metrics.get(result.main_metric, float("nan"))),
-                      textcoords="offset points", xytext=(5, 4), fontsize=8)
-    axes.set_xscale("log")
-    axes.set_xlabel("trainable parameters (% of the base model, log scale)")
-    axes.set_ylabel(f"test {metric}")
-    tasks = sorted({r.task for r in results})
-    axes.set_title(title or f"{', '.join(tasks)}: quality vs trained parameters")
-    axes.grid(True, which="both", alpha=0.3)
+    tasks = list(dict.fromkeys(r.task for r in results))
+    labels = list(dict.fromkeys(run_label(r) for r in results))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    figure = Figure(figsize=(5.6 * len(tasks), 4.4), dpi=120, layout="constrained")
+    panels = figure.subplots(1, len(tasks), sharex=True, squeeze=False)[0]
+    for axes, task in zip(panels, tasks):
+        runs = [r for r in results if r.task == task]
+        metric = runs[0].main_metric
+        for result in runs:
+            share = max(100 * result.trainable_share, 1e-6)
+            score = result.test_metrics.get(result.main_metric, float("nan"))
+            axes.scatter(share, score, s=40, color=colours[run_label(result)])
+            axes.annotate(run_label(result), (share, score), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.set_xscale("log")
+        axes.margins(x=0.15)  # room for the labels of the rightmost points
+        axes.set_xlabel("trainable parameters (% of the base model, log scale)")
+        axes.set_ylabel(f"test {metric}")
+        axes.set_title(task)
+        axes.grid(True, which="both", alpha=0.3)
+    figure.suptitle(title or "quality vs trained parameters")
     figure.savefig(path)
     return path
