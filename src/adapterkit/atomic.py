@@ -18,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask (POSIX offers no way to read it without setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path) -> None:
+    """``tempfile`` (and safetensors' writer) create private 0700 / 0600 entries; give ``path``
+    the permissions an ordinary ``mkdir`` / ``open`` would, so that another user (a server) can
+    read saved adapters."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``target`` when the block succeeds."""
@@ -26,6 +40,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        for path in [tmp, *tmp.rglob("*")]:
+            _usual_mode(path)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
@@ -46,6 +62,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
+        _usual_mode(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
