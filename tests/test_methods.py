@@ -290,3 +290,30 @@ def test_causal_lm_head_on_an_encoder_is_refused():
     model = AdapterModel(tiny_base("bert"))
     with pytest.raises(ValueError, match="causal_lm head needs a decoder"):
         model.add_adapter("a", "lora", HeadConfig(kind="causal_lm"))
+
+
+def test_a_norm_delta_keeps_no_normalised_copy_for_backward_and_gets_the_same_gradients():
+    from torch.nn import functional as F
+
+    from adapterkit.methods.deltas import NormDelta
+
+    norm = torch.nn.LayerNorm(16)
+    delta = NormDelta(norm)
+    with torch.no_grad():
+        delta.weight.normal_(), delta.bias.normal_()
+    x = torch.randn(4, 8, 16, requires_grad=True)
+    probe = torch.randn(4, 8, 16)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ours = delta(x, norm(x))
+    ours.mul(probe).sum().backward()
+    # only the (shared) input and per-row statistics: no batch x length x hidden tensor besides x
+    large = {t.untyped_storage().data_ptr() for t in saved if t.numel() == x.numel()}
+    assert large <= {x.untyped_storage().data_ptr()}
+    grads = x.grad.clone(), delta.weight.grad.clone(), delta.bias.grad.clone()
+    x.grad = delta.weight.grad = delta.bias.grad = None
+    reference = norm(x) + delta.weight * F.layer_norm(x, (16,), eps=norm.eps) + delta.bias
+    reference.mul(probe).sum().backward()
+    torch.testing.assert_close(ours, reference)
+    for got, expected in zip(grads, (x.grad, delta.weight.grad, delta.bias.grad)):
+        torch.testing.assert_close(got, expected)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..routing import groups, select, stack_padded
 from ..sites import SiteModule
@@ -64,9 +65,17 @@ class NormDelta(SiteModule):
             return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         return F.layer_norm(x, x.shape[-1:], eps=self.eps)
 
+    def _gain_term(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.normalized(x)
+
     def forward(self, x, out):
         if self.weight is not None:
-            out = out + self.weight * self.normalized(x)
+            if torch.is_grad_enabled():
+                # x̂ is recomputed in backward from x, which the frozen norm keeps anyway: storing
+                # it would cost one more batch x length x hidden tensor per norm
+                out = out + checkpoint(self._gain_term, x, self.weight, use_reentrant=False)
+            else:
+                out = out + self._gain_term(x, self.weight)
         if self.bias is not None:
             out = out + self.bias
         return out
