@@ -1,6 +1,11 @@
 """Training-step time, training peak memory and inference latency of each method on ``minilm``.
 
-Usage: ``python benchmarks/bench_methods.py [--model minilm] [--batch 32] [--seq 64] [--steps 10]``
+Usage: ``python benchmarks/bench_methods.py [--model minilm] [--batch 32] [--seq 64] [--steps 10]
+[--methods full houlsby houlsby:train_layer_norms=false ...]``
+
+A method is ``NAME[:option=value...]`` (values read as JSON, as ``adapterkit train --option``
+reads them), so variants of one method can be compared in the same run; ``full`` must be among
+them, it is the reference of the ratios.
 
 Every method runs in its own fresh worker process, so memory freed by one method cannot hide
 another's peak; the workers run one after the other in the same invocation (rounds alternate
@@ -12,6 +17,9 @@ run, the only comparison that means anything on a noisy shared machine.
   ``/proc/self/status``, reset through ``/proc/self/clear_refs`` once the model is loaded and
   freed heap memory was trimmed) over all training steps; on GPU the growth of
   ``torch.cuda.max_memory_allocated``. Either way: what training needs beyond the loaded model.
+* saved activations: the bytes of the distinct tensors autograd keeps for backward in one
+  training forward (``torch.autograd.graph.saved_tensors_hooks``): exact and free of allocator
+  noise, but without gradients, optimizer state and backward temporaries, which the peak has.
 * inference: median forward latency (eval mode, no grad) of the adapted model against the plain
   model, alternated in the same worker; LoRA is also measured merged into the base weights.
 """
@@ -53,16 +61,35 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def worker(method: str, args: argparse.Namespace) -> dict:
+def _saved_activation_mib(forward) -> float:
+    """MiB of the distinct storages autograd saves for backward while ``forward()`` runs."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return sum(storages.values()) / 2**20
+
+
+def worker(spec: str, args: argparse.Namespace) -> dict:
     import torch
 
     from adapterkit import AdapterModel, HeadConfig
+    from adapterkit.cli.common import options_dict, parse_option
+
+    method, *options = spec.split(":")
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AdapterModel.from_pretrained(args.model).to(device)
-    model.add_adapter("task", method, HeadConfig(num_labels=2))
+    model.add_adapter("task", method, HeadConfig(num_labels=2), **options_dict([parse_option(o) for o in options]))
     model.train_adapter("task")
     vocab = model.parts.embeddings.num_embeddings
     batch = {
@@ -93,9 +120,10 @@ def worker(method: str, args: argparse.Namespace) -> dict:
     step_ms = _median_ms(step, args.steps)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _rss_peak_kib() * 1024) - before
     trained, total = model.count_parameters("task")
+    saved_mib = _saved_activation_mib(lambda: model(**batch, labels=labels).loss)
 
     model.eval()
-    result = {"method": method, "step_ms": step_ms, "peak_mib": peak / 2**20, "trainable": trained, "total": total}
+    result = {"method": spec, "step_ms": step_ms, "peak_mib": peak / 2**20, "saved_mib": saved_mib, "trainable": trained, "total": total}
     if method in ("full", "partial", "probe"):
         return result  # no adapter in the forward path: inference equals the plain model
 
@@ -126,14 +154,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all methods (order alternates)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", nargs="+", default=METHODS, metavar="METHOD[:OPTION=VALUE...]")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return
 
-    methods = args.methods.split(",")
+    methods = args.methods
+    if "full" not in methods:
+        raise SystemExit("--methods must include full: the ratios are taken against it")
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for round_index in range(args.rounds):
         for method in methods if round_index % 2 == 0 else reversed(methods):
@@ -147,22 +177,22 @@ def main() -> None:
     def med(method: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[method])
 
-    full_step, full_mem = med("full", "step_ms"), med("full", "peak_mib")
+    full_step, full_mem, full_saved = med("full", "step_ms"), med("full", "peak_mib"), runs["full"][0]["saved_mib"]
     print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} threads={args.threads}")
-    print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | inference overhead |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | saved activations MiB (vs full) | inference overhead |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method in methods:
         r = runs[method][0]
         overhead = "-"
         if "infer_ms" in r:
             overhead = f"{(med(method, 'infer_ms') / med(method, 'plain_ms') - 1) * 100:+.1f}%"
-            if method == "lora":
+            if "merged_infer_ms" in r:
                 merged = med(method, "merged_infer_ms") / med(method, "merged_plain_ms") - 1
                 overhead += f" (merged {merged * 100:+.1f}%)"
         print(
             f"| {method} | {r['trainable']:,} | {100 * r['trainable'] / r['total']:.2f}% | {med(method, 'step_ms'):.0f} | "
             f"{full_step / med(method, 'step_ms'):.2f}x | {med(method, 'peak_mib'):.0f} | "
-            f"{med(method, 'peak_mib') / full_mem:.2f}x | {overhead} |"
+            f"{med(method, 'peak_mib') / full_mem:.2f}x | {r['saved_mib']:.0f} ({r['saved_mib'] / full_saved:.2f}x) | {overhead} |"
         )
 
 
