@@ -106,3 +106,25 @@ def test_callback_gives_the_full_state_dict_back_and_needs_one_trained_adapter(m
     assert set(model.state_dict()) == adapter_state_keys(model, "toy")
     callback.release()
     assert "base.embeddings.word_embeddings.weight" in model.state_dict()
+
+
+def test_a_reparameterised_prefix_is_saved_folded_at_the_end_and_checkpoints_keep_its_mlp(model_dir, tmp_path):
+    import json
+
+    from adapterkit import HeadConfig
+
+    model = AdapterModel.from_pretrained(str(model_dir))
+    model.add_adapter("toy", "prefix", HeadConfig(num_labels=2, dropout=0.0), prefix_length=2, reparam_hidden=8)
+    model.train_adapter("toy")
+    trainer = trainer_for(model, tmp_path)
+    trainer.train()
+    final = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    checkpoint = json.loads((tmp_path / "checkpoint-6" / "adapter" / "adapter_config.json").read_text())
+    assert final["config"]["reparameterize"] is False and checkpoint["config"]["reparameterize"] is True
+    batch = tiny_tokenizer()(["good film", "bad plot"], return_tensors="pt", padding=True)
+    loaded = AdapterModel.from_pretrained(str(model_dir))
+    loaded.load_adapter(tmp_path / "adapter")
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch, adapters="toy").logits, model(**batch, adapters="toy").logits)
+    assert set(model.state_dict()) == adapter_state_keys(model, "toy")  # the kept keys follow the fold

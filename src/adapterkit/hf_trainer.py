@@ -91,8 +91,18 @@ class SaveAdapterCallback(TrainerCallback):
             self._unwrapped(model).save_adapter(self._name(model), checkpoint / self.folder)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        """Save the final adapter in inference form: a reparameterised prefix (also inside MAM) is
+        folded into plain prefixes first, as adapterkit's own trainer does (same outputs, far
+        fewer parameters). Checkpoints keep the training form, which resuming needs."""
+        unwrapped = self._unwrapped(model)
+        name = self._name(model)
+        fold = getattr(unwrapped.adapters[name], "fold", None)
+        if fold is not None:
+            self.release()
+            fold()  # every process, so they keep computing the same model
+            self.attach(unwrapped)  # the folded adapter's keys are the ones to keep now
         if state.is_world_process_zero:
-            self._unwrapped(model).save_adapter(self._name(model), Path(args.output_dir) / self.folder)
+            unwrapped.save_adapter(name, Path(args.output_dir) / self.folder)
 
     # ----------------------------------------------------------------- the model's state dict
     def attach(self, model: Any) -> None:
