@@ -343,6 +343,8 @@ def test_prompt_initialisations():
     assert all(any(torch.equal(row, t) for t in table[3:]) for row in rows)  # real, non-special tokens
     model.add_adapter("random", "prompt", prompt_length=200, init="random")
     assert abs(model.adapters["random"].prompt.std().item() / table.std().item() - 1) < 0.2
+    model.add_adapter("unit", "prompt", prompt_length=200, init="random", init_std=1.0)
+    assert abs(model.adapters["unit"].prompt.std().item() - 1) < 0.2
 
 
 def test_prefix_initialised_from_real_tokens_holds_their_keys_and_values():
@@ -423,6 +425,10 @@ def test_bad_options_get_clear_errors():
         model.add_adapter("a", "prompt", init="text", init_text="unknown words")
     with pytest.raises(ValueError, match="init_text is only read with init='text'"):
         model.add_adapter("a", "prompt", init_text="good")
+    with pytest.raises(ValueError, match="init_std must be > 0 and is only read with init='random'"):
+        model.add_adapter("a", "prompt", init_std=1.0)
+    with pytest.raises(ValueError, match="init_std must be > 0"):
+        model.add_adapter("a", "prompt", init="random", init_std=0.0)
     with pytest.raises(ValueError, match="no head with label_names; pass init_text"):
         model.add_adapter("a", "prompt", init="text")
     with pytest.raises(ValueError, match="unknown init 'zeros'"):

@@ -9,7 +9,7 @@ and adds ``k·d`` parameters. Lester et al. (Sec. 3.2) compare three initialisat
 sampled vocabulary embeddings (``vocab``) and the embeddings of the class-label words (``text``,
 any text may be given; it is cycled to length ``k``); label words were best for small models. Here
 ``random`` draws N(0, σ²) with σ the standard deviation of the model's own token embeddings, so
-the prompt starts at the scale of real tokens.
+the prompt starts at the scale of real tokens (``init_std`` sets σ instead).
 
 **Deep prompts** put prompts at every layer, not only at the input: at the input of each layer
 ``i >= 1`` the hidden states of the ``k`` prompt positions are *replaced* by that layer's learned
@@ -52,6 +52,8 @@ class PromptConfig(MethodConfig):
         prompt_length: ``k``, the number of prompt positions.
         init: ``vocab``, ``text`` or ``random`` (see the module docstring).
         init_text: the text for ``init='text'`` (default: the head's class-label words).
+        init_std: for ``init='random'``, the standard deviation of the draw (None: that of the
+            model's token embeddings; 1.0 is the unit normal of ``nn.Embedding``'s own init).
     """
 
     method = "prompt"
@@ -59,6 +61,7 @@ class PromptConfig(MethodConfig):
     prompt_length: int = 20
     init: str = "vocab"
     init_text: str | None = None
+    init_std: float | None = None
 
     def validate(self) -> None:
         if self.prompt_length < 1:
@@ -67,6 +70,11 @@ class PromptConfig(MethodConfig):
             raise ValueError(f"{self.method}: unknown init {self.init!r}; use one of {', '.join(INITS)}")
         if self.init_text is not None and self.init != "text":
             raise ValueError(f"{self.method}: init_text is only read with init='text' (init is {self.init!r})")
+        if self.init_std is not None and (self.init != "random" or not self.init_std > 0):
+            raise ValueError(
+                f"{self.method}: init_std must be > 0 and is only read with init='random' "
+                f"(init is {self.init!r}, init_std {self.init_std})"
+            )
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,8 @@ class PromptAdapter(AdapterMethod):
         config = self.config
         embeddings = model.parts.embeddings
         if config.init == "random":
-            self.prompt.normal_(0.0, embeddings.weight.float().std().item())
+            std = config.init_std if config.init_std is not None else embeddings.weight.float().std().item()
+            self.prompt.normal_(0.0, std)
         else:
             ids = init_token_ids(model, config.init, config.init_text, self.length, config.method, name)
             self.prompt.copy_(embeddings(ids.to(embeddings.weight.device)))
