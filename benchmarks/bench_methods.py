@@ -17,6 +17,11 @@ run, the only comparison that means anything on a noisy shared machine.
   ``/proc/self/status``, reset through ``/proc/self/clear_refs`` once the model is loaded and
   freed heap memory was trimmed) over all training steps; on GPU the growth of
   ``torch.cuda.max_memory_allocated``. Either way: what training needs beyond the loaded model.
+* heap peak (CPU): the most memory glibc had handed out and not had back (``mallinfo2``: small
+  blocks + mmapped ones) during one training step, sampled at the end of every module's forward
+  and at every gradient accumulation, minus the same figure for the loaded model: what training
+  really holds (optimizer state, gradients, activations, temporaries at the sampled points),
+  without the freed-but-kept memory that inflates the resident set.
 * saved activations: the bytes of the distinct tensors autograd keeps for backward in one
   training forward (``torch.autograd.graph.saved_tensors_hooks``): exact and free of allocator
   noise, but without gradients, optimizer state and backward temporaries, which the peak has.
@@ -59,6 +64,38 @@ def _median_ms(fn, repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+class _MallInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+def _heap_in_use() -> int:
+    """Bytes glibc's malloc has handed out and not had back: small blocks plus mmapped ones."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def _heap_peak_during(model, step) -> int:
+    """The largest :func:`_heap_in_use` seen while ``step()`` runs (see the module docstring)."""
+    peak = 0
+
+    def sample(*_):
+        nonlocal peak
+        peak = max(peak, _heap_in_use())
+
+    handles = [module.register_forward_hook(sample) for module in model.modules()]
+    handles += [p.register_post_accumulate_grad_hook(sample) for p in model.parameters() if p.requires_grad]
+    try:
+        step()
+        sample()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return peak
 
 
 def _saved_activation_mib(forward) -> float:
@@ -115,15 +152,17 @@ def worker(spec: str, args: argparse.Namespace) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed while loading back to the OS
         Path("/proc/self/clear_refs").write_text("5")
         before = _rss_kib() * 1024
+        loaded_heap = _heap_in_use()
     for _ in range(2):
         step()
     step_ms = _median_ms(step, args.steps)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _rss_peak_kib() * 1024) - before
     trained, total = model.count_parameters("task")
     saved_mib = _saved_activation_mib(lambda: model(**batch, labels=labels).loss)
+    heap_mib = (_heap_peak_during(model, step) - loaded_heap) / 2**20 if device == "cpu" else float("nan")
 
     model.eval()
-    result = {"method": spec, "step_ms": step_ms, "peak_mib": peak / 2**20, "saved_mib": saved_mib, "trainable": trained, "total": total}
+    result = {"method": spec, "step_ms": step_ms, "peak_mib": peak / 2**20, "saved_mib": saved_mib, "heap_mib": heap_mib, "trainable": trained, "total": total}
     if method in ("full", "partial", "probe"):
         return result  # no adapter in the forward path: inference equals the plain model
 
@@ -178,9 +217,10 @@ def main() -> None:
         return statistics.median(r[key] for r in runs[method])
 
     full_step, full_mem, full_saved = med("full", "step_ms"), med("full", "peak_mib"), runs["full"][0]["saved_mib"]
+    full_heap = runs["full"][0]["heap_mib"]
     print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} threads={args.threads}")
-    print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | saved activations MiB (vs full) | inference overhead |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | heap peak MiB (vs full) | saved activations MiB (vs full) | inference overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for method in methods:
         r = runs[method][0]
         overhead = "-"
@@ -192,7 +232,8 @@ def main() -> None:
         print(
             f"| {method} | {r['trainable']:,} | {100 * r['trainable'] / r['total']:.2f}% | {med(method, 'step_ms'):.0f} | "
             f"{full_step / med(method, 'step_ms'):.2f}x | {med(method, 'peak_mib'):.0f} | "
-            f"{med(method, 'peak_mib') / full_mem:.2f}x | {r['saved_mib']:.0f} ({r['saved_mib'] / full_saved:.2f}x) | {overhead} |"
+            f"{med(method, 'peak_mib') / full_mem:.2f}x | "
+            f"{r['heap_mib']:.0f} ({r['heap_mib'] / full_heap:.2f}x) | {r['saved_mib']:.0f} ({r['saved_mib'] / full_saved:.2f}x) | {overhead} |"
         )
 
 
