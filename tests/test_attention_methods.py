@@ -99,7 +99,7 @@ def test_save_load_gives_identical_outputs(arch, name, tmp_path):
     assert meta["config"]["method"] == METHODS[name][0]
     if name in ("prefix", "mam"):  # saved as trained (resumable); folded, it saves as a plain prefix
         assert meta["config"]["reparameterize"] is True and any("reparam" in k for k in saved)
-        model.adapters["task"].fold()
+        assert model.fold_adapter("task") and not model.fold_adapter("task")  # changed once, then idempotent
         model.save_adapter("task", tmp_path / "folded")
         meta = json.loads((tmp_path / "folded" / "adapter_config.json").read_text())
         assert meta["config"]["reparameterize"] is False
@@ -107,6 +107,8 @@ def test_save_load_gives_identical_outputs(arch, name, tmp_path):
         folded = AdapterModel(tiny_base(arch))
         folded.load_adapter(tmp_path / "folded")
         torch.testing.assert_close(folded.eval()(**batch).logits, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert not model.fold_adapter("task")  # nothing to fold
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -94,12 +94,9 @@ class SaveAdapterCallback(TrainerCallback):
         """Save the final adapter in inference form: a reparameterised prefix (also inside MAM) is
         folded into plain prefixes first, as adapterkit's own trainer does (same outputs, far
         fewer parameters). Checkpoints keep the training form, which resuming needs."""
-        unwrapped = self._unwrapped(model)
-        name = self._name(model)
-        fold = getattr(unwrapped.adapters[name], "fold", None)
-        if fold is not None:
+        unwrapped, name = self._unwrapped(model), self._name(model)
+        if unwrapped.fold_adapter(name):  # on every process, so they keep computing the same model
             self.release()
-            fold()  # every process, so they keep computing the same model
             self.attach(unwrapped)  # the folded adapter's keys are the ones to keep now
         if state.is_world_process_zero:
             unwrapped.save_adapter(name, Path(args.output_dir) / self.folder)

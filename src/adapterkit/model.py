@@ -189,6 +189,19 @@ class AdapterModel(nn.Module):
             raise ValueError(f"adapter {name!r} ({adapter.config.method}) cannot be merged; only LoRA can")
         return adapter
 
+    def fold_adapter(self, name: str) -> bool:
+        """Replace adapter ``name``'s training-only reparameterisation (a prefix's MLP, also inside
+        MAM or another union) by the plain parameters it computes: the same outputs from fewer
+        parameters, saved and loaded in that form. Returns whether anything changed (False for
+        methods without one, or when already folded). An optimizer holding the old parameters
+        must be rebuilt to train on."""
+        self._check_names([name])
+        adapter = self.adapters[name]
+        before = adapter.config
+        if hasattr(adapter, "fold"):
+            adapter.fold()
+        return adapter.config != before
+
     def merge_adapter(self, name: str) -> None:
         """Fold adapter ``name`` into the base weights (idempotent). The sites then add nothing."""
         self._mergeable(name).merge()

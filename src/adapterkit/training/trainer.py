@@ -38,8 +38,8 @@ from transformers import get_linear_schedule_with_warmup
 from ..composition import Setup
 from ..data.task import TaskData
 from ..distributed import make_accelerator
-from .batching import Collator, encode_examples, make_loader
 from ..persistence import CONFIG_FILE, read_adapter_config
+from .batching import Collator, encode_examples, make_loader
 from .checkpoint import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -217,19 +217,16 @@ class Trainer:
         load. The checkpoint keeps the training form, which resuming needs. A run resumed after it
         had finished finds ``best/`` already folded, so it folds the live adapter first.
         """
-        model, adapter = self.model, self.model.adapters[self.adapter]
-        fold = getattr(adapter, "fold", None)
-        saved_config = json_form(read_adapter_config(best_dir)["config"])
-        if fold is not None and saved_config != json_form(adapter.config.to_dict()):
-            fold()
+        model = self.model
+        saved = json_form(read_adapter_config(best_dir)["config"])
+        if saved != json_form(model.adapters[self.adapter].config.to_dict()):
+            model.fold_adapter(self.adapter)
         restore_adapter_weights(model, self.adapter, best_dir)
-        if fold is None:
-            return
-        fold()  # idempotent
-        acc.wait_for_everyone()  # every process has read best/ before it is rewritten
-        if self._main and saved_config != json_form(adapter.config.to_dict()):
-            best = next(r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch)
-            model.save_adapter(self.adapter, best_dir, extra=self._saved_extra(progress.best_epoch, best))
+        if model.fold_adapter(self.adapter):  # the same answer on every process
+            acc.wait_for_everyone()  # every process has read best/ before it is rewritten
+            if self._main:
+                extra = self._saved_extra(progress.best_epoch, _best_validation(progress))
+                model.save_adapter(self.adapter, best_dir, extra=extra)
 
     def _train_epoch(self, acc, wrapped, loader, optimizer, scheduler, trainable, epoch: int, progress: Progress) -> float:
         cfg = self.config
@@ -311,7 +308,6 @@ class Trainer:
         self, progress: Progress, test_metrics: dict[str, float], acc, output: Path | None, trained: int
     ) -> TrainingResult:
         saved, base = self.model.count_parameters(self.adapter)
-        best = next((r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch), {})
         return TrainingResult(
             adapter=self.adapter,
             method=self.method,
@@ -319,7 +315,7 @@ class Trainer:
             task=self.task.name,
             kind=self.task.kind,
             test_metrics=test_metrics,
-            validation_metrics=best,
+            validation_metrics=_best_validation(progress),
             trainable_params=trained,
             saved_params=saved,
             base_params=base,
@@ -357,3 +353,8 @@ class Trainer:
             parts.append(f"validation {metrics}" + (" (best)" if record.get("best") else ""))
         parts.append(f"{seconds:.1f} s")
         self._log(", ".join(parts))
+
+
+def _best_validation(progress: Progress) -> dict[str, float]:
+    """The validation metrics of the best epoch ({} before any validation)."""
+    return next((r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch), {})
