@@ -230,9 +230,10 @@ def test_options_of_the_wrong_type_are_refused_by_name(method, options, message)
 
 
 def test_the_registry_knows_the_built_in_methods_without_importing_the_model():
-    code = "from adapterkit.registry import make_config; print(make_config('houlsby').method)"
+    code = "from adapterkit.registry import make_config; print(make_config('houlsby').method, " \
+        "make_config('fusion', adapters=['a', 'b']).method)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "houlsby"
+    assert done.stdout.strip() == "houlsby fusion"
 
 
 def test_valid_option_types_pass_ints_as_floats_and_lists_as_tuples():

@@ -80,6 +80,8 @@ class MethodSpec:
 
 
 REGISTRY: dict[str, MethodSpec] = {}
+#: Modules whose import registers the built-in methods (fusion lives beside composition).
+_BUILT_IN_MODULES = ("adapterkit.methods", "adapterkit.fusion")
 
 
 def register_method(config_cls: type[MethodConfig], module_cls: type[AdapterMethod]) -> None:
@@ -90,7 +92,8 @@ def register_method(config_cls: type[MethodConfig], module_cls: type[AdapterMeth
 
 
 def method_spec(name: str) -> MethodSpec:
-    importlib.import_module("adapterkit.methods")  # the built-in methods register on import
+    for module in _BUILT_IN_MODULES:  # registered on import; a no-op once imported
+        importlib.import_module(module)
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; available methods: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
