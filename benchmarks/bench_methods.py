@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import statistics
 import subprocess
@@ -71,11 +72,16 @@ class _MallInfo(ctypes.Structure):
                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
 
 
-def _heap_in_use() -> int:
-    """Bytes glibc's malloc has handed out and not had back: small blocks plus mmapped ones."""
+@functools.cache
+def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo
-    info = libc.mallinfo2()
+    return libc
+
+
+def _heap_in_use() -> int:
+    """Bytes glibc's malloc has handed out and not had back: small blocks plus mmapped ones."""
+    info = _libc().mallinfo2()
     return info.uordblks + info.hblkhd
 
 
@@ -149,7 +155,7 @@ def worker(spec: str, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed while loading back to the OS
+        _libc().malloc_trim(0)  # hand memory freed while loading back to the OS
         Path("/proc/self/clear_refs").write_text("5")
         before = _rss_kib() * 1024
         loaded_heap = _heap_in_use()
@@ -217,7 +223,7 @@ def main() -> None:
         return statistics.median(r[key] for r in runs[method])
 
     full_step, full_mem, full_saved = med("full", "step_ms"), med("full", "peak_mib"), runs["full"][0]["saved_mib"]
-    full_heap = runs["full"][0]["heap_mib"]
+    full_heap = med("full", "heap_mib")
     print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} threads={args.threads}")
     print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | heap peak MiB (vs full) | saved activations MiB (vs full) | inference overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -233,7 +239,7 @@ def main() -> None:
             f"| {method} | {r['trainable']:,} | {100 * r['trainable'] / r['total']:.2f}% | {med(method, 'step_ms'):.0f} | "
             f"{full_step / med(method, 'step_ms'):.2f}x | {med(method, 'peak_mib'):.0f} | "
             f"{med(method, 'peak_mib') / full_mem:.2f}x | "
-            f"{r['heap_mib']:.0f} ({r['heap_mib'] / full_heap:.2f}x) | {r['saved_mib']:.0f} ({r['saved_mib'] / full_saved:.2f}x) | {overhead} |"
+            f"{med(method, 'heap_mib'):.0f} ({med(method, 'heap_mib') / full_heap:.2f}x) | {r['saved_mib']:.0f} ({r['saved_mib'] / full_saved:.2f}x) | {overhead} |"
         )
 
 

@@ -25,11 +25,13 @@ def _umask() -> int:
     return mask
 
 
-def _usual_mode(path: Path) -> None:
-    """``tempfile`` (and safetensors' writer) create private 0700 / 0600 entries; give ``path``
+def _usual_modes(paths: list[Path]) -> None:
+    """``tempfile`` (and safetensors' writer) create private 0700 / 0600 entries; give ``paths``
     the permissions an ordinary ``mkdir`` / ``open`` would, so that another user (a server) can
     read saved adapters."""
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    allowed = ~_umask()
+    for path in paths:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & allowed)
 
 
 @contextlib.contextmanager
@@ -40,8 +42,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        for path in [tmp, *tmp.rglob("*")]:
-            _usual_mode(path)
+        _usual_modes([tmp, *tmp.rglob("*")])
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
@@ -62,7 +63,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
-        _usual_mode(Path(tmp))
+        _usual_modes([Path(tmp)])
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
