@@ -39,7 +39,7 @@ import torch
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Setup, Stack
-from adapterkit.fusion import FusionLayer
+from adapterkit.methods.fusion import FusionLayer
 
 MPNET_BASE = dict(
     vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,

@@ -40,9 +40,10 @@ import torch
 
 from adapterkit import AdapterModel
 from adapterkit.data import load_task
-from adapterkit.fusion import FusionConfig, fusion_attention, prune_fusion
+from adapterkit.inference.fusion import fusion_attention, prune_fusion
+from adapterkit.methods.fusion import FusionConfig
 from adapterkit.training import Trainer, TrainingConfig, add_task_adapter, evaluate
-from adapterkit.training.batching import Collator, encode_examples, make_loader
+from adapterkit.data.batching import Collator, encode_examples, make_loader
 
 # seven source tasks: with the target's own adapter the fusion has eight, as in AdapterDrop's pruning
 SOURCES = "rotten_tomatoes,trec6,vader_tweets_binary,vader_nyt_binary,health_tweets,news_articles,parlspeech_en"

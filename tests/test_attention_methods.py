@@ -409,9 +409,11 @@ def test_blocks_without_a_meaning_for_prefixes_and_prompts_are_refused():
     batch = tiny_batch()
     with pytest.raises(ValueError, match="prompt adapters \\(q\\) cannot be routed per row"):
         model(**batch, adapters=Routed(["q", "r", "q"]))
-    with pytest.raises(ValueError, match="prefix adapters \\(p\\) cannot run inside Parallel"):
+    with pytest.raises(ValueError, match="adapters \\['p'\\] are prefix or prompt adapters.*cannot run inside Parallel"):
         model(**batch, adapters=Parallel("p", "r"))
-    model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("p", "r"))
+    with pytest.raises(ValueError, match="p \\(prefix\\) do not act on sublayer outputs.*fuse bottleneck adapters"):
+        model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("p", "r"))
+    model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("p", "r"), sublayers=("ffn",))
     with pytest.raises(ValueError, match="cannot run inside Fuse"):
         model(**batch, adapters=Fuse("p", "r", fusion="f"))
 

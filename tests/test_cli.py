@@ -170,6 +170,7 @@ def test_methods_lists_options_and_default_learning_rates():
     assert code == 0
     assert "houlsby  (default learning rate 0.001)" in out and "reduction_factor = 16.0" in out
     assert "lora  (default learning rate 0.0005)" in out
+    assert "learning rate source: Hu et al. 2021" in out and "capabilities: merge" in out
 
 
 def test_tasks_lists_the_bundled_tasks():

@@ -14,10 +14,11 @@ import torch
 from tiny_models import LAYERS, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
-from adapterkit.composition import AdapterDrop, Fuse, MultiTaskOutput, Parallel, Routed, Stack, forward_context
+from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack
+from adapterkit.execution import MultiTaskOutput
 from adapterkit.methods.base import AdapterMethod
 from adapterkit.methods.bottleneck import Bottleneck
-from adapterkit.registry import REGISTRY, MethodConfig, register_method
+from adapterkit.registry import MethodConfig, register_method, unregister_method
 from adapterkit.sites import SiteModule
 
 ATOL = 1e-5
@@ -66,7 +67,7 @@ def ffn_module(model: AdapterModel, name: str, layer: int) -> SiteModule:
 
 def hidden(model: AdapterModel, batch, adapters) -> torch.Tensor:
     """Final hidden states under ``adapters`` (the heads are left out)."""
-    with torch.no_grad(), model.using(adapters) as setup, forward_context(model, setup):
+    with torch.no_grad(), model.using(adapters):
         return model.body(**batch).last_hidden_state
 
 
@@ -175,8 +176,9 @@ def test_parallel_falls_back_per_branch_for_modules_without_batched_form(monkeyp
 
 def test_parallel_outside_forward_is_refused():
     model = model_with()
-    with model.using(Parallel("a", "b")), pytest.raises(RuntimeError, match="only through AdapterModel.forward"):
-        model.body(**tiny_batch())
+    with pytest.raises(ValueError, match="a Parallel setup runs only through model\\(..., adapters=...\\)"):
+        with model.using(Parallel("a", "b")):
+            model.body(**tiny_batch())
 
 
 # ----------------------------------------------------------------------------- per-sample routing
@@ -325,7 +327,7 @@ def test_robust_adapter_drop_samples_a_depth_per_batch():
         (lambda: Stack("a", "a"), "names an adapter twice"),
         (lambda: Fuse(Stack("a", Fuse("b", "c")), "c"), "may only stack adapter names"),
         (lambda: Routed(["a", Stack("b")]), "names only"),
-        (lambda: AdapterDrop("a", first=-1), "first must be >= 0"),
+        (lambda: AdapterDrop("a", first=-1), "first must be an integer >= 0"),
     ],
 )
 def test_invalid_nestings_are_refused_when_built(build, message):
@@ -351,11 +353,15 @@ def test_unknown_names_and_missing_heads_are_clear_errors():
         model(**batch, adapters=AdapterDrop("a", first=9))
 
 
-def test_merged_lora_cannot_be_routed():
+def test_a_merged_lora_routes_per_row_like_an_unmerged_one():
     model = model_with("bert", {"a": ("lora", {"r": 2}), "b": ("lora", {"r": 2})})
-    model.merge_adapter("a")
-    with pytest.raises(ValueError, match="merged"):
-        model(**tiny_batch(), adapters=Routed(["a", "b", "a"]))
+    batch, setup = tiny_batch(), Routed(["a", "b", None])
+    with torch.no_grad():
+        unmerged = model(**batch, adapters=setup)
+        model.merge_adapter("a")
+        merged = model(**batch, adapters=setup)
+    for name in "ab":
+        torch.testing.assert_close(merged[name].logits, unmerged[name].logits, rtol=1e-5, atol=1e-5)
 
 
 @dataclass(frozen=True)
@@ -373,10 +379,10 @@ class _Scale(SiteModule):
 
 
 class _ScaleMethod(AdapterMethod):
-    def __init__(self, config, parts, sites):
-        super().__init__(config, parts, sites)
-        for layer in range(parts.num_layers):
-            self.attach(sites[f"{layer}.ffn"], _Scale())
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        for layer in range(ctx.parts.num_layers):
+            self.attach(ctx.sites[f"{layer}.ffn"], _Scale())
 
 
 def test_routing_a_method_without_batched_form_says_how_to_fix():
@@ -390,7 +396,7 @@ def test_routing_a_method_without_batched_form_says_how_to_fix():
             out = model(**tiny_batch(), adapters=Parallel("s", "a"))
             assert torch.allclose(out["s"].logits, model(**tiny_batch(), adapters="s").logits, atol=ATOL)
     finally:
-        del REGISTRY["test_scale"]
+        unregister_method("test_scale")
 
 
 # ----------------------------------------------------------------------------- continual tasks

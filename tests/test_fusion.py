@@ -10,10 +10,11 @@ import torch
 from tiny_models import LAYERS, VOCAB, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
-from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack, forward_context
+from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack
 from adapterkit.data.task import Example, TaskData
-from adapterkit.fusion import FusionConfig, FusionLayer, fusion_attention, prune_fusion
-from adapterkit.multitask import mixture_batches, train_multitask
+from adapterkit.inference.fusion import fusion_attention, prune_fusion
+from adapterkit.methods.fusion import FusionConfig, FusionLayer
+from adapterkit.training.multitask import mixture_batches, train_multitask
 
 ATOL = 1e-5
 
@@ -67,7 +68,7 @@ def hand_hooks(model, compute):
 
 
 def hidden(model, batch, adapters=None):
-    with torch.no_grad(), model.using(adapters) as setup, forward_context(model, setup):
+    with torch.no_grad(), model.using(adapters):
         return model.body(**batch).last_hidden_state
 
 
@@ -255,9 +256,9 @@ def test_pruned_fusion_equals_fusion_over_the_kept_adapters(tmp_path):
 def test_fusion_misuse_is_a_clear_error():
     model = fused_model()
     model.add_adapter("h", "houlsby", head=head(), bottleneck_size=4)
-    model.add_adapter("fh", "fusion", adapters=("a", "h"))
+    model.add_adapter("fh", "fusion", adapters=("a", "h"), sublayers=("ffn",))
     batch = tiny_batch()
-    with pytest.raises(ValueError, match="no fusion layer at site 0.attn"):
+    with pytest.raises(ValueError, match="fusion 'fh' has no fusion layer at 0.attn, 1.attn, where 'h' acts; add the fusion again without sublayers="):
         model(**batch, adapters="fh")
     with pytest.raises(ValueError, match="is itself a fusion"):
         model(**batch, adapters=Fuse("a", "f", fusion="fh"))

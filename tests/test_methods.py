@@ -229,11 +229,25 @@ def test_options_of_the_wrong_type_are_refused_by_name(method, options, message)
         make_config(method, **options)
 
 
-def test_the_registry_knows_the_built_in_methods_without_importing_the_model():
-    code = "from adapterkit.registry import make_config; print(make_config('houlsby').method, " \
-        "make_config('fusion', adapters=['a', 'b']).method)"
+def test_the_package_knows_the_built_in_methods_without_importing_the_model():
+    code = "import sys, adapterkit; print(adapterkit.make_config('houlsby').method, " \
+        "adapterkit.make_config('fusion', adapters=['a', 'b']).method, 'adapterkit.model' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "houlsby fusion"
+    assert done.stdout.strip() == "houlsby fusion False"
+
+
+def test_the_bare_registry_says_how_to_register_the_built_in_methods():
+    code = "from adapterkit.registry import make_config; make_config('houlsby')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "no method is registered yet; import adapterkit.methods" in done.stderr
+
+
+def test_a_second_method_under_a_taken_name_is_refused():
+    from adapterkit.methods.lora import LoraAdapter, LoraConfig
+    from adapterkit.registry import register_method
+
+    with pytest.raises(ValueError, match="a method named 'lora' is registered already"):
+        register_method(LoraConfig, LoraAdapter)
 
 
 def test_valid_option_types_pass_ints_as_floats_and_lists_as_tuples():

@@ -220,7 +220,8 @@ def test_default_learning_rates_follow_the_method():
     assert default_learning_rate("houlsby") == 1e-3
     assert default_learning_rate("lora") == 5e-4
     assert default_learning_rate("full") == 2e-5
-    assert default_learning_rate("a-method-not-in-the-table") == 1e-3
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        default_learning_rate("nope")
     assert TrainingConfig().learning_rate_for("lora") == 5e-4
     assert TrainingConfig(learning_rate=0.1).learning_rate_for("lora") == 0.1
 

@@ -27,7 +27,9 @@ _EXPORTS = {
     "Parallel": "composition",
     "Routed": "composition",
     "AdapterDrop": "composition",
-    "FusionConfig": "fusion",
+    "setup_from_dict": "composition",
+    "MultiTaskOutput": "execution",
+    "FusionConfig": "methods.fusion",
 }
 
 __all__ = sorted(_EXPORTS)

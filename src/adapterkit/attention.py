@@ -13,11 +13,13 @@ live in the hidden states; RoPE is applied to the tokens' keys before they get h
 registry of attention functions, ``ALL_ATTENTION_FUNCTIONS``, keyed by
 ``config._attn_implementation`` and called as ``f(module, query, key, value, attention_mask,
 **kwargs)`` *after* the key/value cache is updated. adapterkit registers a wrapper per supported
-implementation (``adapterkit_sdpa``, ``adapterkit_eager``) that prepends the prefixes of the
-adapters active in the forward pass and extends the mask, then calls the original function. A
-model's config is switched to the wrapper while it carries a prefix and switched back when the
-last one goes; the wrapper's mask builder is the original one, so masks are built exactly as
-before. Nothing of the model is copied or renamed.
+implementation (``adapterkit_sdpa``, ``adapterkit_eager``) that asks the pass in flight
+(``context.current()``) which prefixes this attention module prepends, in which order and for
+which rows (``BoundSetup.prefixes``, from the ``attention`` sites), prepends them and extends the
+mask, then calls the original function. A model's config is switched to the wrapper while it
+carries a prefix and switched back when the last one goes (:class:`PrefixHooks`); the wrapper's
+mask builder is the original one, so masks are built exactly as before. Nothing of the model is
+copied or renamed.
 
 **The cache.** Since the wrapper runs after the cache update, the cache only ever holds the
 tokens' keys and values; the prefix is prepended afresh at every step, so a cached and an
@@ -35,20 +37,15 @@ raises an error that says so.
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from .placement import ResolvedModel
-
-if TYPE_CHECKING:
-    from .composition import Setup
-    from .model import AdapterModel
+from . import context
 
 SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
 _WRAPPED = {impl: f"adapterkit_{impl}" for impl in SUPPORTED_IMPLEMENTATIONS}
@@ -169,86 +166,15 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, dro
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
-# ---------------------------------------------------------------------------------- routing
-def plan(setup: Setup | None, available, what: str) -> tuple[list[tuple[str, torch.Tensor | None]], int]:
-    """Which of the adapters named in ``available`` act in a forward pass with ``setup``, in order,
-    each with the rows it acts on (None: all), and below which layer nothing acts.
-
-    Prefixes and prompts change the attention's keys or the input sequence rather than a site's
-    output, so composition blocks map onto them as follows: ``Stack`` concatenates them in
-    stack order (``[P_a; P_b; K]``); ``AdapterDrop`` skips the lower layers; ``Routed`` shows each
-    row only its own adapter's prefix (several users' prefixes in one batch). Fusing or running
-    them in ``Parallel`` has no defined meaning and is an error, as is routing prompts per row
-    (prompts of other rows would shift a row's positions).
-    """
-    from .composition import AdapterDrop, Routed, Stack
-
-    if setup is None:
-        return [], 0
-    depth = 0
-    if isinstance(setup, AdapterDrop):
-        depth, setup = setup.depth, setup.inner
-    if isinstance(setup, Routed):
-        chosen = [(k, name) for k, name in enumerate(setup.names) if name in available]
-        if chosen and what != "prefix":
-            raise ValueError(f"{what} adapters ({', '.join(n for _, n in chosen)}) cannot be routed per row: "
-                             "other rows' prompts would shift this row's positions; use prefix adapters or Stack")
-        return [(name, setup.index == k) for k, name in chosen], depth
-    items = setup.items if isinstance(setup, Stack) else (setup,)
-    acting: list[tuple[str, torch.Tensor | None]] = []
-    for item in items:
-        if isinstance(item, str):
-            if item in available:
-                acting.append((item, None))
-        elif any(name in available for name in item.adapter_names()):
-            names = [n for n in item.adapter_names() if n in available]
-            raise ValueError(
-                f"{what} adapters ({', '.join(names)}) cannot run inside {type(item).__name__}: they change what "
-                "attention sees rather than a sublayer's output; use them in a Stack, Routed or AdapterDrop"
-            )
-    return acting, depth
-
-
-class _AttentionSite:
-    """The prefixes attached to one attention module (of layer ``layer``), by adapter name.
-
-    A forward pre-hook on the module re-installs the wrapper when the model's attention
-    implementation was changed after the prefix was added (``set_attn_implementation``), so a
-    prefix is never silently skipped.
-    """
-
-    def __init__(self, model: AdapterModel, layer: int, module: nn.Module):
-        self.model = weakref.ref(model)  # the registry must not keep the model alive
-        self.layer = layer
-        self.prefixes: dict[str, Prefix] = {}
-        self.handle = module.register_forward_pre_hook(self._ensure_wrapped)
-
-    def _ensure_wrapped(self, module: nn.Module, args) -> None:
-        impl = module.config._attn_implementation
-        if impl in _WRAPPED:
-            module.config._attn_implementation = _WRAPPED[impl]
-        elif impl not in _UNWRAPPED and self.active():
-            raise ValueError(_unsupported(impl))
-
-    def active(self) -> list[tuple[Prefix, torch.Tensor | None]]:
-        model = self.model()
-        acting, depth = plan(model.current_setup() if model is not None else None, self.prefixes, "prefix")
-        if self.layer < depth:
-            return []
-        return [(self.prefixes[name], rows) for name, rows in acting]
-
-
-_SITES: weakref.WeakKeyDictionary[nn.Module, _AttentionSite] = weakref.WeakKeyDictionary()
-
-
+# ---------------------------------------------------------------------------------- the wrapper
 def _wrapper(impl: str) -> Callable:
     def prefixed_attention(module, query, key, value, attention_mask, **kwargs):
         if impl == "sdpa":
             inner = ALL_ATTENTION_FUNCTIONS["sdpa"]
         else:
             inner = getattr(inspect.getmodule(type(module)), "eager_attention_forward", eager_attention)
-        site = _SITES.get(module)
-        prefixes = site.active() if site is not None else []
+        state = context.current()
+        prefixes = state.setup.prefixes(module, state, key.shape[0], key.device) if state is not None else []
         if prefixes:
             causal = kwargs.get("is_causal")
             causal = getattr(module, "is_causal", False) if causal is None else causal
@@ -273,94 +199,58 @@ def _unsupported(impl: str) -> str:
     )
 
 
-def attention_module(parts: ResolvedModel, layer: int) -> nn.Module:
-    """The module of ``layer`` that computes attention (the parent of the q projection), checked
-    to route through ``ALL_ATTENTION_FUNCTIONS``.
+def check_attention_module(module: nn.Module, model_type: str) -> None:
+    """Check that ``module`` (a layer's attention, the parent of its q projection) routes through
+    ``ALL_ATTENTION_FUNCTIONS``, where prefixes enter.
 
     Raises:
         ValueError: the architecture computes attention some other way (MPNet).
     """
-    q_path = parts.placement.q
-    holder = parts.layers[layer].layer
-    module = holder.get_submodule(q_path.rsplit(".", 1)[0]) if "." in q_path else holder
     forward = inspect.unwrap(type(module).forward)
     if "ALL_ATTENTION_FUNCTIONS" not in forward.__code__.co_names or not hasattr(module, "config"):
         raise ValueError(
             f"prefix tuning needs a model whose attention goes through transformers' ALL_ATTENTION_FUNCTIONS, "
-            f"but {type(module).__name__} (model type {parts.model_type!r}) computes attention in its own forward"
-            f"{' with its relative position bias' if parts.model_type == 'mpnet' else ''}, so a prefix cannot be "
+            f"but {type(module).__name__} (model type {model_type!r}) computes attention in its own forward"
+            f"{' with its relative position bias' if model_type == 'mpnet' else ''}, so a prefix cannot be "
             "added without copying that code; on this model use prompt or deep_prompt (input-side prompts), "
             "LoRA or a bottleneck adapter instead"
         )
-    return module
 
 
-def attach_prefix(model: AdapterModel, layer: int, module: nn.Module, adapter_name: str, prefix: Prefix) -> None:
-    """Make ``module`` (see :func:`attention_module`) prepend ``prefix`` whenever adapter
-    ``adapter_name`` is active, switching the model's attention to the wrapper if needed."""
-    configs = {id(c): c for c in (module.config, model.body.config)}.values()
-    for config in configs:
-        impl = config._attn_implementation
-        if impl not in _WRAPPED and impl not in _UNWRAPPED:
-            raise ValueError(_unsupported(impl))
-    site = _SITES.get(module)
-    if site is None:
-        site = _SITES[module] = _AttentionSite(model, layer, module)
-    site.prefixes[adapter_name] = prefix
-    for config in configs:
-        config._attn_implementation = _WRAPPED.get(config._attn_implementation, config._attn_implementation)
+class PrefixHooks:
+    """The model-wide part of prefix tuning: its attention switched to the wrapper while any prefix
+    is attached, with a guard on every attention module that re-installs the wrapper when the
+    implementation was changed afterwards (``set_attn_implementation``), so a prefix is never
+    silently skipped. :meth:`remove` gives the model its original implementation back.
 
+    Raises:
+        ValueError: the model uses an attention implementation the wrapper does not support.
+    """
 
-def detach_prefixes(model: AdapterModel, adapter_name: str) -> None:
-    """Remove every prefix of ``adapter_name``; once the model carries no prefix at all, give it
-    back its original attention implementation."""
-    configs = {id(model.body.config): model.body.config}
-    for module, site in list(_SITES.items()):
-        if site.model() is model:
-            site.prefixes.pop(adapter_name, None)
-            configs[id(module.config)] = module.config
-            if not site.prefixes:
-                site.handle.remove()
-                del _SITES[module]
-    if not any(site.model() is model for site in _SITES.values()):
-        for config in configs.values():
+    def __init__(self, modules: list[nn.Module]):
+        self.configs = list({id(m.config): m.config for m in modules}.values())
+        for config in self.configs:
+            impl = config._attn_implementation
+            if impl not in _WRAPPED and impl not in _UNWRAPPED:
+                raise ValueError(_unsupported(impl))
+        for config in self.configs:
+            config._attn_implementation = _WRAPPED.get(config._attn_implementation, config._attn_implementation)
+        self.handles = [m.register_forward_pre_hook(self._ensure_wrapped) for m in modules]
+
+    @staticmethod
+    def _ensure_wrapped(module: nn.Module, args) -> None:
+        impl = module.config._attn_implementation
+        if impl in _WRAPPED:
+            module.config._attn_implementation = _WRAPPED[impl]
+        elif impl not in _UNWRAPPED:
+            state = context.current()
+            if state is not None and state.setup.has_prefixes(module):
+                raise ValueError(_unsupported(impl))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        for config in self.configs:
             config._attn_implementation = _UNWRAPPED.get(config._attn_implementation, config._attn_implementation)
 
 
-# ---------------------------------------------------------------------------------- initialisation
-@torch.no_grad()
-def record(
-    model: AdapterModel, modules: list[nn.Module], inputs: bool = False, **model_inputs: torch.Tensor
-) -> list[torch.Tensor]:
-    """Run the plain base model (its body) on ``model_inputs`` (``input_ids`` or ``inputs_embeds``
-    of one example) in eval mode and return, for that example, what each of ``modules`` produced
-    or, with ``inputs=True``, received (its first positional or ``hidden_states`` argument).
-    Used to initialise prefixes and deep prompts from the activations of real tokens (Li & Liang
-    2021, Sec. 7.2)."""
-    seen: dict[int, torch.Tensor] = {}
-
-    def grab(index: int):
-        if inputs:
-            def hook(module, args, kwargs):
-                seen[index] = (args[0] if args else kwargs["hidden_states"])[0]
-            return hook
-
-        def hook(module, args, output):
-            seen[index] = (output[0] if isinstance(output, tuple) else output)[0]
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(grab(i), with_kwargs=True) if inputs else m.register_forward_hook(grab(i))
-        for i, m in enumerate(modules)
-    ]
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with model.using(None):
-            model.body(**model_inputs)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-        for handle in handles:
-            handle.remove()
-    return [seen[i].detach().clone() for i in range(len(modules))]

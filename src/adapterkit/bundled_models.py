@@ -112,6 +112,13 @@ def resolve_model_path(name_or_path: str = DEFAULT_MODEL) -> Path:
     )
 
 
+def model_reference(name_or_path: str) -> str:
+    """How a model is recorded (in saved adapters, results): an absolute path for folders, so
+    ``eval`` and ``predict`` find it again from any working directory; short names unchanged."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if _is_model_dir(path) else str(name_or_path)
+
+
 def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 

@@ -1,94 +1,73 @@
 """Composition of adapters: which adapters run in a forward pass, and how they combine.
 
-A *setup* is a small tree of blocks, checked for shape when it is built and against the model
-(names, heads, fusion layers) when it is activated. At every site the router hands the setup the
-modules attached there (keyed by adapter name) and the setup combines them:
+A *setup* is a small tree of immutable blocks (frozen, hashable values with a JSON form that a
+command-line flag or an HTTP request can carry). This module holds the blocks, the table of
+allowed nestings, and the check of a setup against a read-only :class:`ModelView` of a model.
+What a checked setup computes at each site is interpreted in one place, ``execution.py``.
 
 * ``Stack(a, b)``: ``out -> a -> b``; the output of ``a`` feeds ``b`` (a language adapter under a
   task adapter, LoRA plus a bottleneck, ...). A single adapter name is a one-element stack.
-* ``Fuse(a, b, ..., fusion=f)``: AdapterFusion (``fusion.py``): every child reads the same ``out``
-  and the fusion layer ``f`` attends over their outputs. The name of a fusion alone means
+  Prefixes and prompts of a stack are concatenated in stack order.
+* ``Fuse(a, b, ..., fusion=f)``: AdapterFusion (``methods/fusion.py``): every child reads the same
+  ``out`` and the fusion layer ``f`` attends over their outputs. The name of a fusion alone means
   ``Fuse(*its adapters, fusion=name)``.
 * ``Parallel(a, b, ...)``: several tasks on one input in one forward pass. The layers below the
   first adapted one run once on the shared batch; there the batch is replicated, one copy per
   branch (rows ``[k·B, (k+1)·B)`` belong to branch ``k``), and each branch gets its own head output.
 * ``Routed([a, None, b, a, ...])``: per-sample routing; row ``r`` of the batch uses adapter
-  ``rows[r]`` (or none) and that adapter's head. Computed as one gathered batched operation over the
-  stacked weights of the adapters at each site (``routing.py``), not a loop over adapter groups.
+  ``rows[r]`` (or none) and that adapter's head, computed as one gathered batched operation over
+  the adapters' stacked weights at each site (``routing.py``); prefixes are shown to their rows only.
 * ``AdapterDrop(setup, first=n)``: no adapter acts in the first ``n`` layers (Rücklé et al. 2021);
   with ``robust=True`` each training batch drops a random number of lower layers instead.
 
-Allowed nestings (anything else is an error when the block is built):
-
-===============  ===========================================================
-block            children
-===============  ===========================================================
-Stack            names, Fuse, Parallel (a Parallel only as the last element)
-Fuse             names, Stack of names
-Parallel         names, Stack (without Parallel), Fuse
-Routed           names or None, one per row
-AdapterDrop      any one block but AdapterDrop (it wraps the whole setup)
-===============  ===========================================================
-
-Adapters that have nothing attached at a site (a Pfeiffer adapter at an attention site, a layer
-excluded by ``layers=``) are skipped there.
+JSON form (:meth:`Setup.to_dict`, :func:`setup_from_dict`): a name is ``"a"``, a list of names is
+a stack, and blocks are ``{"stack": [...]}``, ``{"fuse": [...], "fusion": "f"}``,
+``{"parallel": [...]}``, ``{"routed": ["a", null, ...]}``,
+``{"adapter_drop": <setup>, "first": 5, "robust": false}``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from transformers.modeling_outputs import SequenceClassifierOutput
+from .registry import methods_with
 
-from . import fusion as _fusion  # noqa: F401  (registers the fusion method)
-from .heads import head_loss
-from .routing import apply_batched, has_batched_form
-from .sites import Site, SiteModule
+#: Allowed children of each block (``str``: an adapter name); :func:`_check_children` applies it.
+NESTING: dict[str, tuple[str, ...]] = {
+    "Stack": ("str", "Fuse", "Parallel"),  # a Parallel only as the last element
+    "Fuse": ("str", "Stack"),  # a Stack of names only
+    "Parallel": ("str", "Stack", "Fuse"),  # a Stack without Parallel; at least two branches
+    "Routed": ("str", "None"),  # one entry per row
+    "AdapterDrop": ("str", "Stack", "Fuse", "Parallel", "Routed"),  # wraps the whole setup, once
+}
 
-if TYPE_CHECKING:
-    from .model import AdapterModel
+FUSABLE_KINDS = frozenset({"sublayer", "norm"})
+"""Site kinds of adapters AdapterFusion can fuse: adapters acting on sublayer outputs (and their
+layer-norm deltas)."""
+SEQUENCE_KINDS = frozenset({"attention", "input", "layer_input"})
 
 
 class Setup:
-    """Base of all composition blocks."""
+    """Base of all composition blocks (frozen dataclasses)."""
 
-    multi_output = False
-    """True when the forward pass returns one head output per task (:class:`MultiTaskOutput`)."""
-
-    def children(self) -> tuple[str | Setup, ...]:
+    def children(self) -> tuple[str | Setup | None, ...]:
         return ()
 
     def adapter_names(self) -> tuple[str, ...]:
         """Every adapter name the setup uses (fusions included), in order."""
         names: list[str] = []
         for child in self.children():
-            names += [child] if isinstance(child, str) else list(child.adapter_names())
+            if isinstance(child, str):
+                names.append(child)
+            elif child is not None:
+                names += child.adapter_names()
         return tuple(dict.fromkeys(names))
 
     def head_name(self) -> str | None:
         """The adapter whose head produces the output (None: hidden states, or one per task)."""
         raise NotImplementedError
-
-    def apply(
-        self, site: Site, attached: Mapping[str, SiteModule], x: torch.Tensor | None, out: torch.Tensor
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def touches(self, site: Site, attached: Mapping[str, SiteModule]) -> bool:
-        """Whether :meth:`apply` can change ``out`` at ``site``."""
-        return any(_touches(child, site, attached) for child in self.children())
-
-    def bind(self, model: AdapterModel) -> Setup:
-        """Check the setup against ``model`` and return the setup to run (fusion names expanded).
-
-        Raises:
-            ValueError: naming what is wrong (unknown adapter, missing head, misplaced fusion, ...).
-        """
-        return self
 
     def walk(self) -> Iterator[Setup]:
         """This block and every block below it, parents first."""
@@ -97,131 +76,80 @@ class Setup:
             if isinstance(child, Setup):
                 yield from child.walk()
 
-    @contextlib.contextmanager
-    def per_forward(self, model: AdapterModel, root: Setup) -> Iterator[None]:
-        """State for one forward pass through ``model`` (entered by :func:`forward_context`)."""
-        yield
-
-    def outputs(self, model: AdapterModel, hidden: torch.Tensor, attention_mask, labels) -> MultiTaskOutput:
-        raise NotImplementedError(f"{type(self).__name__} has a single output")
+    def to_dict(self) -> Any:
+        """The JSON form (see the module docstring)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.children()))})"
 
 
-# ----------------------------------------------------------------------------- helpers
-def _touches(item: str | Setup, site: Site, attached: Mapping[str, SiteModule]) -> bool:
-    return item in attached if isinstance(item, str) else item.touches(site, attached)
+def _kind(item: Any) -> str:
+    return "None" if item is None else "str" if isinstance(item, str) else type(item).__name__
 
 
-def _apply(item: str | Setup, site: Site, attached, x, out) -> torch.Tensor:
-    if isinstance(item, str):
-        module = attached.get(item)
-        return out if module is None else module(x, out)
-    return item.apply(site, attached, x, out)
-
-
-def _check_items(block: str, items: Sequence[Any], allowed: tuple[type, ...], hint: str) -> tuple:
+def _check_children(block: str, items: Sequence[Any], hint: str = "") -> tuple:
     if not items:
         raise ValueError(f"{block}() needs at least one adapter")
+    allowed = NESTING[block]
     for item in items:
-        if not isinstance(item, (str, *allowed)):
-            kinds = ", ".join(["adapter names", *(t.__name__ for t in allowed)])
+        if _kind(item) not in allowed:
+            kinds = ", ".join("adapter names" if k == "str" else k for k in allowed)
             raise ValueError(f"{block} cannot contain {item!r}: its elements are {kinds}. {hint}".rstrip())
     names = [i for i in items if isinstance(i, str)]
-    if len(set(names)) != len(names):
+    if block != "Routed" and len(set(names)) != len(names):
         raise ValueError(f"{block}{tuple(items)} names an adapter twice")
     return tuple(items)
 
 
-def _is_fusion(model: AdapterModel, name: str) -> bool:
-    return getattr(model.adapters[name], "fuses_adapters", False)
+def _json(item: str | Setup | None) -> Any:
+    return item if item is None or isinstance(item, str) else item.to_dict()
 
 
-def _expand_fusion(model: AdapterModel, item: str | Setup) -> str | Setup:
-    """A bare fusion name means the fusion over its configured adapters."""
-    if isinstance(item, str) and _is_fusion(model, item):
-        return Fuse(*model.adapters[item].config.adapters, fusion=item).bind(model)
-    return item if isinstance(item, str) else item.bind(model)
-
-
-def _check_task_head(model: AdapterModel, name: str | None, block: str, branch: Any) -> None:
-    if name is None or name not in model.heads:
-        raise ValueError(
-            f"{block}: {branch!r} has no head, but {block} gives every task its own head output; "
-            f"add the adapter with head=HeadConfig(...) (or use a fusion with a head)"
-        )
-    if getattr(model.heads[name].config, "kind", None) == "causal_lm":
-        raise ValueError(f"{block}: {branch!r} has a causal_lm head; {block} outputs need pooled heads")
-
-
-def _check_unmerged(model: AdapterModel, names: Sequence[str], block: str) -> None:
-    merged = [n for n in names if getattr(model.adapters[n], "merged", False)]
-    if merged:
-        raise ValueError(
-            f"{block}: adapter(s) {merged} are merged into the base weights and so act on every row; unmerge them"
-        )
-
-
-# ----------------------------------------------------------------------------- Stack
+@dataclass(frozen=True, init=False, repr=False)
 class Stack(Setup):
     """Adapters applied one after the other at every site; the last one's head answers."""
 
+    items: tuple[str | Setup, ...]
+
     def __init__(self, *items: str | Setup):
-        self.items = _check_items("Stack", items, (Fuse, Parallel), "")
-        for item in self.items[:-1]:
+        items = _check_children("Stack", items)
+        for item in items[:-1]:
             if isinstance(item, Parallel):
                 raise ValueError("Stack: a Parallel can only be the last element (its branches end in their heads)")
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.adapter_names()
+        object.__setattr__(self, "items", items)
 
     def children(self):
         return self.items
-
-    @property
-    def multi_output(self) -> bool:  # type: ignore[override]
-        return isinstance(self.items[-1], Parallel)
 
     def head_name(self) -> str | None:
         last = self.items[-1]
         return last if isinstance(last, str) else last.head_name()
 
-    def apply(self, site, attached, x, out):
-        for item in self.items:
-            out = _apply(item, site, attached, x, out)
-        return out
-
-    def bind(self, model):
-        items = tuple(_expand_fusion(model, item) for item in self.items)
-        if len(items) == 1 and isinstance(items[0], Setup):
-            return items[0]  # a fusion's name alone is its Fuse
-        return self if items == self.items else Stack(*items)
-
-    def outputs(self, model, hidden, attention_mask, labels):
-        return self.items[-1].outputs(model, hidden, attention_mask, labels)
-
-    def __repr__(self) -> str:
-        return f"Stack({', '.join(map(repr, self.items))})"
+    def to_dict(self):
+        return {"stack": [_json(i) for i in self.items]}
 
 
-# ----------------------------------------------------------------------------- Fuse
+@dataclass(frozen=True, init=False, repr=False)
 class Fuse(Setup):
-    """AdapterFusion over ``items`` with the fusion layers of adapter ``fusion`` (``fusion.py``).
+    """AdapterFusion over ``items`` with the fusion layers of adapter ``fusion``.
 
-    Every child reads the site's output ``out`` (its skip connection included in its output), and
-    the fusion layer attends over the children active at the site, with ``out`` as the query.
-    The fusion's head answers. ``fusion=None`` picks the one fusion on the model whose adapters
-    include all of ``items``.
+    Every child reads the site's output ``out`` (its skip connection included in its output),
+    and the fusion layer attends over the children active at the site, with ``out`` as the
+    query. The fusion's head answers. ``fusion=None`` picks the one fusion on the model whose
+    adapters include all of ``items``.
     """
 
+    items: tuple[str | Stack, ...]
+    fusion: str | None = None
+
     def __init__(self, *items: str | Stack, fusion: str | None = None):
-        self.items = _check_items("Fuse", items, (Stack,), "Fuse each adapter (or Stack of adapters) once.")
-        for item in self.items:
+        items = _check_children("Fuse", items, "Fuse each adapter (or Stack of adapters) once.")
+        for item in items:
             if isinstance(item, Stack) and not all(isinstance(i, str) for i in item.items):
                 raise ValueError(f"Fuse: a stacked child may only stack adapter names, got {item!r}")
-        self.fusion = fusion
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "fusion", fusion)
 
     def children(self):
         return self.items
@@ -234,110 +162,38 @@ class Fuse(Setup):
 
     @staticmethod
     def label(item: str | Stack) -> str:
+        """How a child is named in fusion attention reports (``a`` or ``a+b``)."""
         return item if isinstance(item, str) else "+".join(item.adapter_names())
 
-    def apply(self, site, attached, x, out):
-        active = [item for item in self.items if _touches(item, site, attached)]
-        if not active:
-            return out
-        layer = attached.get(self.fusion)
-        if layer is None:
-            raise RuntimeError(
-                f"fusion {self.fusion!r} has no fusion layer at site {site.key}, where {active} act; "
-                f"activate the setup through the model so it is checked"
-            )
-        fused, attention = layer.fuse(out, [_apply(item, site, attached, x, out) for item in active])
-        if layer.recorder is not None:
-            layer.recorder.add(site.key, [self.label(i) for i in active], attention)
-        return fused
-
-    def bind(self, model):
-        model._check_names(Setup.adapter_names(self))
-        for item in self.items:
-            for name in [item] if isinstance(item, str) else item.items:
-                if _is_fusion(model, name):
-                    raise ValueError(f"Fuse: {name!r} is itself a fusion; fusions cannot be fused")
-        fusion = self.fusion or self._find_fusion(model)
-        model._check_names([fusion])
-        if not _is_fusion(model, fusion):
-            raise ValueError(
-                f"Fuse(fusion={fusion!r}): {fusion!r} is a {model.adapters[fusion].config.method} adapter; "
-                f"add a fusion with model.add_adapter({fusion!r}, 'fusion', adapters=(...))"
-            )
-        trained_on = model.adapters[fusion].config.adapters
-        foreign = [i for i in self.items if isinstance(i, str) and i not in trained_on]
-        if foreign:
-            raise ValueError(f"fusion {fusion!r} fuses {trained_on}; {foreign} are not among them")
-        bound = self if fusion == self.fusion else Fuse(*self.items, fusion=fusion)
-        for site in model.router.sites():
-            attached = model.router.attached(site)
-            if fusion not in attached:
-                active = [self.label(i) for i in self.items if _touches(i, site, attached)]
-                if active:
-                    raise ValueError(
-                        f"fusion {fusion!r} has no fusion layer at site {site.key}, where {active} act; "
-                        f"create the fusion with sublayers/layers covering every site of the fused adapters"
-                    )
-        return bound
-
-    def _find_fusion(self, model: AdapterModel) -> str:
-        wanted = {i for i in self.items if isinstance(i, str)}
-        found = [n for n in model.adapters if _is_fusion(model, n) and wanted <= set(model.adapters[n].config.adapters)]
-        if len(found) != 1:
-            what = "no fusion" if not found else f"several fusions ({', '.join(found)})"
-            raise ValueError(f"Fuse{self.items}: {what} on the model fuses these adapters; name one with fusion=...")
-        return found[0]
+    def to_dict(self):
+        return {"fuse": [_json(i) for i in self.items], "fusion": self.fusion}
 
     def __repr__(self) -> str:
         return f"Fuse({', '.join(map(repr, self.items))}, fusion={self.fusion!r})"
 
 
-# ----------------------------------------------------------------------------- outputs of several heads
-@dataclass
-class MultiTaskOutput:
-    """Head outputs of a :class:`Parallel` or :class:`Routed` forward pass.
-
-    Attributes:
-        tasks: per task (head name), its ``SequenceClassifierOutput`` over the rows it answered.
-        rows: per task, the row indices of the input batch it answered (every row for Parallel).
-        logits: for Routed batches whose rows all have heads of one width, the logits in row order.
-        loss: Parallel: the sum of the tasks' losses; Routed: the mean loss per labelled row.
-        last_hidden_state: the final hidden states (``P·B`` rows for Parallel, branch-major).
-    """
-
-    tasks: dict[str, SequenceClassifierOutput] = field(default_factory=dict)
-    rows: dict[str, torch.Tensor] = field(default_factory=dict)
-    logits: torch.Tensor | None = None
-    loss: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-
-    def __getitem__(self, task: str) -> SequenceClassifierOutput:
-        return self.tasks[task]
-
-
-# ----------------------------------------------------------------------------- Parallel
+@dataclass(frozen=True, init=False, repr=False)
 class Parallel(Setup):
     """Several tasks on one input, in one forward pass, each with its own head.
 
     Below the first layer where a branch acts, the layers run once on the shared batch of ``B``
-    rows; a forward pre-hook on that layer (and the later ones) replicates the hidden states and
-    every other per-row input of the layer (attention mask, position bias, ...) to ``P·B`` rows,
-    block ``k`` for branch ``k``. Each site then applies branch ``k`` to block ``k``: one batched
-    operation over the branches' stacked weights when every branch is a single adapter, otherwise
-    one call per branch on its block. With ``AdapterDrop(Parallel(...), first=n)`` the shared part
-    is the first ``n`` layers: the saving AdapterDrop measures.
+    rows; from there the hidden states and every other per-row input of a layer are replicated
+    to ``P·B`` rows, block ``k`` for branch ``k``, and each site applies branch ``k`` to block
+    ``k`` (one batched operation over the branches' stacked weights when every branch is a
+    single adapter). With ``AdapterDrop(Parallel(...), first=n)`` the shared part is the first
+    ``n`` layers: the saving AdapterDrop measures.
     """
 
-    multi_output = True
+    branches: tuple[str | Stack | Fuse, ...]
 
     def __init__(self, *branches: str | Stack | Fuse):
-        self.branches = _check_items("Parallel", branches, (Stack, Fuse), "Wrap the Parallel in AdapterDrop instead.")
-        if len(self.branches) < 2:
+        branches = _check_children("Parallel", branches, "Wrap the Parallel in AdapterDrop instead.")
+        if len(branches) < 2:
             raise ValueError("Parallel() needs at least two branches; use the adapter alone for one task")
-        for branch in self.branches:
-            if isinstance(branch, Stack) and branch.multi_output:
+        for branch in branches:
+            if isinstance(branch, Stack) and isinstance(branch.items[-1], Parallel):
                 raise ValueError("Parallel: a branch cannot itself contain a Parallel")
-        self._batch: int | None = None  # rows of the shared batch, once replicated in this forward
+        object.__setattr__(self, "branches", branches)
 
     def children(self):
         return self.branches
@@ -346,192 +202,57 @@ class Parallel(Setup):
         return None
 
     def task_names(self) -> tuple[str, ...]:
+        """The head answering for each branch, in order."""
         return tuple(b if isinstance(b, str) else b.head_name() for b in self.branches)
 
-    def apply(self, site, attached, x, out):
-        if self._batch is None:
-            if self.touches(site, attached):
-                raise RuntimeError("a Parallel setup runs only through AdapterModel.forward (model(..., adapters=...))")
-            return out
-        n = len(self.branches)
-        if all(isinstance(b, str) for b in self.branches):
-            modules = [attached.get(b) for b in self.branches]
-            present = [m for m in modules if m is not None]
-            if not present:
-                return out
-            if all(has_batched_form(m) for m in present):
-                return apply_batched(modules, x, out, None)
-        rows = out.shape[0] // n
-        blocks = []
-        for k, branch in enumerate(self.branches):
-            part = slice(k * rows, (k + 1) * rows)
-            blocks.append(_apply(branch, site, attached, None if x is None else x[part], out[part]))
-        return torch.cat(blocks)
-
-    def bind(self, model):
-        branches = tuple(_expand_fusion(model, b) for b in self.branches)
-        for branch in branches:
-            _check_task_head(model, branch if isinstance(branch, str) else branch.head_name(), "Parallel", branch)
-        _check_unmerged(model, [n for n in Setup.adapter_names(self) if n in model.adapters], "Parallel")
-        tasks = [b if isinstance(b, str) else b.head_name() for b in branches]
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"Parallel: two branches answer with the same head ({tasks}); each task needs its own")
-        return self if branches == self.branches else Parallel(*branches)
-
-    @contextlib.contextmanager
-    def per_forward(self, model, root):
-        router = model.router
-        adapted = [s.layer for s in router.sites() if root.touches(s, router.attached(s))]
-        handles = []
-        if adapted:
-            replicated: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-            copies = len(self.branches)
-
-            def replicate(value):
-                if isinstance(value, torch.Tensor):
-                    if value.dim() < 2 or value.shape[0] != self._batch:
-                        return value
-                    if id(value) not in replicated:  # e.g. one position bias shared by every layer
-                        replicated[id(value)] = (value, value.repeat(copies, *([1] * (value.dim() - 1))))
-                    return replicated[id(value)][1]
-                if isinstance(value, (tuple, list)):
-                    return type(value)(replicate(v) for v in value)
-                if isinstance(value, dict):
-                    return {k: replicate(v) for k, v in value.items()}
-                return value
-
-            def pre_hook(module, args, kwargs):
-                if self._batch is None:
-                    first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-                    self._batch = first.shape[0]
-                return replicate(args), replicate(kwargs)
-
-            for parts in model.parts.layers[min(adapted) :]:
-                handles.append(parts.layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            self._batch = None
-
-    def outputs(self, model, hidden, attention_mask, labels):
-        if labels is not None and not isinstance(labels, Mapping):
-            raise ValueError("Parallel: give labels as a dict {task: labels}, one entry per task that has labels")
-        tasks = self.task_names()
-        chunks = hidden.chunk(len(tasks)) if self._batch is not None else [hidden] * len(tasks)
-        result = MultiTaskOutput(last_hidden_state=hidden)
-        all_rows = torch.arange(chunks[0].shape[0], device=hidden.device)
-        for task, chunk in zip(tasks, chunks):
-            head = model.heads[task]
-            logits = head(chunk, attention_mask)
-            loss = None
-            if labels is not None and labels.get(task) is not None:
-                loss = head_loss(head.config, logits, labels[task])
-                result.loss = loss if result.loss is None else result.loss + loss
-            result.tasks[task] = SequenceClassifierOutput(loss=loss, logits=logits)
-            result.rows[task] = all_rows
-        return result
+    def to_dict(self):
+        return {"parallel": [_json(b) for b in self.branches]}
 
 
-# ----------------------------------------------------------------------------- Routed
+@dataclass(frozen=True, init=False, repr=False)
 class Routed(Setup):
     """Per-sample routing: row ``r`` of the batch uses adapter ``rows[r]`` (None: no adapter).
 
-    Different tasks or different users in one batch. At every site the routed adapters' modules are
-    stacked and applied with one gathered batched operation (``routing.py``); each row's output
-    equals running that row alone with its adapter. Rows with a head get it applied to their
-    hidden states; on a decoder whose routed adapters use the causal-LM head (or none), the model
-    returns the base model's output as usual, each row adapted by its own adapter.
+    Different tasks or different users in one batch; each row's output equals running that row
+    alone with its adapter. Rows with a head get it applied to their hidden states; on a decoder
+    whose routed adapters use the causal-LM head (or none), the model returns the base model's
+    output as usual, each row adapted by its own adapter.
     """
 
+    rows: tuple[str | None, ...]
+    names: tuple[str, ...] = field(compare=False)
+
     def __init__(self, rows: Sequence[str | None]):
+        if isinstance(rows, str):
+            raise ValueError(f"Routed takes one adapter name (or None) per row, got the string {rows!r}")
         rows = tuple(rows)
         if not rows:
             raise ValueError("Routed() needs one entry (an adapter name or None) per row of the batch")
         bad = [r for r in rows if r is not None and not isinstance(r, str)]
         if bad:
             raise ValueError(f"Routed: every row names one adapter (or None); got {bad[:3]}. Routing takes names only")
-        self.rows = rows
-        self.names = tuple(dict.fromkeys(r for r in rows if r is not None))
-        slot = {name: k for k, name in enumerate(self.names)}
-        self.index = torch.tensor([slot[r] if r is not None else len(self.names) for r in rows])
-        self._with_heads = True
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "names", tuple(dict.fromkeys(r for r in rows if r is not None)))
 
-    def adapter_names(self) -> tuple[str, ...]:
+    def children(self):
         return self.names
-
-    @property
-    def multi_output(self) -> bool:  # type: ignore[override]
-        return self._with_heads
 
     def head_name(self) -> str | None:
         return None
 
-    def touches(self, site, attached):
-        return any(name in attached for name in self.names)
+    def slots(self) -> tuple[int, ...]:
+        """Each row's position in :attr:`names` (``len(names)``: no adapter)."""
+        slot = {name: k for k, name in enumerate(self.names)}
+        return tuple(slot[r] if r is not None else len(self.names) for r in self.rows)
 
-    def apply(self, site, attached, x, out):
-        modules = [attached.get(name) for name in self.names]
-        if all(m is None for m in modules):
-            return out
-        if out.shape[0] != len(self.rows):
-            raise ValueError(f"Routed names {len(self.rows)} rows but the batch has {out.shape[0]}")
-        if self.index.device != out.device:
-            self.index = self.index.to(out.device)
-        return apply_batched(modules, x, out, self.index)
-
-    def bind(self, model):
-        for name in self.names:
-            if _is_fusion(model, name):
-                raise ValueError(f"Routed: {name!r} is a fusion; route rows to single adapters")
-        _check_unmerged(model, self.names, "Routed")
-        heads = {n: model.heads[n] if n in model.heads else None for n in self.names}
-        pooled = [n for n, h in heads.items() if h is not None and h.config.kind != "causal_lm"]
-        if pooled and len(pooled) != len(self.names):
-            missing = [n for n in self.names if n not in pooled]
-            raise ValueError(
-                f"Routed: adapters {missing} have no task head while {pooled} do; every routed adapter "
-                f"needs a head (add it with head=HeadConfig(...)) or none of them may have one"
-            )
-        bound = Routed(self.rows)
-        bound._with_heads = bool(pooled)
-        return bound
-
-    def outputs(self, model, hidden, attention_mask, labels):
-        result = MultiTaskOutput(last_hidden_state=hidden)
-        index = self.index.to(hidden.device)
-        widths, losses, labelled = set(), [], 0
-        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for k, name in enumerate(self.names):
-            rows = (index == k).nonzero().squeeze(1)
-            head = model.heads[name]
-            mask = None if attention_mask is None else attention_mask[rows]
-            logits = head(hidden[rows], mask)
-            loss = None
-            if labels is not None:
-                loss = head_loss(head.config, logits, labels[rows])
-                losses.append(loss * len(rows))
-                labelled += len(rows)
-            result.tasks[name] = SequenceClassifierOutput(loss=loss, logits=logits)
-            result.rows[name] = rows
-            widths.add(tuple(logits.shape[1:]))
-            pieces.append((rows, logits))
-        if len(widths) == 1 and len(self.names) and int((index < len(self.names)).sum()) == len(self.rows):
-            width = widths.pop()
-            combined = hidden.new_empty((len(self.rows), *width), dtype=pieces[0][1].dtype)
-            for rows, logits in pieces:
-                combined[rows] = logits
-            result.logits = combined
-        if losses:
-            result.loss = torch.stack(losses).sum() / labelled
-        return result
+    def to_dict(self):
+        return {"routed": list(self.rows)}
 
     def __repr__(self) -> str:
         return f"Routed({list(self.rows)!r})"
 
 
-# ----------------------------------------------------------------------------- AdapterDrop
+@dataclass(frozen=True, init=False, repr=False)
 class AdapterDrop(Setup):
     """AdapterDrop (Rücklé et al. 2021, arXiv:2010.11918): no adapter acts in the lower layers.
 
@@ -544,62 +265,34 @@ class AdapterDrop(Setup):
             adapters learn to work at any drop depth and ``first`` can be chosen at inference.
     """
 
+    inner: Setup
+    first: int = 0
+    robust: bool = False
+
     def __init__(self, setup: str | Setup | Sequence[str], first: int = 0, robust: bool = False):
         inner = as_setup(setup)
         if isinstance(inner, AdapterDrop):
             raise ValueError("AdapterDrop cannot wrap another AdapterDrop; give one depth")
-        if first < 0:
-            raise ValueError(f"AdapterDrop: first must be >= 0, got {first}")
-        self.inner = inner
-        self.first = first
-        self.robust = robust
-        self._sampled: int | None = None
+        if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+            raise ValueError(f"AdapterDrop: first must be an integer >= 0, got {first!r}")
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "first", first)
+        object.__setattr__(self, "robust", bool(robust))
 
     def children(self):
         return (self.inner,)
 
-    @property
-    def depth(self) -> int:
-        """How many lower layers skip their adapters in the forward pass in flight."""
-        return self.first if self._sampled is None else self._sampled
-
-    @property
-    def multi_output(self) -> bool:  # type: ignore[override]
-        return self.inner.multi_output
-
     def head_name(self) -> str | None:
         return self.inner.head_name()
 
-    def touches(self, site, attached):
-        return site.layer >= self.depth and self.inner.touches(site, attached)
-
-    def apply(self, site, attached, x, out):
-        return out if site.layer < self.depth else self.inner.apply(site, attached, x, out)
-
-    def bind(self, model):
-        if self.first > model.parts.num_layers:
-            raise ValueError(f"AdapterDrop: first={self.first} but the model has {model.parts.num_layers} layers")
-        inner = self.inner.bind(model)
-        return self if inner is self.inner else AdapterDrop(inner, self.first, self.robust)
-
-    @contextlib.contextmanager
-    def per_forward(self, model, root):
-        if self.robust and model.training:
-            self._sampled = int(torch.randint(0, model.parts.num_layers, ()))
-        try:
-            yield
-        finally:
-            self._sampled = None
-
-    def outputs(self, model, hidden, attention_mask, labels):
-        return self.inner.outputs(model, hidden, attention_mask, labels)
+    def to_dict(self):
+        return {"adapter_drop": self.inner.to_dict(), "first": self.first, "robust": self.robust}
 
     def __repr__(self) -> str:
         return f"AdapterDrop({self.inner!r}, first={self.first}, robust={self.robust})"
 
 
-# ----------------------------------------------------------------------------- model-side hooks
-def as_setup(value: str | Setup | list[str] | tuple[str, ...]) -> Setup:
+def as_setup(value: str | Setup | Sequence[str]) -> Setup:
     """Accept an adapter name, a list of names (stacked) or a setup."""
     if isinstance(value, Setup):
         return value
@@ -610,25 +303,214 @@ def as_setup(value: str | Setup | list[str] | tuple[str, ...]) -> Setup:
     raise TypeError(f"cannot use {value!r} as adapters: give a name, a list of names or a composition block")
 
 
-@contextlib.contextmanager
-def forward_context(model: AdapterModel, setup: Setup | None) -> Iterator[None]:
-    """Per-forward state of every block of ``setup`` (AdapterDrop's sampled depth, Parallel's
-    batch replication), entered by ``AdapterModel.forward`` around the whole pass."""
-    if setup is None:
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        for block in setup.walk():  # parents first: a sampled drop depth is known before Parallel splits
-            stack.enter_context(block.per_forward(model, setup))
-        yield
+_FROM_JSON = {"stack": Stack, "fuse": Fuse, "parallel": Parallel}
 
 
-def add_regularization(model: AdapterModel, setup: Setup | None, loss: torch.Tensor | None) -> torch.Tensor | None:
-    """``loss`` plus the regularisers of the setup's fusions (AdapterFusion's ``λ ‖V - I‖²``), in
-    training mode only: evaluation losses stay comparable across methods."""
-    if loss is None or setup is None or not model.training:
-        return loss
-    for block in setup.walk():
-        if isinstance(block, Fuse):
-            loss = loss + model.adapters[block.fusion].regularization()
-    return loss
+def setup_from_dict(data: Any) -> Setup:
+    """Inverse of :meth:`Setup.to_dict`; also takes a name or a list of names (a stack).
+
+    Raises:
+        ValueError: naming the part of ``data`` that is not a setup, and the forms that are.
+    """
+    return as_setup(_item_from_json(data))
+
+
+def _item_from_json(data: Any) -> str | Setup:
+    if isinstance(data, str):
+        return data
+    if isinstance(data, list):
+        return Stack(*(_item_from_json(d) for d in data))
+    if isinstance(data, dict) and len(data.keys() & {"stack", "fuse", "parallel", "routed", "adapter_drop"}) == 1:
+        options = {k: v for k, v in data.items() if k not in ("stack", "fuse", "parallel", "routed", "adapter_drop")}
+        if "routed" in data and not options:
+            return Routed(data["routed"])
+        if "adapter_drop" in data and set(options) <= {"first", "robust"}:
+            return AdapterDrop(setup_from_dict(data["adapter_drop"]), **options)
+        for key, block in _FROM_JSON.items():
+            if key in data and isinstance(data[key], list) and set(options) <= ({"fusion"} if key == "fuse" else set()):
+                return block(*(_item_from_json(d) for d in data[key]), **options)
+    raise ValueError(
+        f"not a composition setup: {data!r}; use a name, a list of names, or one of "
+        '{"stack": [...]}, {"fuse": [...], "fusion": "f"}, {"parallel": [...]}, {"routed": [...]}, '
+        '{"adapter_drop": <setup>, "first": n, "robust": false}'
+    )
+
+
+# ----------------------------------------------------------------------------- checking against a model
+@dataclass(frozen=True)
+class AdapterView:
+    """What a setup check needs to know of one adapter on a model.
+
+    Attributes:
+        method: the method name (``pfeiffer``, ``fusion``, ...).
+        kinds: the kinds of the sites it acts at (``sublayer``, ``norm``, ``attention``, ...).
+        sublayer_sites: keys of the sublayer sites it acts at (where a fusion layer must sit).
+        head: the kind of its head (None: no head).
+        fuses: for a fusion, the adapters it fuses (None otherwise).
+        merged: folded into the base weights (LoRA).
+    """
+
+    method: str
+    kinds: frozenset[str] = frozenset()
+    sublayer_sites: frozenset[str] = frozenset()
+    head: str | None = None
+    fuses: tuple[str, ...] | None = None
+    merged: bool = False
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A small read-only view of a model: its adapters and depth. See :func:`check`."""
+
+    adapters: Mapping[str, AdapterView]
+    num_layers: int
+
+    def require(self, names: Sequence[str]) -> None:
+        """Raise a ValueError naming every name that is not an adapter of the model."""
+        missing = [n for n in names if n not in self.adapters]
+        if missing:
+            known = ", ".join(self.adapters) or "none"
+            raise ValueError(f"no adapter named {', '.join(map(repr, missing))} on this model (adapters: {known})")
+
+    def is_fusion(self, name: str) -> bool:
+        return self.adapters[name].fuses is not None
+
+
+def check(setup: Setup, view: ModelView) -> Setup:
+    """Check ``setup`` against a model and return the setup to run (fusion names expanded,
+    ``Fuse(fusion=None)`` resolved).
+
+    Raises:
+        ValueError: naming what is wrong (unknown adapter, missing head, misplaced fusion,
+            prefix or prompt where it has no meaning, ...) and what to do instead.
+    """
+    view.require(setup.adapter_names())
+    return _check(setup, view)
+
+
+def _check(item: str | Setup, view: ModelView) -> str | Setup:
+    if isinstance(item, str):  # a fusion's name stands for the fusion over its adapters
+        return _check_fuse(Fuse(*view.adapters[item].fuses, fusion=item), view) if view.is_fusion(item) else item
+    return _CHECKS[type(item)](item, view)
+
+
+def _check_stack(block: Stack, view: ModelView) -> Setup:
+    items = tuple(_check(item, view) for item in block.items)
+    if len(items) == 1 and isinstance(items[0], Setup):
+        return items[0]  # a fusion's name alone is its Fuse
+    return block if items == block.items else Stack(*items)
+
+
+def _check_fuse(block: Fuse, view: ModelView) -> Setup:
+    view.require(block.adapter_names())
+    _refuse_sequence_methods(view, block.adapter_names(), "Fuse", "fuse bottleneck adapters")
+    children = [n for item in block.items for n in ([item] if isinstance(item, str) else item.items)]
+    for name in children:
+        adapter = view.adapters[name]
+        if adapter.fuses is not None:
+            raise ValueError(f"Fuse: {name!r} is itself a fusion; fusions cannot be fused")
+        if not adapter.kinds <= FUSABLE_KINDS or not adapter.sublayer_sites:
+            raise ValueError(
+                f"Fuse: adapter {name!r} ({adapter.method}) does not act on sublayer outputs, where AdapterFusion's "
+                f"layers sit; the methods that can be fused are {', '.join(methods_with('fuse'))}. Combine {name!r} with "
+                "Stack or Parallel instead"
+            )
+    fusion = block.fusion or _find_fusion(block, view)
+    view.require([fusion])
+    if not view.is_fusion(fusion):
+        raise ValueError(
+            f"Fuse(fusion={fusion!r}): {fusion!r} is a {view.adapters[fusion].method} adapter; "
+            f"add a fusion with model.add_adapter({fusion!r}, 'fusion', adapters=(...))"
+        )
+    trained_on = view.adapters[fusion].fuses
+    foreign = [i for i in block.items if isinstance(i, str) and i not in trained_on]
+    if foreign:
+        raise ValueError(f"fusion {fusion!r} fuses {trained_on}; {foreign} are not among them")
+    covered = view.adapters[fusion].sublayer_sites
+    for name in children:
+        uncovered = sorted(view.adapters[name].sublayer_sites - covered)
+        if uncovered:
+            raise ValueError(
+                f"fusion {fusion!r} has no fusion layer at {', '.join(uncovered[:4])}, where {name!r} acts; "
+                "add the fusion again without sublayers= (its layers then sit wherever the fused adapters act)"
+            )
+    return block if fusion == block.fusion else Fuse(*block.items, fusion=fusion)
+
+
+def _find_fusion(block: Fuse, view: ModelView) -> str:
+    wanted = {i for i in block.items if isinstance(i, str)}
+    found = [n for n, a in view.adapters.items() if a.fuses is not None and wanted <= set(a.fuses)]
+    if len(found) != 1:
+        what = "no fusion" if not found else f"several fusions ({', '.join(found)})"
+        raise ValueError(
+            f"Fuse{block.items}: {what} on the model fuses these adapters; "
+            f"name one with fusion=... or add one with model.add_adapter(name, 'fusion', adapters=(...))"
+        )
+    return found[0]
+
+
+def _task_head(view: ModelView, block: str, branch: Any, name: str | None) -> str:
+    head = view.adapters[name].head if name is not None else None
+    if head is None:
+        raise ValueError(
+            f"{block}: {branch!r} has no head, but {block} gives every task its own head output; "
+            f"add the adapter with head=HeadConfig(...) (or use a fusion with a head)"
+        )
+    if head == "causal_lm":
+        raise ValueError(f"{block}: {branch!r} has a causal_lm head; {block} outputs need pooled heads")
+    return name
+
+
+def _refuse_sequence_methods(view: ModelView, names: Sequence[str], block: str, instead: str) -> None:
+    found = [n for n in names if view.adapters[n].kinds & SEQUENCE_KINDS]
+    if found:
+        raise ValueError(
+            f"adapters {found} are prefix or prompt adapters, which change what attention sees or the input "
+            f"sequence rather than a sublayer's output, so they cannot run inside {block}; {instead}"
+        )
+
+
+def _check_parallel(block: Parallel, view: ModelView) -> Setup:
+    branches = tuple(_check(b, view) for b in block.branches)
+    _refuse_sequence_methods(view, block.adapter_names(), "Parallel", "use them in a Stack, Routed or AdapterDrop")
+    tasks = [_task_head(view, "Parallel", b, b if isinstance(b, str) else b.head_name()) for b in branches]
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"Parallel: two branches answer with the same head ({tasks}); each task needs its own")
+    return block if branches == block.branches else Parallel(*branches)
+
+
+def _check_routed(block: Routed, view: ModelView) -> Setup:
+    for name in block.names:
+        if view.is_fusion(name):
+            raise ValueError(f"Routed: {name!r} is a fusion; route rows to single adapters")
+    prompts = [n for n in block.names if view.adapters[n].kinds & {"input", "layer_input"}]
+    if prompts:
+        raise ValueError(
+            f"prompt adapters ({', '.join(prompts)}) cannot be routed per row: other rows' prompts would shift "
+            "this row's positions; use prefix adapters, or run prompt adapters in separate batches"
+        )
+    heads = {n: view.adapters[n].head for n in block.names}
+    pooled = [n for n, h in heads.items() if h is not None and h != "causal_lm"]
+    if pooled and len(pooled) != len(block.names):
+        missing = [n for n in block.names if n not in pooled]
+        raise ValueError(
+            f"Routed: adapters {missing} have no task head while {pooled} do; every routed adapter "
+            f"needs a head (add it with head=HeadConfig(...)) or none of them may have one"
+        )
+    return block
+
+
+def _check_drop(block: AdapterDrop, view: ModelView) -> Setup:
+    if block.first > view.num_layers:
+        raise ValueError(f"AdapterDrop: first={block.first} but the model has {view.num_layers} layers")
+    inner = _check(block.inner, view)
+    return block if inner == block.inner else AdapterDrop(inner, block.first, block.robust)
+
+
+_CHECKS = {
+    Stack: _check_stack,
+    Fuse: _check_fuse,
+    Parallel: _check_parallel,
+    Routed: _check_routed,
+    AdapterDrop: _check_drop,
+}

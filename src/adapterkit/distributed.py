@@ -26,9 +26,10 @@ that every rank must join), and resuming works unchanged. Sharding the adapters 
 ``fully_shard`` of everything) would make them ``DTensor`` shards that must be gathered with a
 collective before every save.
 
-**Gradient checkpointing.** :func:`enable_gradient_checkpointing` turns on the base model's own
-activation checkpointing (non-reentrant by default) and makes the recomputation in the backward
-pass see the same adapter setup as the forward pass did (see :class:`_ReplaySetup`).
+**Gradient checkpointing.** :func:`~adapterkit.checkpointing.enable_gradient_checkpointing`
+(re-exported here) turns on the base model's own activation checkpointing (non-reentrant by
+default) and makes the recomputation in the backward pass see the same adapter setup as the
+forward pass did.
 
 **What breaks elsewhere** (why the pieces look as they do):
 
@@ -50,18 +51,18 @@ pass see the same adapter setup as the forward pass did (see :class:`_ReplaySetu
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import warnings
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .checkpointing import enable_gradient_checkpointing
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -180,12 +181,8 @@ def make_accelerator(config: TrainingConfig | None = None, *, mixed_precision: s
 
 # ----------------------------------------------------------------------------- FSDP2
 def _trained_parameters(model: AdapterModel) -> list[nn.Parameter]:
-    """Every parameter an adapter can train: adapter modules, heads, base weights methods train."""
-    params: dict[int, nn.Parameter] = {}
-    for module in (model.adapters, model.heads):
-        params.update((id(p), p) for p in module.parameters())
-    for adapter in model.adapters.values():
-        params.update((id(p), p) for p in adapter.base_parameters().values())
+    """Every parameter an adapter can train (what each adapter owns, ``AdapterModel.adapter_state``)."""
+    params = {id(p): p for name in model.adapters for p in model.adapter_state(name).parameters.values()}
     return list(params.values())
 
 
@@ -210,7 +207,7 @@ def shard_model(model: AdapterModel, accelerator: Accelerator, *, reshard_after_
 
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("shard_model needs a process group: launch with torchrun and create make_accelerator() first")
-    if any(getattr(m, "modifies_base", False) for m in model.adapters.values()):
+    if any("modifies_base" in m.capabilities for m in model.adapters.values()):
         warnings.warn(
             "full/partial fine-tuning trains base weights, which stay whole on every process: "
             "sharding saves memory only on the frozen layers",
@@ -295,96 +292,6 @@ class ReplicatedGradients:
                 if count > 0:
                     p.grad = flat[offset : offset + size].view_as(p).div_(dist.get_world_size())
                 offset += size
-
-
-# ----------------------------------------------------------------------------- gradient checkpointing
-class _ReplaySetup:
-    """Wraps the base model's checkpoint function so recomputation runs under the forward's setup.
-
-    Adapters act through hooks that ask the model which setup the forward pass in flight uses
-    (``model.current_setup()``) and read per-pass state of its blocks (AdapterDrop's sampled
-    depth). Checkpointing recomputes a layer during the *backward* pass, after the forward pass
-    has left that context, so a plain recomputation would run the default setup: different
-    activations (non-reentrant checkpointing then raises a metadata mismatch) or silently wrong
-    gradients. This wrapper records the setup stack and the blocks' state when a layer is
-    checkpointed and puts them back while the layer is recomputed (every call of the layer
-    function after the first, which is the forward pass itself and runs untouched). Dropout
-    masks are replayed by checkpointing itself (``preserve_rng_state``).
-    """
-
-    def __init__(self, model: AdapterModel, checkpoint_fn):
-        self.model = weakref.ref(model)
-        self.checkpoint_fn = checkpoint_fn
-
-    def __call__(self, function, *args, **kwargs):
-        model = self.model()
-        if model is None:
-            return self.checkpoint_fn(function, *args, **kwargs)
-        setups = list(model._forward_setups)
-        blocks = {id(b): b for s in (*setups, model.active_setup) if s is not None for b in s.walk()}
-        saved = [(b, dict(vars(b))) for b in blocks.values()]
-        calls = []
-
-        def replay(*inner_args, **inner_kwargs):
-            calls.append(None)
-            if len(calls) == 1:  # the forward pass: its context is live
-                return function(*inner_args, **inner_kwargs)
-            with _restored(model, setups, saved):
-                return function(*inner_args, **inner_kwargs)
-
-        return self.checkpoint_fn(replay, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def _restored(model: AdapterModel, setups: list, saved: list) -> Iterator[None]:
-    current_setups = model._forward_setups
-    current = [(b, dict(vars(b))) for b, _ in saved]
-    model._forward_setups = list(setups)
-    for block, state in saved:
-        vars(block).update(state)
-    try:
-        yield
-    finally:
-        model._forward_setups = current_setups
-        for block, state in current:
-            vars(block).clear()
-            vars(block).update(state)
-
-
-def enable_gradient_checkpointing(
-    model: AdapterModel,
-    *,
-    reentrant: bool = False,
-    every_n_layers: int = 1,
-    offload: bool = False,
-    checkpoint_kwargs: dict[str, Any] | None = None,
-) -> None:
-    """Recompute each base layer's activations in the backward pass instead of storing them.
-
-    Non-reentrant checkpointing (the default) works with a frozen embedding layer as is. The
-    reentrant variant only passes gradients through a layer whose *inputs* require grad; with
-    frozen embeddings none does, so transformers registers a hook making the embedding output
-    require grad (``enable_input_require_grads``), which this relies on. Either way the
-    recomputation sees the forward pass's adapter setup (:class:`_ReplaySetup`).
-
-    Args:
-        reentrant: use ``torch.utils.checkpoint``'s reentrant implementation.
-        every_n_layers, offload: as in transformers' ``activation_checkpointing_enable``.
-        checkpoint_kwargs: more ``torch.utils.checkpoint.checkpoint`` options (its
-            ``use_reentrant`` wins over ``reentrant``).
-    """
-    kwargs = {"use_reentrant": reentrant, **(checkpoint_kwargs or {})}
-    base = model.base
-    if hasattr(base, "activation_checkpointing_enable"):
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload)
-    else:  # transformers releases before the rename
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if kwargs["use_reentrant"] and not getattr(base, "_require_grads_hooks", None) and not getattr(base, "_require_grads_hook", None):
-        base.enable_input_require_grads()
-    for module in base.modules():
-        function = getattr(module, "_gradient_checkpointing_func", None)
-        if function is not None and not isinstance(function, _ReplaySetup):
-            module._gradient_checkpointing_func = _ReplaySetup(model, function)
 
 
 __all__ = [

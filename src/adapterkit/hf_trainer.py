@@ -54,13 +54,10 @@ def trained_adapter(model: AdapterModel) -> str:
 
 
 def adapter_state_keys(model: AdapterModel, name: str) -> set[str]:
-    """The ``state_dict`` keys of adapter ``name``: its modules, its head and base weights it trains."""
-    wanted = {id(p) for p in model.adapter_parameters(name).values()}
-    keys = {key for key, p in model.named_parameters(remove_duplicate=False) if id(p) in wanted}
-    for prefix, container in (("adapters", model.adapters), ("heads", model.heads)):
-        if name in container:  # persistent buffers too (e.g. BatchNorm statistics)
-            keys.update(f"{prefix}.{name}.{key}" for key in container[name].state_dict())
-    return keys
+    """The ``state_dict`` keys of what adapter ``name`` owns (``AdapterModel.adapter_state``: its
+    modules' parameters and persistent buffers, its head, base weights it trains)."""
+    owned = {id(t) for t in model.adapter_state(name).tensors().values()}
+    return {key for key, t in model.state_dict(keep_vars=True).items() if id(t) in owned}
 
 
 class SaveAdapterCallback(TrainerCallback):

@@ -1,18 +1,28 @@
 """``AdapterModel``: a frozen Hugging Face model with named adapters and heads.
 
 The base model is loaded unchanged and frozen. Adapters are added by name (each with its own
-head), attached at sites through forward hooks (``sites.py``), and chosen per forward pass by a
-setup (``composition.py``): ``model(**batch, adapters="sst2")``, or the active setup set by
-:meth:`AdapterModel.set_active` / :meth:`AdapterModel.train_adapter`. Only the adapter being
-trained requires grad, so every other adapter and the base stay bit-identical.
+head), attach small modules at sites (``sites.py``), and are chosen per forward pass by a setup
+(``composition.py``): ``model(**batch, adapters="sst2")``, or the active setup set by
+:meth:`AdapterModel.set_active` / :meth:`AdapterModel.train_adapter`. A setup is checked against
+the model once and compiled into a :class:`~adapterkit.execution.BoundSetup`, cached until the
+model's adapters change; each forward pass runs under its own state (``context.py``), so several
+threads may run different setups on one model at once. Only the adapter being trained requires
+grad, so every other adapter and the base stay bit-identical.
+
+Lifecycle of a merged LoRA adapter (one at a time): passes that run it alone or in a stack use
+the merged weights; every other pass (``adapters=None`` included) computes the merged
+projections from the kept original weights, so the plain base and every other adapter are
+exactly what they were. A merged adapter cannot be trained (unmerge it first); deleting it
+unmerges it; ``merge_and_unload`` makes the merged weights the new base (and its fingerprint).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +31,31 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
-from . import methods  # noqa: F401  (registers every method)
-from .composition import Setup, add_regularization, as_setup, forward_context
+from . import context, methods  # noqa: F401  (importing methods registers every built-in method)
+from .attention import PrefixHooks
+from .checkpointing import enable_gradient_checkpointing
+from .composition import AdapterView, ModelView, Setup, as_setup, check
+from .execution import BoundSetup, replication_hooks
+from .formats.fingerprint import base_fingerprint, base_identity, check_base
+from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
 from .heads import CausalLMHead, HeadConfig, build_head, head_loss
-from .methods.base import AdapterMethod
+from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
-from .registry import MethodConfig, make_config, method_spec
+from .registry import MethodConfig, config_from_dict, make_config, method_spec, methods_with
+from .sequence import PromptHooks
 from .sites import SiteRouter, enumerate_sites
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def base_fingerprint(model: nn.Module) -> str:
-    """A short digest identifying a base model's architecture and weights.
-
-    Hashes every parameter's name and shape plus an evenly strided sample of up to 4096 values of
-    each parameter: cheap (milliseconds for 100M parameters) and different for any two
-    checkpoints that differ in more than a few scattered weights.
-    """
-    digest = hashlib.sha256(model.config.model_type.encode())
-    for name, param in model.named_parameters():
-        flat = param.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.float32).cpu()
-        digest.update(f"{name}:{tuple(param.shape)}".encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+_BOUND_CACHE = 256  # bound setups kept per model (a server sees many Routed row lists)
+_UNSET = object()
 
 
 class AdapterModel(nn.Module):
     """A frozen base model plus named adapters, each with an optional head.
 
     Args:
-        base: a Hugging Face model (a bare encoder such as ``BertModel`` or a causal LM).
+        base: a Hugging Face model (a bare encoder such as ``BertModel``, a seq2seq model, or a
+            causal LM).
         placement: where things sit in ``base``; by default looked up by ``config.model_type``.
         tokenizer: kept with the model for the CLI and the trainer.
     """
@@ -68,8 +71,10 @@ class AdapterModel(nn.Module):
         self.tokenizer = tokenizer
         self.fingerprint = base_fingerprint(base)
         self.active_setup: Setup | None = None
-        self._forward_setups: list[Setup | None] = []
-        self.router = SiteRouter(self.current_setup)
+        self.merged_adapter: str | None = None
+        self.router = SiteRouter()
+        self._bound: OrderedDict[Any, BoundSetup] = OrderedDict()
+        self._hooks: dict[str, Any] = {}  # model-wide hooks by what needs them: prefixes, prompts, parallel
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -78,7 +83,7 @@ class AdapterModel(nn.Module):
     ) -> AdapterModel:
         """Load a bundled model by short name (``minilm``, ``mpnet-base``, ``smollm2-135m``) or a
         local Hugging Face model folder."""
-        from .bundled_models import resolve_model_path
+        from .bundled_models import model_reference, resolve_model_path
 
         path = resolve_model_path(name_or_path)
         config = AutoConfig.from_pretrained(path)
@@ -89,7 +94,7 @@ class AdapterModel(nn.Module):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = cls(base, placement, tokenizer)
-        model.name_or_path = str(name_or_path)
+        model.name_or_path = model_reference(name_or_path)
         return model
 
     @property
@@ -105,8 +110,13 @@ class AdapterModel(nn.Module):
     def add_adapter(
         self, name: str, config: MethodConfig | str, head: HeadConfig | None = None, **options: Any
     ) -> AdapterMethod:
-        """Add adapter ``name`` of a method (a config, or a method name plus its options)."""
-        if not _NAME.match(name):
+        """Add adapter ``name`` of a method (a config, or a method name plus its options).
+
+        Raises:
+            ValueError: a bad or taken name, a bad option, a head the model cannot host, or a
+                method that cannot join the adapters already there.
+        """
+        if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"adapter name {name!r} must use only letters, digits, '_' and '-'")
         if hasattr(nn.ModuleDict, name):  # ModuleDict refuses keys that shadow its attributes
             raise ValueError(f"adapter name {name!r} is reserved (a torch.nn.Module attribute); pick another name")
@@ -117,77 +127,125 @@ class AdapterModel(nn.Module):
         elif options:
             raise ValueError("pass options either inside the config or as keywords with a method name, not both")
         module_cls = method_spec(config.method).module_cls
-        if module_cls.modifies_base and len(self.adapters) or any(a.modifies_base for a in self.adapters.values()):
+        modifies = "modifies_base" in module_cls.capabilities
+        if modifies and len(self.adapters) or any("modifies_base" in a.capabilities for a in self.adapters.values()):
             raise ValueError(
                 "full and partial fine-tuning change the base model itself, so they must be the only "
                 "adapter on a model: load a fresh model for them"
             )
         if head is not None and head.kind == "causal_lm" and not self.is_decoder:
             raise ValueError(f"a causal_lm head needs a decoder model; {self.parts.model_type!r} is an encoder")
-        module = module_cls(config, self.parts, self.sites)
+        ctx = BindContext(self.parts, self.sites, name, self.tokenizer, head, self._record, self.view())
         reference = next(self.base.parameters())
-        module.to(device=reference.device, dtype=reference.dtype)
+        module = module_cls(config, ctx).to(device=reference.device, dtype=reference.dtype)
         self.adapters[name] = module
         if head is not None:
             self.heads[name] = build_head(head, self.parts.hidden_size).to(reference.device, reference.dtype)
-        for site, site_module in module.attachments():
-            self.router.attach(site, name, site_module)
         try:
-            module.bind(self, name)  # hooks outside sites: attention prefixes, input prompts
+            for site, site_module in module.attachments():
+                self.router.attach(site, name, site_module)
+            self._sync_hooks()
         except Exception:
-            self.delete_adapter(name)
+            self._remove(name)
             raise
+        self._changed()
         return module
 
     def delete_adapter(self, name: str) -> None:
-        self._check_names([name])
-        self.adapters[name].unbind(self, name)
+        """Remove adapter ``name`` and its head (a merged adapter is unmerged first)."""
+        self.view().require([name])
+        if self.merged_adapter == name:
+            self.unmerge_adapter(name)
+        self._remove(name)
+
+    def _remove(self, name: str) -> None:
         self.router.detach(name)
+        self._sync_hooks()
         del self.adapters[name]
         if name in self.heads:
             del self.heads[name]
         if self.active_setup is not None and name in self.active_setup.adapter_names():
             self.active_setup = None
+        self._changed()
 
     def set_active(self, adapters: str | Setup | list[str] | None) -> None:
         """The setup used by forward passes that do not name one (None: the plain base model)."""
-        self.active_setup = None if adapters is None else self._checked(as_setup(adapters))
+        self.active_setup = None if adapters is None else self._bind(adapters).setup
 
     def train_adapter(self, name: str) -> None:
         """Make ``name`` (and its head) the only trainable parameters, and activate it."""
-        self._check_names([name])
-        self.requires_grad_(False)
-        adapter = self.adapters[name]
-        if getattr(adapter, "merged", False):
+        self.view().require([name])
+        if self.merged_adapter == name:
             raise ValueError(f"adapter {name!r} is merged into the base weights; unmerge it before training")
-        adapter.requires_grad_(True)
-        for param in adapter.base_parameters().values():
+        self.requires_grad_(False)
+        for param in self.adapter_state(name).parameters.values():
             param.requires_grad_(True)
-        if name in self.heads:
-            self.heads[name].requires_grad_(True)
         self.set_active(name)
 
+    def adapter_state(self, name: str) -> OwnedState:
+        """Everything adapter ``name`` owns (its modules, its head, base weights it trains), by
+        saved key: what trains, what is counted, saved and loaded (``methods/base.py``)."""
+        self.view().require([name])
+        return self.adapters[name].owned_state(self.heads[name] if name in self.heads else None)
+
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        """Everything adapter ``name`` saves: its modules, its head, and base weights it trains."""
-        self._check_names([name])
-        params = {f"adapter.{k}": p for k, p in self.adapters[name].named_parameters()}
-        if name in self.heads:
-            params.update({f"head.{k}": p for k, p in self.heads[name].named_parameters()})
-        params.update({f"base.{k}": p for k, p in self.adapters[name].base_parameters().items()})
-        return params
+        """The parameters adapter ``name`` trains, by saved key."""
+        return self.adapter_state(name).parameters
 
     def count_parameters(self, name: str) -> tuple[int, int]:
         """(parameters adapter ``name`` trains, parameters of the base model)."""
         trained = sum(p.numel() for p in self.adapter_parameters(name).values())
         return trained, sum(p.numel() for p in self.base.parameters())
 
-    # ----------------------------------------------------------------- LoRA merging
-    def _mergeable(self, name: str) -> AdapterMethod:
-        self._check_names([name])
+    def fusion(self, name: str) -> AdapterMethod:
+        """Adapter ``name``, checked to be an AdapterFusion."""
+        self.view().require([name])
         adapter = self.adapters[name]
-        if not hasattr(adapter, "merge"):
-            raise ValueError(f"adapter {name!r} ({adapter.config.method}) cannot be merged; only LoRA can")
+        if "fusion" not in adapter.capabilities:
+            raise ValueError(f"adapter {name!r} is a {adapter.config.method} adapter, not a fusion")
         return adapter
+
+    def restrict_fusion(self, name: str, adapters: tuple[str, ...]) -> None:
+        """Make fusion ``name`` fuse only ``adapters`` (a subset of its own, e.g. after pruning);
+        its weights are shared across adapters and stay as they are."""
+        fusion = self.fusion(name)
+        extra = [a for a in adapters if a not in fusion.config.adapters]
+        if extra or not adapters:
+            raise ValueError(f"fusion {name!r} fuses {fusion.config.adapters}; keep a non-empty subset, not {adapters}")
+        fusion.config = dataclasses.replace(fusion.config, adapters=tuple(adapters))
+        self._changed()
+        if self.active_setup is not None and name in self.active_setup.adapter_names():
+            self.set_active(name)  # the fusion's own default: now the restricted one
+
+    # ----------------------------------------------------------------- merging and folding
+    def merge_adapter(self, name: str) -> None:
+        """Fold adapter ``name`` into the base weights (idempotent; see the module docstring).
+
+        Raises:
+            ValueError: the method cannot be merged, or another adapter is merged already.
+        """
+        adapter = self._capable(name, "merge")
+        if self.merged_adapter not in (None, name):
+            raise ValueError(f"adapter {self.merged_adapter!r} is merged already; unmerge it first (one at a time)")
+        adapter.merge()
+        self.merged_adapter = name
+        self._changed()
+
+    def unmerge_adapter(self, name: str) -> None:
+        """Restore the base weights exactly as they were before :meth:`merge_adapter` (idempotent)."""
+        self._capable(name, "merge").unmerge()
+        if self.merged_adapter == name:
+            self.merged_adapter = None
+        self._changed()
+
+    def merge_and_unload(self, name: str) -> None:
+        """Merge ``name`` and remove it: the base model alone now computes the adapted function.
+        The base is then another model, so its fingerprint changes with it."""
+        self.merge_adapter(name)
+        self.adapters[name].forget_original()
+        self.merged_adapter = None
+        self._remove(name)
+        self.fingerprint = base_fingerprint(self.base)
 
     def fold_adapter(self, name: str) -> bool:
         """Replace adapter ``name``'s training-only reparameterisation (a prefix's MLP, also inside
@@ -195,28 +253,22 @@ class AdapterModel(nn.Module):
         parameters, saved and loaded in that form. Returns whether anything changed (False for
         methods without one, or when already folded). An optimizer holding the old parameters
         must be rebuilt to train on."""
-        self._check_names([name])
+        self.view().require([name])
         adapter = self.adapters[name]
-        before = adapter.config
-        if hasattr(adapter, "fold"):
-            adapter.fold()
-        return adapter.config != before
+        changed = "fold" in adapter.capabilities and adapter.fold()
+        if changed:
+            self._changed()
+        return changed
 
-    def merge_adapter(self, name: str) -> None:
-        """Fold adapter ``name`` into the base weights (idempotent). The sites then add nothing."""
-        self._mergeable(name).merge()
-
-    def unmerge_adapter(self, name: str) -> None:
-        self._mergeable(name).unmerge()
-
-    def merge_and_unload(self, name: str) -> None:
-        """Merge ``name`` and remove it: the base model alone now computes the adapted function."""
-        self.merge_adapter(name)
-        self.adapters[name].unbind(self, name)
-        self.router.detach(name)
-        del self.adapters[name]
-        if self.active_setup is not None and name in self.active_setup.adapter_names():
-            self.active_setup = None
+    def _capable(self, name: str, capability: str) -> AdapterMethod:
+        self.view().require([name])
+        adapter = self.adapters[name]
+        if capability not in adapter.capabilities:
+            raise ValueError(
+                f"adapter {name!r} ({adapter.config.method}) cannot {capability}; "
+                f"methods that can: {', '.join(methods_with(capability))}"
+            )
+        return adapter
 
     # ----------------------------------------------------------------- training
     def activation_checkpointing_enable(
@@ -225,100 +277,239 @@ class AdapterModel(nn.Module):
         """Gradient checkpointing of the base model's layers (non-reentrant unless the kwargs say
         ``use_reentrant=True``); the name and arguments are transformers', so
         ``transformers.Trainer(args=TrainingArguments(activation_checkpointing=True))`` finds it.
-        See :func:`adapterkit.distributed.enable_gradient_checkpointing`."""
-        from .distributed import enable_gradient_checkpointing
-
+        See :func:`adapterkit.checkpointing.enable_gradient_checkpointing`."""
         enable_gradient_checkpointing(
-            self, every_n_layers=every_n_layers, offload=offload, checkpoint_kwargs=activation_checkpointing_kwargs
+            self.base, every_n_layers=every_n_layers, offload=offload, checkpoint_kwargs=activation_checkpointing_kwargs
         )
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """The name transformers releases before the rename call (``gradient_checkpointing=True``)."""
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
-    # ----------------------------------------------------------------- forward
-    def current_setup(self) -> Setup | None:
-        """The setup of the forward pass in flight (the router asks this at every site)."""
-        return self._forward_setups[-1] if self._forward_setups else self.active_setup
+    # ----------------------------------------------------------------- setups
+    def view(self) -> ModelView:
+        """A read-only view of the adapters (what a setup is checked against)."""
+        kinds: dict[str, set[str]] = {name: set() for name in self.adapters}
+        sublayers: dict[str, set[str]] = {name: set() for name in self.adapters}
+        for site in self.router.sites():
+            for name in self.router.attached(site):
+                kinds[name].add(site.kind)
+                if site.kind == "sublayer":
+                    sublayers[name].add(site.key)
+        return ModelView(
+            adapters={
+                name: AdapterView(
+                    method=adapter.config.method,
+                    kinds=frozenset(kinds[name]),
+                    sublayer_sites=frozenset(sublayers[name]),
+                    head=self.heads[name].config.kind if name in self.heads else None,
+                    fuses=tuple(adapter.config.adapters) if "fusion" in adapter.capabilities else None,
+                    merged=self.merged_adapter == name,
+                )
+                for name, adapter in self.adapters.items()
+            },
+            num_layers=self.parts.num_layers,
+        )
 
+    def _bind(self, adapters: str | Setup | list[str] | None) -> BoundSetup:
+        """The bound setup for ``adapters`` (None: the plain base), cached until adapters change."""
+        setup = None if adapters is None else as_setup(adapters)
+        bound = self._bound.get(setup)
+        if bound is not None:
+            self._bound.move_to_end(setup)
+            return bound
+        checked = None if setup is None else check(setup, self.view())
+        pooled = {name for name, head in self.heads.items() if head.config.kind != "causal_lm"}
+        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, pooled)
+        if bound.parallel is not None and "parallel" not in self._hooks:
+            self._hooks["parallel"] = replication_hooks(self.parts, self.router)
+        self._bound[setup] = bound
+        if len(self._bound) > _BOUND_CACHE:
+            self._bound.popitem(last=False)
+        return bound
+
+    def _changed(self) -> None:
+        """Adapters, merges or fusions changed: bound setups must be checked and compiled anew."""
+        self._bound.clear()
+
+    def _sync_hooks(self) -> None:
+        """Install or remove the model-wide hooks that attached prefixes and prompts need."""
+        kinds = self.router.kinds()
+        wanted = {"prefixes": "attention" in kinds, "prompts": bool(kinds & {"input", "layer_input"})}
+        for key, needed in wanted.items():
+            if needed and key not in self._hooks:
+                if key == "prefixes":
+                    modules = [site.output_module for site in self.sites.values() if site.kind == "attention"]
+                    self._hooks[key] = PrefixHooks(modules)
+                else:
+                    self._hooks[key] = PromptHooks(self.parts, self.body, self.router)
+            elif not needed and key in self._hooks:
+                self._hooks.pop(key).remove()
+
+    # ----------------------------------------------------------------- forward
     @contextlib.contextmanager
-    def using(self, adapters: str | Setup | list[str] | None) -> Iterator[Setup | None]:
-        """Run the enclosed forward passes with ``adapters`` (None: the plain base model)."""
-        setup = None if adapters is None else self._checked(as_setup(adapters))
-        self._forward_setups.append(setup)
-        try:
-            yield setup
-        finally:
-            self._forward_setups.pop()
+    def using(self, adapters: str | Setup | list[str] | None, expand_rows: bool = False) -> Iterator[Setup | None]:
+        """Run the enclosed passes of this model (``forward``, or the base model called directly)
+        with ``adapters`` (None: the plain base model); yields the checked setup.
+
+        Args:
+            expand_rows: let a ``Routed`` setup meet ``k`` copies of each of its rows in place
+                (what ``generate`` does for beams and returned sequences).
+        """
+        bound = self._bind(adapters)
+        if bound.parallel is not None:
+            raise ValueError("a Parallel setup runs only through model(..., adapters=...), which returns a head output per task")
+        with context.entered(bound.new_state(self.router, self.training, expand_rows)):
+            yield bound.setup
 
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
+        labels: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
         adapters: str | Setup | list[str] | None = None,
         **kwargs: Any,
     ):
-        """Run the model with ``adapters`` (default: the active setup) and its head.
+        """Run the model with ``adapters`` (default: the setup of an enclosing :meth:`using`, else
+        the active setup) and its head.
 
         Returns a ``SequenceClassifierOutput`` (logits, loss if labels are given) for
         classification/regression heads, the base model's ``CausalLMOutput`` for a causal-LM head
         or a decoder without head, and a ``BaseModelOutput`` with the hidden states otherwise.
-        ``Parallel`` and ``Routed`` setups return a ``composition.MultiTaskOutput`` (one head output
-        per task). While a fusion is trained, its regulariser is part of ``loss``.
+        ``Parallel`` and ``Routed`` setups return an ``execution.MultiTaskOutput`` (one head
+        output per task). While a fusion trains, its regulariser is part of ``loss``.
         """
-        setup = self.current_setup() if adapters is None else adapters
-        with self.using(setup) as setup, forward_context(self, setup):
-            head_name = setup.head_name() if setup is not None else None
-            head = self.heads[head_name] if head_name in self.heads else None
-            multi_output = setup is not None and setup.multi_output  # Parallel / Routed: one head per task
-            if self.is_decoder and not multi_output and (head is None or isinstance(head, CausalLMHead)):
+        outer = context.current(self.router)
+        if adapters is None and outer is not None:
+            bound = outer.setup
+        else:
+            bound = self._bind(self.active_setup if adapters is None else adapters)
+        with context.entered(bound.new_state(self.router, self.training)) as state:
+            head = self.heads[bound.head_name] if bound.head_name in self.heads else None
+            if self.is_decoder and not bound.multi_output and (head is None or isinstance(head, CausalLMHead)):
                 output = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-                output.loss = add_regularization(self, setup, output.loss)
+                output.loss = self._regularized(bound, output.loss)
                 return output
             hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-            if multi_output:
-                output = setup.outputs(self, hidden, attention_mask, labels)
-                output.loss = add_regularization(self, setup, output.loss)
+            if bound.multi_output:
+                output = bound.outputs(self.heads, hidden, attention_mask, labels, state)
+                output.loss = self._regularized(bound, output.loss)
                 return output
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
             logits = head(hidden, attention_mask)
             loss = head_loss(head.config, logits, labels) if labels is not None else None
-            loss = add_regularization(self, setup, loss)  # AdapterFusion's penalty while training a fusion
-            return SequenceClassifierOutput(loss=loss, logits=logits)
+            return SequenceClassifierOutput(loss=self._regularized(bound, loss), logits=logits)
+
+    def _regularized(self, bound: BoundSetup, loss: torch.Tensor | None) -> torch.Tensor | None:
+        """``loss`` plus the regularisers of the setup's fusions whose parameters train
+        (AdapterFusion's ``λ ‖V - I‖²``), in training mode only."""
+        if loss is None or not self.training:
+            return loss
+        for name in bound.fusions:
+            fusion = self.adapters[name]
+            if any(p.requires_grad for p in fusion.parameters()):
+                loss = loss + fusion.regularization()
+        return loss
 
     @torch.no_grad()
     def generate(self, *args: Any, adapters: str | Setup | list[str] | None = None, **kwargs: Any) -> torch.Tensor:
-        """``transformers`` generation through the adapted decoder."""
+        """``transformers`` generation through the adapted decoder. With a ``Routed`` setup each
+        row keeps its adapter through every expansion generation makes (beams, returned
+        sequences)."""
         if not self.is_decoder:
             raise ValueError(f"generate() needs a decoder model; {self.parts.model_type!r} is an encoder")
-        with self.using(self.current_setup() if adapters is None else adapters):
+        outer = context.current(self.router)
+        if adapters is None:
+            adapters = outer.setup.setup if outer is not None else self.active_setup
+        with self.using(adapters, expand_rows=True):
             return self.base.generate(*args, **kwargs)
 
-    # ----------------------------------------------------------------- saving
-    def save_adapter(self, name: str, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Save adapter ``name`` and its head atomically to ``directory``."""
-        from .persistence import save_adapter
+    @torch.no_grad()
+    def _record(self, modules: list[nn.Module], inputs: bool = False, **model_inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Run the plain base model (its body) on ``model_inputs`` (``input_ids`` or
+        ``inputs_embeds`` of one example) in eval mode and return, for that example, what each of
+        ``modules`` produced or, with ``inputs=True``, received (its first positional or
+        ``hidden_states`` argument). Used to initialise prefixes and deep prompts from the
+        activations of real tokens (Li & Liang 2021, Sec. 7.2)."""
+        seen: dict[int, torch.Tensor] = {}
 
-        return save_adapter(self, name, directory, extra)
+        def grab(index: int):
+            if inputs:
+                return lambda module, args, kwargs: seen.__setitem__(index, (args[0] if args else kwargs["hidden_states"])[0])
+            return lambda module, args, output: seen.__setitem__(index, (output[0] if isinstance(output, tuple) else output)[0])
+
+        handles = [
+            m.register_forward_pre_hook(grab(i), with_kwargs=True) if inputs else m.register_forward_hook(grab(i))
+            for i, m in enumerate(modules)
+        ]
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        try:
+            with self.using(None):
+                self.body(**model_inputs)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+            for handle in handles:
+                handle.remove()
+        return [seen[i].detach().clone() for i in range(len(modules))]
+
+    # ----------------------------------------------------------------- saving
+    def base_identity(self) -> dict[str, Any]:
+        """What a saved adapter records of this base model (``formats/fingerprint.py``)."""
+        return base_identity(
+            self.base, getattr(self, "name_or_path", None), self.parts.num_layers, self.parts.hidden_size, self.fingerprint
+        )
+
+    def save_adapter(self, name: str, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Save adapter ``name`` and its head atomically to ``directory`` (``formats/native.py``)."""
+        tensors = self.adapter_state(name).tensors()
+        meta = {
+            "name": name,
+            "config": self.adapters[name].config.to_dict(),
+            "head": self.heads[name].config.to_dict() if name in self.heads else None,
+            "base_model": self.base_identity(),
+            **(extra or {}),
+        }
+        return write_adapter(directory, tensors, meta)
 
     def load_adapter(self, directory: str | Path, name: str | None = None, activate: bool = True) -> str:
-        """Load an adapter saved by :meth:`save_adapter`; checks it belongs to this base model."""
-        from .persistence import load_adapter
+        """Load an adapter saved by :meth:`save_adapter`; checks it belongs to this base model.
 
-        name = load_adapter(self, directory, name)
+        Raises:
+            FileNotFoundError: ``directory`` is not a saved adapter.
+            ValueError: it was trained on another base model, or its files do not match its config.
+        """
+        directory = Path(directory)
+        meta = read_adapter_config(directory)
+        check_base(meta["base_model"], self.base_identity(), directory)
+        name = name or meta["name"]
+        head = HeadConfig(**meta["head"]) if meta["head"] else None
+        self.add_adapter(name, config_from_dict(meta["config"]), head)
+        try:
+            self.load_adapter_state(name, read_adapter_weights(directory), directory)
+        except Exception:
+            self.delete_adapter(name)
+            raise
         if activate:
             self.set_active(name)
         return name
 
-    # ----------------------------------------------------------------- helpers
-    def _check_names(self, names) -> None:
-        missing = [n for n in names if n not in self.adapters]
-        if missing:
-            known = ", ".join(self.adapters) or "none"
-            raise ValueError(f"no adapter named {', '.join(map(repr, missing))} on this model (adapters: {known})")
+    @torch.no_grad()
+    def load_adapter_state(self, name: str, tensors: Mapping[str, torch.Tensor], source: Any) -> None:
+        """Copy ``tensors`` (saved keys, as :meth:`adapter_state`) into adapter ``name``: the live
+        parameters keep their identity (an optimizer holding them stays valid).
 
-    def _checked(self, setup: Setup) -> Setup:
-        self._check_names(setup.adapter_names())
-        return setup.bind(self)  # heads, fusions, nesting against this model (composition.py)
+        Raises:
+            ValueError: missing or unexpected keys, or a shape that differs (naming ``source``).
+        """
+        owned = self.adapter_state(name).tensors()
+        missing, unexpected = sorted(set(owned) - set(tensors)), sorted(set(tensors) - set(owned))
+        if missing or unexpected:
+            raise ValueError(f"{source} does not match adapter {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for key, target in owned.items():
+            if tuple(tensors[key].shape) != tuple(target.shape):
+                raise ValueError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(target.shape)}")
+            target.copy_(tensors[key].to(target.device, target.dtype))
+

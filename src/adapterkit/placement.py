@@ -14,6 +14,11 @@ Two facts about a family matter beyond the paths:
   compute ``x + sublayer(LN(x))``. Adapters placed "after the sublayer's output projection, before
   the residual add" land in the right spot in both cases when hooked on the output projection.
 * ``decoder``: causal decoders get a causal-LM head and are loaded with their LM head.
+
+A placement can name several stacks of layers (a seq2seq model's encoder and decoder layers,
+numbered across both in the order given) and the projections of a cross-attention sublayer,
+which only the layers that have one get. ``layout`` says how the features of a site are laid
+out: ``sequence`` (``(batch, seq, d)``, transformers) or ``image`` (``(batch, C, H, W)``, CNNs).
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-LINEAR_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+CROSS_ROLES = ("cross_q", "cross_k", "cross_v", "cross_o")
+"""Roles of a cross-attention sublayer's projections (seq2seq decoders); optional per layer."""
+
+LINEAR_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out", *CROSS_ROLES)
 """Roles of the linear projections inside a layer that methods such as LoRA can target."""
 
-NORM_ROLES = ("attn_norm", "ffn_norm")
-SUBLAYERS = ("attn", "ffn")
+NORM_ROLES = ("attn_norm", "ffn_norm", "cross_norm")
+OPTIONAL_ROLES = (*CROSS_ROLES, "cross_norm")
+"""Roles that only some layers have (the decoder layers of a seq2seq model)."""
+
+SUBLAYERS = {"attn": ("q", "o", "attn_norm"), "ffn": ("ffn_in", "ffn_out", "ffn_norm"), "cross_attn": ("cross_q", "cross_o", "cross_norm")}
+"""Sublayer -> (role of its first projection, role of its last projection, role of its norm)."""
+
+LAYOUTS = {"sequence": "(batch, seq, d)", "image": "(batch, C, H, W)"}
+"""How the features at a site are laid out, by layout name."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,8 @@ class Placement:
     Args:
         layers: path of the ``nn.ModuleList`` of transformer layers, matched as a suffix of the
             module names of the loaded model (so ``encoder.layer`` matches both a bare
-            ``BertModel`` and ``bert.encoder.layer`` inside a task model).
+            ``BertModel`` and ``bert.encoder.layer`` inside a task model); a tuple of paths for
+            several stacks (encoder, decoder), whose layers are numbered across them in order.
         q, k, v, o: attention projections, relative to one layer.
         ffn_in: the feed-forward input projection(s) (Llama has two: gate and up).
         ffn_out: the feed-forward output projection.
@@ -44,9 +60,15 @@ class Placement:
         embeddings: the token embedding module, matched as a suffix like ``layers``.
         norm_first: True for pre-LN layers (norm before the sublayer).
         decoder: True for causal decoders.
+        cross_q, cross_k, cross_v, cross_o, cross_norm: the cross-attention sublayer of a
+            seq2seq decoder layer (None: the family has none); layers without it get no cross sites.
+        layout: ``sequence`` or ``image`` (see :data:`LAYOUTS`).
+
+    Raises:
+        ValueError: an empty path or an unknown layout.
     """
 
-    layers: str
+    layers: str | tuple[str, ...]
     q: str
     k: str
     v: str
@@ -58,12 +80,35 @@ class Placement:
     embeddings: str
     norm_first: bool = False
     decoder: bool = False
+    cross_q: str | None = None
+    cross_k: str | None = None
+    cross_v: str | None = None
+    cross_o: str | None = None
+    cross_norm: str | None = None
+    layout: str = "sequence"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.ffn_in, str):
+            object.__setattr__(self, "ffn_in", (self.ffn_in,))
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"Placement: unknown layout {self.layout!r}; use one of {', '.join(LAYOUTS)}")
+        required = [*self.stacks, *self.ffn_in, self.q, self.k, self.v, self.o, self.ffn_out, self.embeddings]
+        if not self.stacks or not self.ffn_in or not all(isinstance(p, str) and p for p in required):
+            raise ValueError("Placement: layers, q, k, v, o, ffn_in, ffn_out and embeddings need non-empty module paths")
+
+    @property
+    def stacks(self) -> tuple[str, ...]:
+        """The paths of the layer stacks, in the order their layers are numbered."""
+        return (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
 
     def role_paths(self, role: str) -> tuple[str, ...]:
-        """Paths (relative to a layer) of the module(s) that play ``role``."""
+        """Paths (relative to a layer) of the module(s) that play ``role`` (empty: none)."""
         if role == "ffn_in":
             return self.ffn_in
-        return (getattr(self, role),)
+        path = getattr(self, role)
+        return () if path is None else (path,)
 
 
 _BERT = Placement(
@@ -117,6 +162,24 @@ _LLAMA = Placement(
     decoder=True,
 )
 
+_BART = Placement(
+    layers=("encoder.layers", "decoder.layers"),
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.out_proj",
+    ffn_in=("fc1",),
+    ffn_out="fc2",
+    attn_norm="self_attn_layer_norm",
+    ffn_norm="final_layer_norm",
+    embeddings="shared",
+    cross_q="encoder_attn.q_proj",
+    cross_k="encoder_attn.k_proj",
+    cross_v="encoder_attn.v_proj",
+    cross_o="encoder_attn.out_proj",
+    cross_norm="encoder_attn_layer_norm",
+)
+
 PLACEMENTS: dict[str, Placement] = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -129,6 +192,8 @@ PLACEMENTS: dict[str, Placement] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
+    "bart": _BART,
+    "mbart": _BART,
 }
 
 
@@ -139,14 +204,23 @@ def register_placement(model_type: str, placement: Placement) -> None:
 
 @dataclass
 class LayerParts:
-    """The resolved modules of one transformer layer, by role."""
+    """The resolved modules of one transformer layer, by role.
+
+    ``index`` numbers the layers across all stacks; ``stack`` is the position of this layer's
+    stack in :attr:`Placement.stacks`.
+    """
 
     index: int
     layer: nn.Module
     modules: dict[str, tuple[nn.Module, ...]] = field(default_factory=dict)
+    stack: int = 0
 
     def role(self, role: str) -> tuple[nn.Module, ...]:
-        return self.modules[role]
+        """The module(s) playing ``role`` (empty for an optional role this layer lacks)."""
+        return self.modules.get(role, ())
+
+    def has(self, role: str) -> bool:
+        return bool(self.modules.get(role))
 
 
 @dataclass
@@ -184,10 +258,13 @@ def _find_by_suffix(model: nn.Module, suffix: str, model_type: str) -> nn.Module
     return matches[0]
 
 
-def _get_path(layer: nn.Module, path: str, model_type: str) -> nn.Module:
+def _get_path(layer: nn.Module, path: str, model_type: str, optional: bool = False) -> nn.Module | None:
+    """The module at ``path`` in ``layer``; None for an ``optional`` path that is not there."""
     try:
         return layer.get_submodule(path)
     except AttributeError:
+        if optional:
+            return None
         raise ValueError(
             f"placement path {path!r} does not exist in the layers of a {model_type!r} model "
             f"(layer type {type(layer).__name__}); fix the placement: {_how_to_fix(model_type)}"
@@ -209,15 +286,23 @@ def resolve(model: nn.Module, placement: Placement | None = None) -> ResolvedMod
                 f"add one with {_how_to_fix(model_type)}"
             )
         placement = PLACEMENTS[model_type]
-    layer_list = _find_by_suffix(model, placement.layers, model_type)
-    if not isinstance(layer_list, nn.ModuleList):
-        raise ValueError(f"placement path {placement.layers!r} is a {type(layer_list).__name__}, not a ModuleList")
     layers = []
-    for index, layer in enumerate(layer_list):
-        parts = LayerParts(index=index, layer=layer)
-        for role in LINEAR_ROLES + NORM_ROLES:
-            parts.modules[role] = tuple(_get_path(layer, p, model_type) for p in placement.role_paths(role))
-        layers.append(parts)
+    for stack, path in enumerate(placement.stacks):
+        layer_list = _find_by_suffix(model, path, model_type)
+        if not isinstance(layer_list, nn.ModuleList):
+            raise ValueError(f"placement path {path!r} is a {type(layer_list).__name__}, not a ModuleList")
+        for layer in layer_list:
+            parts = LayerParts(index=len(layers), layer=layer, stack=stack)
+            for role in LINEAR_ROLES + NORM_ROLES:
+                optional = role in OPTIONAL_ROLES
+                found = tuple(
+                    module
+                    for module in (_get_path(layer, p, model_type, optional) for p in placement.role_paths(role))
+                    if module is not None
+                )
+                if found:
+                    parts.modules[role] = found
+            layers.append(parts)
     embeddings = _find_by_suffix(model, placement.embeddings, model_type)
     return ResolvedModel(
         model_type=model_type,

@@ -3,21 +3,23 @@
 Configs are frozen dataclasses validated in ``__post_init__`` and serialised with a type tag
 (``{"method": "lora", ...}``), so a saved adapter says what it is and loads back into the same
 config. Lists coming from JSON or the command line are normalised to tuples, keeping configs
-hashable and comparable.
+hashable and comparable. Each config class carries the method's default learning rate and where
+that figure comes from; each module class declares its capabilities (``merge``, ``fold``,
+``fuse``, ``modifies_base``) instead of leaving them to ``hasattr``.
+
+The built-in methods are registered in one place, ``adapterkit.methods`` (importing
+``adapterkit`` or ``adapterkit.methods`` registers them); this module imports nothing of the
+package, and a second registration under a taken name is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import types
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from .methods.base import AdapterMethod
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,10 @@ class MethodConfig:
     """Base of every method config. Subclasses set ``method`` and add fields."""
 
     method: ClassVar[str] = ""
+    default_learning_rate: ClassVar[float] = 1e-3
+    """Peak learning rate (AdamW, linear decay with warmup) when a run does not set one."""
+    learning_rate_source: ClassVar[str] = "a few fresh parameters on a frozen model: 1e-3 is the usual start"
+    """Where :attr:`default_learning_rate` comes from (paper, peer library, our measurement)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -73,28 +79,71 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
+CAPABILITIES = ("merge", "fold", "fuse", "fusion", "modifies_base")
+"""What a method's module class may declare in ``capabilities``: folded into the base weights
+(LoRA), a training-only reparameterisation folded away (prefix MLP), fusable by AdapterFusion,
+is itself an AdapterFusion over other adapters, trains base weights in place (full and partial
+fine-tuning)."""
+
+
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method: its config class and its module class."""
+
     config_cls: type[MethodConfig]
-    module_cls: type[AdapterMethod]
+    module_cls: type  # an adapterkit.methods.base.AdapterMethod subclass
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(getattr(self.module_cls, "capabilities", frozenset()))
 
 
 REGISTRY: dict[str, MethodSpec] = {}
-#: Modules whose import registers the built-in methods (fusion lives beside composition).
-_BUILT_IN_MODULES = ("adapterkit.methods", "adapterkit.fusion")
 
 
-def register_method(config_cls: type[MethodConfig], module_cls: type[AdapterMethod]) -> None:
-    """Register a method under ``config_cls.method``."""
-    if not config_cls.method:
+def register_method(config_cls: type[MethodConfig], module_cls: type) -> None:
+    """Register a method under ``config_cls.method``.
+
+    Raises:
+        ValueError: the config class names no method, the name is taken, or the module class
+            declares an unknown capability.
+    """
+    name = config_cls.method
+    if not name:
         raise ValueError(f"{config_cls.__name__} must set the class attribute 'method'")
-    REGISTRY[config_cls.method] = MethodSpec(config_cls, module_cls)
+    if name in REGISTRY:
+        raise ValueError(
+            f"a method named {name!r} is registered already ({REGISTRY[name].config_cls.__name__}); "
+            "give the new config class another 'method' name"
+        )
+    unknown = set(getattr(module_cls, "capabilities", ())) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"{module_cls.__name__} declares unknown capabilities {sorted(unknown)}; known: {CAPABILITIES}")
+    REGISTRY[name] = MethodSpec(config_cls, module_cls)
+
+
+def unregister_method(name: str) -> None:
+    """Remove method ``name`` (a method registered by a test or a plug-in)."""
+    REGISTRY.pop(name, None)
+
+
+def methods_with(capability: str) -> list[str]:
+    """The registered methods whose module class declares ``capability``, sorted."""
+    return sorted(name for name, spec in REGISTRY.items() if capability in spec.capabilities)
 
 
 def method_spec(name: str) -> MethodSpec:
-    for module in _BUILT_IN_MODULES:  # registered on import; a no-op once imported
-        importlib.import_module(module)
+    """The registered method ``name``.
+
+    Raises:
+        ValueError: no method of that name (the message lists the registered ones).
+    """
     if name not in REGISTRY:
+        if not REGISTRY:
+            raise ValueError(
+                f"unknown method {name!r}: no method is registered yet; import adapterkit.methods "
+                "(or use adapterkit.make_config, which does)"
+            )
         raise ValueError(f"unknown method {name!r}; available methods: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 

@@ -26,6 +26,11 @@ Adapters of different sizes (bottleneck widths, LoRA ranks) are zero-padded to t
 down-projection rows give ``f(0) = 0`` for every supported non-linearity, and the matching padded
 up-projection columns are zero, so padding changes nothing. The identity slot is all zeros, so an
 unrouted row gets ``out + 0`` exactly.
+
+Options one batched operation cannot mix (a ReLU and a GELU bottleneck, LoRA dropouts of 0.1
+and 0 in training) split the modules into groups by :meth:`SiteModule.batch_key`; each group
+runs its batched form with the other groups' rows as identity, so every row still gets exactly
+its own adapter.
 """
 
 from __future__ import annotations
@@ -86,24 +91,13 @@ def apply_batched(
 ) -> torch.Tensor:
     """Apply ``modules[index[r]]`` to row ``r`` of ``out`` (or module ``k`` to block ``k``).
 
-    A site may hold modules of several classes (a LoRA delta and a BitFit bias on one projection);
-    each class's batched form runs once with the other classes' rows as identity. Rows are
-    disjoint between classes, so the order does not matter.
+    A site may hold modules of several classes (a LoRA delta and a BitFit bias on one projection)
+    and, within a class, modules whose options one batched operation cannot mix; each group
+    (class and :meth:`SiteModule.batch_key`) runs its batched form once with the other groups'
+    rows as identity. Rows are disjoint between groups, so the order does not matter.
     """
-    kinds = dict.fromkeys(type(m) for m in modules if m is not None)
-    for kind in kinds:
-        group = [m if type(m) is kind else None for m in modules]
+    keys = dict.fromkeys((type(m), m.batch_key()) for m in modules if m is not None)
+    for kind, key in keys:
+        group = [m if m is not None and type(m) is kind and m.batch_key() == key else None for m in modules]
         out = kind.batched(group)(x, out, index)
     return out
-
-
-def check_same(modules: Sequence[SiteModule], what: str, value: Callable[[SiteModule], object]) -> object:
-    """The common value of ``value(m)`` over ``modules``, or a clear error when they differ."""
-    values = {value(m) for m in modules}
-    if len(values) != 1:
-        raise ValueError(
-            f"per-sample routing stacks the adapters at a site into one batched operation, which needs "
-            f"them to share the same {what}; found {sorted(map(str, values))} among "
-            f"{type(modules[0]).__name__} modules. Route these adapters in separate batches."
-        )
-    return values.pop()

@@ -1,35 +1,48 @@
 """Sites: the places in a frozen model where adapters act, and the hooks that dispatch to them.
 
-A *site* is one spot of one layer: a linear projection (``3.q``, ``3.ffn_out``), a sublayer
-(``3.attn``, ``3.ffn``: the output of its last projection, before the residual add) or a layer
-norm (``3.attn_norm``). Every method is a set of small modules attached at sites, each computing
+A *site* is one spot of one layer. Three kinds transform a module's output,
 
     out' = f(x, out)
 
-from the site's output ``out`` and its input ``x`` (the input of the projection for linear
-sites; the input of the sublayer's *first* projection for sublayer sites, which is what
-parallel adapters read). The base model is never edited or re-wrapped: one forward hook per base
-module applies whatever is attached there, so base weights keep their names and values, and a
-checkpoint of the base model loads unchanged.
+from the site's output ``out`` and its input ``x``:
 
-Which adapters run in a forward pass is decided by the active *setup* (see ``composition.py``):
-the router hands each site's attached modules to it, and it combines them (stacking by default).
+* ``linear``: a projection (``3.q``, ``3.ffn_out``); ``x`` is its input.
+* ``sublayer``: the output of a sublayer's last projection, before the residual add (``3.attn``,
+  ``3.ffn``, ``3.cross_attn``); ``x`` is the input of its *first* projection, which is what
+  parallel adapters read.
+* ``norm``: a layer norm's output (``3.attn_norm``); ``x`` is the norm's input.
+
+and three kinds change what the sequence or the attention holds, read by the hooks of
+``attention.py`` and ``sequence.py`` instead of an output hook:
+
+* ``attention``: the attention module of a layer (``3.attention``): prefixes of keys and values.
+* ``input``: the input of the model body (``input``): prompt vectors in front of the tokens.
+* ``layer_input``: the input of one layer (``3.layer_input``): deep prompts replacing positions.
+
+Each site knows its feature ``width`` and ``layout`` (``sequence``: ``(batch, seq, width)``).
+
+The base model is never edited or re-wrapped: one forward hook per base module applies whatever
+is attached there, so base weights keep their names and values. What runs in a forward pass is
+decided by the bound setup of the pass in flight (``context.current(router).setup``, see
+``execution.py``); outside a pass (a direct call of the base model) the hooks do nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .placement import LINEAR_ROLES, ResolvedModel
+from . import context
+from .placement import LINEAR_ROLES, SUBLAYERS, ResolvedModel
 
-if TYPE_CHECKING:
-    from .composition import Setup
+OUTPUT_KINDS = ("linear", "sublayer", "norm")
+"""Site kinds whose modules transform a module's output (applied by the router's hooks)."""
+SEQUENCE_KINDS = ("attention", "input", "layer_input")
+"""Site kinds whose modules change the attention's keys or the sequence (see the module docstring)."""
 
 # Order of application when several sites share one base module: a linear's own change (LoRA,
 # bias deltas) comes before the sublayer adapter reading that linear's output.
@@ -38,18 +51,31 @@ _PRIORITY = {"linear": 0, "sublayer": 1, "norm": 2}
 
 @dataclass(frozen=True, eq=False)
 class Site:
-    """One place in one layer where adapters can act."""
+    """One place in one layer where adapters can act.
+
+    Attributes:
+        layer: the layer index (across all stacks); -1 for the ``input`` site.
+        position: ``q``, ``ffn_in_1``, ``attn``, ``ffn``, ``attn_norm``, ``attention``, ...
+        kind: one of :data:`OUTPUT_KINDS` or :data:`SEQUENCE_KINDS`.
+        output_module: the base module whose output the site changes (or whose call it concerns).
+        input_module: the base module whose input is the site's ``x``.
+        role: for linear sites, the role of the projection (``ffn_in`` for ``ffn_in_1`` too).
+        width: features at the site (the last dimension of ``out``; channels for images).
+        layout: ``sequence`` (``(batch, seq, width)``) or ``image`` (``(batch, width, H, W)``).
+    """
 
     layer: int
-    position: str  # "q", "ffn_in", "ffn_in_1", "attn", "ffn", "attn_norm", ...
-    kind: str  # "linear", "sublayer" or "norm"
+    position: str
+    kind: str
     output_module: nn.Module
     input_module: nn.Module
-    role: str = ""  # for linear sites: the role of the projection ("ffn_in" for ffn_in_1 too)
+    role: str = ""
+    width: int = 0
+    layout: str = "sequence"
 
     @property
     def key(self) -> str:
-        return f"{self.layer}.{self.position}"
+        return self.position if self.layer < 0 else f"{self.layer}.{self.position}"
 
     @property
     def priority(self) -> int:
@@ -57,7 +83,7 @@ class Site:
 
 
 class SiteModule(nn.Module):
-    """A module attached at a site: ``forward(x, out) -> out'``.
+    """A module attached at an output site: ``forward(x, out) -> out'``.
 
     ``needs_input`` says whether ``x`` is read; sublayer sites only capture the sublayer input
     when some attached module needs it.
@@ -67,6 +93,11 @@ class SiteModule(nn.Module):
 
     def forward(self, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def batch_key(self) -> object:
+        """What must agree between modules of this class for one batched form to run them
+        together (non-linearity, dropout in training, ...); see ``routing.py``."""
+        return None
 
     @classmethod
     def batched(cls, modules: list[SiteModule | None]):
@@ -78,23 +109,42 @@ class SiteModule(nn.Module):
         )
 
 
+def _width(module: nn.Module) -> int:
+    for name in ("out_features", "normalized_shape", "weight"):
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, tuple):
+            return value[-1]
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    return 0
+
+
 def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
-    """All sites of a resolved model, keyed ``"<layer>.<position>"``."""
+    """All sites of a resolved model, keyed by :attr:`Site.key`."""
+    layout = parts.placement.layout
     sites: dict[str, Site] = {}
 
-    def add(site: Site) -> None:
+    def add(layer: int, position: str, kind: str, output: nn.Module, inputs: nn.Module, role: str = "", width: int = 0) -> None:
+        site = Site(layer, position, kind, output, inputs, role, width or _width(output), layout)
         sites[site.key] = site
 
+    add(-1, "input", "input", parts.embeddings, parts.embeddings, width=parts.hidden_size)
     for layer in parts.layers:
+        i = layer.index
         for role in LINEAR_ROLES:
             for k, module in enumerate(layer.role(role)):
-                position = role if k == 0 else f"{role}_{k}"
-                add(Site(layer.index, position, "linear", module, module, role))
-        add(Site(layer.index, "attn", "sublayer", layer.role("o")[0], layer.role("q")[0]))
-        add(Site(layer.index, "ffn", "sublayer", layer.role("ffn_out")[0], layer.role("ffn_in")[0]))
-        for role in ("attn_norm", "ffn_norm"):
-            norm = layer.role(role)[0]
-            add(Site(layer.index, role, "norm", norm, norm))
+                add(i, role if k == 0 else f"{role}_{k}", "linear", module, module, role)
+        for sublayer, (first, last, norm) in SUBLAYERS.items():
+            if layer.has(first) and layer.has(last):
+                add(i, sublayer, "sublayer", layer.role(last)[0], layer.role(first)[0])
+            if layer.has(norm):
+                add(i, norm, "norm", layer.role(norm)[0], layer.role(norm)[0], width=parts.hidden_size)
+        q = layer.role("q")[0]
+        attention = next(m for m in layer.layer.modules() if any(c is q for c in m.children()))
+        add(i, "attention", "attention", attention, attention, width=layer.role("k")[0].out_features)
+        add(i, "layer_input", "layer_input", layer.layer, layer.layer, width=parts.hidden_size)
     return sites
 
 
@@ -104,41 +154,49 @@ def role_sites(sites: dict[str, Site], layer: int, role: str) -> list[Site]:
 
 
 class SiteRouter:
-    """Holds what is attached at each site and applies it through forward hooks.
+    """Holds what is attached at each site, by adapter name, and applies output sites' modules.
 
-    ``setup_provider`` returns the setup of the forward pass in flight (or None: plain base
-    model). Hooks are registered lazily, only on modules that have something attached, and
-    removed when the last attachment goes, so an unadapted module costs nothing.
+    Hooks are registered lazily, only on base modules that have something attached at an output
+    site, and removed when the last attachment goes, so an unadapted module costs nothing. The
+    hooks read the state of the pass in flight for this router (:func:`adapterkit.context.current`)
+    and hand each site to its bound setup; outside a pass they do nothing. Sequence sites only
+    record what is attached; ``attention.py`` and ``sequence.py`` hook them.
     """
 
-    def __init__(self, setup_provider: Callable[[], Setup | None]):
-        self._setup_provider = setup_provider
-        self._attached: dict[Site, dict[str, SiteModule]] = {}
+    def __init__(self) -> None:
+        self._attached: dict[Site, dict[str, nn.Module]] = {}
         self._sites_by_output: dict[nn.Module, list[Site]] = {}
         self._handles: dict[nn.Module, list[RemovableHandle]] = {}
-        self._captured: dict[Site, torch.Tensor] = {}
 
-    def attach(self, site: Site, adapter_name: str, module: SiteModule) -> None:
+    def attach(self, site: Site, adapter_name: str, module: nn.Module) -> None:
         self._attached.setdefault(site, {})[adapter_name] = module
-        sites = self._sites_by_output.setdefault(site.output_module, [])
-        if site not in sites:
-            sites.append(site)
-            sites.sort(key=lambda s: s.priority)
-        self._rehook(site)
+        if site.kind in OUTPUT_KINDS:
+            sites = self._sites_by_output.setdefault(site.output_module, [])
+            if site not in sites:
+                sites.append(site)
+                sites.sort(key=lambda s: s.priority)
+            self._rehook(site)
 
     def detach(self, adapter_name: str) -> None:
         for site in list(self._attached):
             modules = self._attached[site]
             if modules.pop(adapter_name, None) is not None and not modules:
                 del self._attached[site]
-                self._sites_by_output[site.output_module].remove(site)
-                self._rehook(site)
+                if site.kind in OUTPUT_KINDS:
+                    self._sites_by_output[site.output_module].remove(site)
+                    self._rehook(site)
 
-    def attached(self, site: Site) -> dict[str, SiteModule]:
+    def attached(self, site: Site) -> dict[str, nn.Module]:
+        """The modules attached at ``site``, by adapter name (read-only use)."""
         return self._attached.get(site, {})
 
     def sites(self) -> Iterator[Site]:
+        """Every site with something attached."""
         return iter(self._attached)
+
+    def kinds(self) -> set[str]:
+        """The kinds of the sites with something attached."""
+        return {site.kind for site in self._attached}
 
     def _rehook(self, site: Site) -> None:
         """(Re)register the hooks of the modules ``site`` touches to match what is attached."""
@@ -158,22 +216,25 @@ class SiteRouter:
         return [
             s
             for s, modules in self._attached.items()
-            if s.input_module is not s.output_module and any(m.needs_input for m in modules.values())
+            if s.kind in OUTPUT_KINDS
+            and s.input_module is not s.output_module
+            and any(getattr(m, "needs_input", False) for m in modules.values())
         ]
 
     def _make_capture_hook(self, sites: list[Site]):
         def capture(module: nn.Module, args: tuple) -> None:
-            if self._setup_provider() is not None:
+            state = context.current(self)
+            if state is not None:
                 for site in sites:
-                    self._captured[site] = args[0]
+                    state.captured[site] = args[0]
 
         return capture
 
     def _output_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        setup = self._setup_provider()
-        if setup is None:
+        state = context.current(self)
+        if state is None:
             return None
         for site in self._sites_by_output[module]:
-            x = args[0] if site.input_module is module else self._captured.pop(site, None)
-            output = setup.apply(site, self._attached[site], x, output)
+            x = args[0] if site.input_module is module else state.captured.pop(site, None)
+            output = state.setup.apply(site, x, output, state)
         return output

@@ -90,13 +90,6 @@ def adapter_name(text: str) -> str:
     return f"{name}_adapter" if hasattr(nn.ModuleDict, name) else name
 
 
-def model_reference(model: str) -> str:
-    """The model as it should be recorded: an absolute path for folders, so ``eval`` and
-    ``predict`` find it again from any working directory; short names unchanged."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
-
-
 def relabel(examples: list[Example], names: tuple[str, ...], head_names: tuple[str, ...], kind: str) -> list[Example]:
     """Re-index class ids from the data's label order to the order the adapter's head predicts."""
     if kind != CLASSIFICATION or not head_names or tuple(names) == tuple(head_names):
@@ -106,27 +99,3 @@ def relabel(examples: list[Example], names: tuple[str, ...], head_names: tuple[s
         raise ValueError(f"labels {unknown} are not among the labels the adapter predicts: {list(head_names)}")
     index = [head_names.index(name) for name in names]
     return [Example(e.texts, index[e.label]) for e in examples]
-
-
-def load_saved_adapter(directory: Path, model: str | None) -> tuple[Any, str, dict[str, Any]]:
-    """(model, adapter name, saved config) for an adapter folder written by ``save_adapter``.
-
-    The base model is the one recorded in the adapter unless ``model`` names another; loading
-    refuses a model whose weights differ from the ones the adapter was trained on.
-    """
-    from ..model import AdapterModel
-    from ..persistence import read_adapter_config
-    from ..store import load_fused_adapters
-
-    meta = read_adapter_config(directory)
-    reference = model or meta.get("base_model", {}).get("name_or_path")
-    if not reference:
-        raise ValueError(f"{directory} does not record its base model; pass --model")
-    loaded = AdapterModel.from_pretrained(model_reference(reference))
-    load_fused_adapters(loaded, directory, meta)  # a fusion needs the adapters it fuses (store.py)
-    name = loaded.load_adapter(directory)
-    if name not in loaded.heads or loaded.heads[name].config.kind not in KINDS:
-        raise ValueError(
-            f"adapter {directory} has no classification or regression head, so it cannot evaluate or predict"
-        )
-    return loaded, name, meta

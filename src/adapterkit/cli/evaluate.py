@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..data import load_files, load_task
-from .common import add_data_arguments, load_saved_adapter, relabel
+from .common import add_data_arguments, relabel
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import evaluate
+    from ..inference.loading import load_saved_adapter
+    from ..inference.predict import evaluate
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     head = model.heads[name].config

@@ -44,24 +44,22 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fusion import FusionConfig, fusion_attention, prune_fusion
-    from ..model import AdapterModel
-    from ..persistence import read_adapter_config
-    from ..store import SAVED_EXTRAS, adapter_folder
-    from ..training import Trainer, TrainingConfig, add_task_adapter, evaluate, format_table
-    from ..training.batching import Collator, encode_examples, make_loader
-    from .common import model_reference
+    from ..data.batching import Collator, encode_examples, make_loader
+    from ..formats.native import read_adapter_config
+    from ..inference.fusion import fusion_attention, prune_fusion
+    from ..inference.loading import load_adapters
+    from ..inference.predict import evaluate
+    from ..inference.store import SAVED_EXTRAS, adapter_folder
+    from ..methods.fusion import FusionConfig
+    from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
     if len(folders) < 2:
         raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
-    reference = args.model or read_adapter_config(folders[0])["base_model"].get("name_or_path")
-    if not reference:
-        raise ValueError(f"{folders[0]} does not record its base model; pass --model")
     task = load_training_data(args)
     name = args.name or adapter_name(f"{task.name}_fusion")
-    model = AdapterModel.from_pretrained(model_reference(reference))
-    fused = {model.load_adapter(folder, activate=False): folder.resolve() for folder in folders}
+    model, names, _ = load_adapters(folders, args.model)
+    fused = {n: folder.resolve() for n, folder in zip(names, folders)}
     fusion = FusionConfig(adapters=tuple(fused), temperature=args.temperature, regularization=args.regularization)
     add_task_adapter(model, name, fusion, task, pooling=args.pooling, seed=args.seed)
     output = Path(args.output_dir or f"runs/{name}")

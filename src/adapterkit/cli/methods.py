@@ -1,4 +1,5 @@
-"""``adapterkit methods``: the registered methods, their options and default learning rates."""
+"""``adapterkit methods``: the registered methods, their default learning rates (with where each
+comes from), their capabilities and their options."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import methods  # noqa: F401  (importing the package registers every method)
     from ..registry import REGISTRY
-    from ..training import default_learning_rate
 
     for name in sorted(REGISTRY):
-        config_cls = REGISTRY[name].config_cls
-        print(f"{name}  (default learning rate {default_learning_rate(name):g})")
+        spec = REGISTRY[name]
+        config_cls = spec.config_cls
+        print(f"{name}  (default learning rate {config_cls.default_learning_rate:g})")
+        print(f"    learning rate source: {config_cls.learning_rate_source}")
+        if spec.capabilities:
+            print(f"    capabilities: {', '.join(sorted(spec.capabilities))}")
         fields = dataclasses.fields(config_cls)
         for field in fields:
             default = field.default if field.default is not dataclasses.MISSING else "(required)"

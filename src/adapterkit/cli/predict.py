@@ -68,11 +68,10 @@ def read_inputs(path: Path | None, columns: tuple[str, ...]) -> list[tuple[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import predict
-
     if args.adapters:
         return run_parallel(args)
-    from .common import load_saved_adapter
+    from ..inference.loading import load_saved_adapter
+    from ..inference.predict import predict
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
@@ -86,24 +85,12 @@ def run(args: argparse.Namespace) -> int:
 def run_parallel(args: argparse.Namespace) -> int:
     """``--adapters a,b,c``: every task's prediction for each input, from one forward pass per batch."""
     from ..composition import AdapterDrop, Parallel
-    from ..model import AdapterModel
-    from ..multitask import predict_tasks
-    from ..persistence import read_adapter_config
-    from ..store import adapter_folder, load_fused_adapters
-    from .common import model_reference
+    from ..inference.loading import load_adapters
+    from ..inference.multitask import predict_tasks
+    from ..inference.store import adapter_folder
 
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
-    metas = [read_adapter_config(folder) for folder in folders]
-    reference = args.model or metas[0]["base_model"].get("name_or_path")
-    if not reference:
-        raise ValueError(f"{folders[0]} does not record its base model; pass --model")
-    model = AdapterModel.from_pretrained(model_reference(reference))
-    names = [meta["name"] for meta in metas]
-    # plain adapters first, so a fusion finds the ones it fuses already loaded
-    for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] == "fusion"):
-        load_fused_adapters(model, folder, meta)
-        if meta["name"] not in model.adapters:
-            model.load_adapter(folder, activate=False)
+    model, names, metas = load_adapters(folders, args.model)
     setup = AdapterDrop(Parallel(*names), first=args.drop_first)
     columns = tuple(args.text_column or metas[0].get("task", {}).get("text_columns") or ("text",))
     texts = read_inputs(args.input, columns)

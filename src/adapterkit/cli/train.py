@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_data_arguments, adapter_name, load_training_data, model_reference, options_dict, parse_option
+from .common import add_data_arguments, adapter_name, load_training_data, options_dict, parse_option
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
 accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
@@ -67,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.fsdp and not launched():
         raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
 
+    from ..composition import AdapterDrop
+    from ..distributed import is_main_process, make_accelerator, shard_model
+    from ..inference.store import save_to_store
     from ..model import AdapterModel
     from ..registry import make_config
-    from ..composition import AdapterDrop
-    from ..distributed import enable_gradient_checkpointing, is_main_process, make_accelerator, shard_model
-    from ..store import save_to_store
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
     method = make_config(args.method, **options_dict(args.option))  # fail fast, before loading data and model
@@ -96,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
     task = load_training_data(args)
     if not args.quiet and main:
         print(task.describe(), file=sys.stderr, flush=True)
-    model = AdapterModel.from_pretrained(model_reference(args.model))
+    model = AdapterModel.from_pretrained(args.model)
     add_task_adapter(model, name, method, task, pooling=args.pooling, mlp=args.mlp_head, seed=args.seed)
     setup = AdapterDrop(name, robust=True) if args.robust_adapter_drop else None
     if args.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        model.activation_checkpointing_enable()
     accelerator = make_accelerator(config)
     if args.fsdp:
         shard_model(model, accelerator)

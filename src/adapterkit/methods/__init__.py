@@ -1,4 +1,34 @@
-"""Every method registers itself on import; importing this package makes them all available."""
+"""Every built-in method, registered in this one place (a method is a config class plus a
+module class; see ``registry.py``). Importing ``adapterkit.methods`` makes them all available."""
 
-from . import bitfit, bottleneck, finetune, lora  # noqa: F401
-from . import prefix, prompt, union  # noqa: F401  (attention-level methods and unions)
+from ..registry import register_method
+from .bitfit import BitFitAdapter, BitFitConfig
+from .bottleneck import BottleneckAdapter, HoulsbyConfig, ParallelConfig, PfeifferConfig, ScaledParallelConfig
+from .finetune import FullConfig, FullFineTune, PartialConfig, PartialFineTune, Probe, ProbeConfig
+from .fusion import FusionAdapter, FusionConfig
+from .lora import LoraAdapter, LoraConfig
+from .prefix import PrefixAdapter, PrefixConfig
+from .prompt import DeepPromptConfig, PromptAdapter, PromptConfig
+from .union import MamConfig, UnionAdapter, UnionConfig
+
+BUILT_IN = (
+    (HoulsbyConfig, BottleneckAdapter),
+    (PfeifferConfig, BottleneckAdapter),
+    (ParallelConfig, BottleneckAdapter),
+    (ScaledParallelConfig, BottleneckAdapter),
+    (LoraConfig, LoraAdapter),
+    (BitFitConfig, BitFitAdapter),
+    (PrefixConfig, PrefixAdapter),
+    (PromptConfig, PromptAdapter),
+    (DeepPromptConfig, PromptAdapter),
+    (UnionConfig, UnionAdapter),
+    (MamConfig, UnionAdapter),
+    (FusionConfig, FusionAdapter),
+    (FullConfig, FullFineTune),
+    (PartialConfig, PartialFineTune),
+    (ProbeConfig, Probe),
+)
+"""(config class, module class) of every built-in method."""
+
+for _config, _module in BUILT_IN:
+    register_method(_config, _module)

@@ -1,18 +1,81 @@
-"""The base class of every method's module, and helpers shared by the method files."""
+"""The base class of every method's module, what it sees of its model, and what it owns.
+
+A method's module is built from its config and a :class:`BindContext`: the model's resolved
+parts and sites, the adapter's name, head and the tokenizer, a helper that records the plain base
+model's activations (for initialisations from real tokens), and a read-only view of the other
+adapters. It attaches small modules at sites (:meth:`AdapterMethod.attach`); the model routes
+them. It never holds the model.
+
+**What an adapter owns** is declared once, by :meth:`AdapterMethod.owned_state`: its modules'
+parameters and persistent buffers (BatchNorm running statistics are buffers), its head's, and the
+base parameters it trains in place (full and partial fine-tuning). Freezing, counting, saving,
+the FSDP ignore list and the ``transformers.Trainer`` callback are all derived from it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
+from ..composition import ModelView
+from ..heads import HeadConfig
 from ..placement import ResolvedModel
 from ..registry import MethodConfig
-from ..sites import Site, SiteModule
+from ..sites import Site
 
-if TYPE_CHECKING:
-    from ..model import AdapterModel
+
+@dataclass(frozen=True)
+class BindContext:
+    """What a method sees of the model it is added to.
+
+    Attributes:
+        parts: the resolved model (layers, roles, embeddings, hidden size).
+        sites: every site of the model, by key.
+        name: the adapter's name.
+        tokenizer: the model's tokenizer (None if it has none).
+        head: the adapter's head config (None: no head).
+        record: ``record(modules, inputs=False, **model_inputs) -> [tensor per module]``: run the
+            plain base model (eval mode, no adapter) on one example and return what each module
+            produced (or, with ``inputs=True``, received).
+        view: the adapters already on the model (a fusion reads where its adapters act).
+    """
+
+    parts: ResolvedModel
+    sites: Mapping[str, Site]
+    name: str
+    tokenizer: Any = None
+    head: HeadConfig | None = None
+    record: Callable[..., list[torch.Tensor]] | None = None
+    view: ModelView | None = None
+
+
+@dataclass
+class OwnedState:
+    """Everything one adapter owns, by saved key (``adapter.``, ``head.``, ``base.`` prefixes).
+
+    Attributes:
+        parameters: what trains: its modules', its head's, and base parameters it trains.
+        buffers: persistent buffers of its modules and head (saved and loaded, never trained).
+    """
+
+    parameters: dict[str, nn.Parameter] = field(default_factory=dict)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers: what a save writes and a load fills."""
+        return {**self.parameters, **self.buffers}
+
+
+def _module_state(prefix: str, module: nn.Module, state: OwnedState) -> None:
+    params = dict(module.named_parameters())
+    state.parameters.update({f"{prefix}.{k}": p for k, p in params.items()})
+    for key, value in module.state_dict(keep_vars=True).items():
+        if key not in params:
+            state.buffers[f"{prefix}.{key}"] = value
 
 
 class AdapterMethod(nn.Module):
@@ -20,43 +83,43 @@ class AdapterMethod(nn.Module):
 
     It owns the modules it attaches at sites (stored as ``layers.<i>.<position>`` so saved keys
     read like the model) and may name base parameters it trains in place (full and partial
-    fine-tuning). Freezing, saving and counting are derived from these two declarations.
+    fine-tuning). ``capabilities`` declares what the registry and the model may ask of it (see
+    ``registry.CAPABILITIES``).
     """
 
-    modifies_base = False  # True when base parameters are trained in place (full, partial)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: MethodConfig, parts: ResolvedModel, sites: dict[str, Site]):
+    def __init__(self, config: MethodConfig, ctx: BindContext):
         super().__init__()
         self.config = config
         self.layers = nn.ModuleDict()
         self._sites: dict[tuple[int, str], Site] = {}
 
-    def attach(self, site: Site, module: SiteModule) -> None:
-        key = str(site.layer)
-        if key not in self.layers:
-            self.layers[key] = nn.ModuleDict()
-        self.layers[key][site.position] = module
-        self._sites[(site.layer, site.position)] = site
+    def attach(self, site: Site, module: nn.Module, key: str | None = None) -> None:
+        """Own ``module`` as ``layers.<layer>.<key>`` (default key: the site's position) and attach
+        it at ``site`` (the model hooks it when the adapter is added)."""
+        layer = str(site.layer)
+        if layer not in self.layers:
+            self.layers[layer] = nn.ModuleDict()
+        self.layers[layer][key or site.position] = module
+        self._sites[(site.layer, key or site.position)] = site
 
-    def attachments(self) -> Iterator[tuple[Site, SiteModule]]:
-        for (layer, position), site in self._sites.items():
-            yield site, self.layers[str(layer)][position]
+    def attachments(self) -> Iterator[tuple[Site, nn.Module]]:
+        for (layer, key), site in self._sites.items():
+            yield site, self.layers[str(layer)][key]
 
     def base_parameters(self) -> dict[str, nn.Parameter]:
         """Base-model parameters (by their name in the base model) that this method trains."""
         return {}
 
-    def bind(self, model: AdapterModel, name: str) -> None:
-        """Called by the model once this adapter is on it as ``name`` (its sites attached).
-
-        Methods that act outside sites install their hooks here (prefixes on attention, prompts
-        on the input, see ``attention.py`` and ``methods/prompt.py``), reading the active setup
-        through ``model.current_setup()``; initialisations that need the model or its tokenizer
-        run here too. The default does nothing.
-        """
-
-    def unbind(self, model: AdapterModel, name: str) -> None:
-        """Undo :meth:`bind` (also after a partial one); called when the adapter is deleted."""
+    def owned_state(self, head: nn.Module | None = None) -> OwnedState:
+        """Everything this adapter (with ``head``) owns; see the module docstring."""
+        state = OwnedState()
+        _module_state("adapter", self, state)
+        if head is not None:
+            _module_state("head", head, state)
+        state.parameters.update({f"base.{k}": p for k, p in self.base_parameters().items()})
+        return state
 
 
 def select_layers(layers: tuple[int, ...] | None, num_layers: int, method: str) -> tuple[int, ...]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..placement import LINEAR_ROLES
-from ..registry import MethodConfig, register_method
+from ..placement import LINEAR_ROLES, NORM_ROLES
+from ..registry import MethodConfig
 from ..sites import role_sites
-from .base import AdapterMethod, select_layers
+from .base import AdapterMethod, BindContext, select_layers
 from .deltas import BiasDelta, NormDelta
 
 
@@ -27,20 +27,20 @@ class BitFitConfig(MethodConfig):
     method = "bitfit"
     include_norms: bool = True
     layers: tuple[int, ...] | None = None
+    default_learning_rate = 1e-3
+    learning_rate_source = "Ben Zaken et al. 2021 swept {1e-4, 4e-4, 7e-4, 1e-3}; bias-only training tolerates the top"
 
 
 class BitFitAdapter(AdapterMethod):
-    def __init__(self, config: BitFitConfig, parts, sites):
-        super().__init__(config, parts, sites)
-        for layer in select_layers(config.layers, parts.num_layers, "bitfit"):
+    """Bias deltas on every projection (and layer-norm bias deltas) of the chosen layers."""
+
+    def __init__(self, config: BitFitConfig, ctx: BindContext):
+        super().__init__(config, ctx)
+        for layer in select_layers(config.layers, ctx.parts.num_layers, "bitfit"):
             for role in LINEAR_ROLES:
-                for site in role_sites(sites, layer, role):
-                    self.attach(site, BiasDelta(site.output_module.out_features))
-            if config.include_norms:
-                for role in ("attn_norm", "ffn_norm"):
-                    site = sites[f"{layer}.{role}"]
-                    if getattr(site.output_module, "bias", None) is not None:
-                        self.attach(site, NormDelta(site.output_module, train_gain=False))
-
-
-register_method(BitFitConfig, BitFitAdapter)
+                for site in role_sites(ctx.sites, layer, role):
+                    self.attach(site, BiasDelta(site.width))
+            for role in NORM_ROLES if config.include_norms else ():
+                site = ctx.sites.get(f"{layer}.{role}")
+                if site is not None and getattr(site.output_module, "bias", None) is not None:
+                    self.attach(site, NormDelta(site.output_module, train_gain=False))

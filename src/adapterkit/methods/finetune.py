@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..registry import MethodConfig, register_method
-from .base import AdapterMethod
+from ..registry import MethodConfig
+from .base import AdapterMethod, BindContext
+
+_FINE_TUNING_RATE = "Devlin et al. 2019 / RoBERTa: 2e-5 .. 5e-5 for every weight of the model"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class FullConfig(MethodConfig):
     """Every weight of the model trains."""
 
     method = "full"
+    default_learning_rate = 2e-5
+    learning_rate_source = _FINE_TUNING_RATE
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class PartialConfig(MethodConfig):
 
     method = "partial"
     top_layers: int = 2
+    default_learning_rate = 2e-5
+    learning_rate_source = _FINE_TUNING_RATE
 
     def validate(self) -> None:
         if self.top_layers < 1:
@@ -44,22 +50,29 @@ class ProbeConfig(MethodConfig):
     """The model stays frozen; only the head (linear or MLP, CLS or mean pooling) trains."""
 
     method = "probe"
+    default_learning_rate = 1e-3
+    learning_rate_source = "a linear (or MLP) head on frozen features: a small convex-ish problem, 1e-3 is standard"
 
 
 class FullFineTune(AdapterMethod):
-    modifies_base = True
+    """Trains every base parameter in place (so it must be the only adapter on its model)."""
+
+    capabilities = frozenset({"modifies_base"})
+
+    def __init__(self, config, ctx: BindContext):
+        super().__init__(config, ctx)
+        self._root = [ctx.parts.root]  # a list so the base model is not registered as a submodule
 
     def base_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self._root[0].named_parameters())
 
-    def __init__(self, config, parts, sites):
-        super().__init__(config, parts, sites)
-        self._root = [parts.root]  # a list so the base model is not registered as a submodule
-
 
 class PartialFineTune(FullFineTune):
-    def __init__(self, config: PartialConfig, parts, sites):
-        super().__init__(config, parts, sites)
+    """Trains the top ``top_layers`` layers of the base in place."""
+
+    def __init__(self, config: PartialConfig, ctx: BindContext):
+        super().__init__(config, ctx)
+        parts = ctx.parts
         if config.top_layers > parts.num_layers:
             raise ValueError(f"partial: top_layers={config.top_layers} but the model has {parts.num_layers} layers")
         self._trained = [p.layer for p in parts.layers[-config.top_layers :]]
@@ -70,9 +83,4 @@ class PartialFineTune(FullFineTune):
 
 
 class Probe(AdapterMethod):
-    pass
-
-
-register_method(FullConfig, FullFineTune)
-register_method(PartialConfig, PartialFineTune)
-register_method(ProbeConfig, Probe)
+    """Nothing but the head trains."""

@@ -6,9 +6,12 @@ A targeted linear ``y = W x + b`` (``W: d_out x d_in``) becomes
 
 with ``A`` Kaiming-uniform and ``B`` zero, so the adapter is the identity at init (Sec. 4.1).
 Because the update is linear it can be *merged*: ``W ← W + (α/r) B A`` gives the same outputs with
-no added latency (Sec. 4.2); ``unmerge`` subtracts it again. While merged, the site adds nothing;
-merge and unmerge are idempotent. Targets are chosen by role (q, k, v, o, ffn_in, ffn_out), so
-the same config works on every architecture with a placement.
+no added latency (Sec. 4.2). Merging keeps the original weights, and ``unmerge`` puts them back
+bit for bit (subtracting the update again would not restore a half-precision weight exactly).
+While an adapter is merged, passes that do not run it compute its projections from the kept
+originals (``base_output``; see ``execution.py``). Merge and unmerge are idempotent. Targets are
+chosen by role (q, k, v, o, ffn_in, ffn_out, and cross_q ... cross_o on seq2seq decoders), so the
+same config works on every architecture with a placement.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import torch
 from torch import nn
 
 from ..placement import LINEAR_ROLES
-from ..registry import MethodConfig, register_method
-from ..routing import check_same, groups, select, stack_padded
+from ..registry import MethodConfig
+from ..routing import groups, select, stack_padded
 from ..sites import SiteModule, role_sites
-from .base import AdapterMethod, select_layers
+from .base import AdapterMethod, BindContext, select_layers
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class LoraConfig(MethodConfig):
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q", "v")
     layers: tuple[int, ...] | None = None
+    default_learning_rate = 5e-4
+    learning_rate_source = "Hu et al. 2021, RoBERTa-base GLUE: 4e-4 to 5e-4 with r = 8, alpha = 16"
 
     def validate(self) -> None:
         if self.r < 1:
@@ -54,7 +59,10 @@ class LoraConfig(MethodConfig):
 
 
 class LoraDelta(SiteModule):
-    """``out + (α/r) · B A dropout(x)`` on one linear; can fold itself into that linear."""
+    """``out + (α/r) · B A dropout(x)`` on one linear; can fold itself into that linear.
+
+    Shapes: ``x (..., d_in)``, ``out (..., d_out)``, ``A (r, d_in)``, ``B (d_out, r)``.
+    """
 
     needs_input = True
 
@@ -68,36 +76,43 @@ class LoraDelta(SiteModule):
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self._linear = [linear]  # a list so the base linear is not registered as a submodule
-        self.merged = False
+        self._original: torch.Tensor | None = None  # the base weight while merged (not saved)
+
+    @property
+    def merged(self) -> bool:
+        return self._original is not None
 
     def delta_weight(self) -> torch.Tensor:
+        """``(α/r) B A``: ``(d_out, d_in)``."""
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x, out):
-        if self.merged:
-            return out
         return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+    def base_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The unmerged base projection ``W x + b`` while merged (from the kept original weight,
+        so bit-identical to what the base computed before the merge)."""
+        linear = self._linear[0]
+        return nn.functional.linear(x, self._original if self.merged else linear.weight, linear.bias)
+
+    def batch_key(self) -> object:
+        return getattr(self.dropout, "p", 0.0) if self.training else 0.0
 
     @classmethod
     def batched(cls, modules):
-        """Several LoRA deltas on one projection as two gathered ``bmm`` (ranks zero-padded).
+        """Several LoRA deltas on one projection as two gathered ``bmm`` (ranks zero-padded); all
+        share one dropout rate in training (:meth:`batch_key`).
 
         Shapes: ``A (n+1, r, d_in)``, ``B (n+1, d_out, r)``, ``scaling (n+1,)``.
         """
         present = [m for m in modules if m is not None]
-        merged = [m for m in present if m.merged]
-        if merged:
-            raise ValueError(
-                "a merged LoRA adapter is folded into the shared base weights and so acts on every row; "
-                "unmerge it before routing it per sample or running it in Parallel"
-            )
-        p = check_same(present, "dropout", lambda m: getattr(m.dropout, "p", 0.0))
+        training = any(m.training for m in present)
+        p = getattr(present[0].dropout, "p", 0.0) if training else 0.0
         r = max(m.lora_A.shape[0] for m in present)
         d_in, d_out = present[0].lora_A.shape[1], present[0].lora_B.shape[0]
         a = stack_padded([m.lora_A if m else None for m in modules], (r, d_in))
         b = stack_padded([m.lora_B if m else None for m in modules], (d_out, r))
         scale = torch.tensor([m.scaling if m else 0.0 for m in modules] + [0.0], dtype=a.dtype, device=a.device)
-        training = any(m.training for m in present)
 
         def forward(x, out, index):
             x = nn.functional.dropout(x, p, training) if p else x
@@ -109,26 +124,42 @@ class LoraDelta(SiteModule):
 
     @torch.no_grad()
     def merge(self) -> None:
+        """``W ← W + (α/r) B A``, keeping the original ``W`` (idempotent)."""
         if not self.merged:
             weight = self._linear[0].weight
+            self._original = weight.detach().clone()
             weight += self.delta_weight().to(weight.dtype)
-            self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """Put the original ``W`` back, bit for bit (idempotent)."""
         if self.merged:
-            weight = self._linear[0].weight
-            weight -= self.delta_weight().to(weight.dtype)
-            self.merged = False
+            self._linear[0].weight.copy_(self._original)
+            self._original = None
+
+    def forget_original(self) -> None:
+        """Keep the merged weight as the new base weight (``merge_and_unload``)."""
+        self._original = None
 
 
 class LoraAdapter(AdapterMethod):
-    def __init__(self, config: LoraConfig, parts, sites):
-        super().__init__(config, parts, sites)
-        for layer in select_layers(config.layers, parts.num_layers, "lora"):
+    """LoRA deltas on every targeted projection of the chosen layers."""
+
+    capabilities = frozenset({"merge"})
+
+    def __init__(self, config: LoraConfig, ctx: BindContext):
+        super().__init__(config, ctx)
+        for layer in select_layers(config.layers, ctx.parts.num_layers, "lora"):
             for role in config.targets:
-                for site in role_sites(sites, layer, role):
+                for site in role_sites(ctx.sites, layer, role):
                     self.attach(site, LoraDelta(site.output_module, config))
+        found = {site.role for site, _ in self.attachments()}
+        missing = [role for role in config.targets if role not in found]
+        if missing:
+            raise ValueError(
+                f"lora: no projection plays the role(s) {missing} in the chosen layers of this "
+                f"{ctx.parts.model_type!r} model; target roles it has, e.g. q, k, v, o, ffn_in, ffn_out"
+            )
 
     def deltas(self) -> list[LoraDelta]:
         return [m for _, m in self.attachments()]
@@ -145,5 +176,6 @@ class LoraAdapter(AdapterMethod):
         for delta in self.deltas():
             delta.unmerge()
 
-
-register_method(LoraConfig, LoraAdapter)
+    def forget_original(self) -> None:
+        for delta in self.deltas():
+            delta.forget_original()

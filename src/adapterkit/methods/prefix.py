@@ -33,32 +33,37 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..attention import attach_prefix, attention_module, detach_prefixes, record
-from ..registry import MethodConfig, register_method
-from .base import AdapterMethod, select_layers
+from .. import context
+from ..attention import check_attention_module
+from ..registry import MethodConfig
+from .base import AdapterMethod, BindContext, select_layers
 
 INITS = ("random", "vocab", "text")
 
 
-def init_token_ids(model, init: str, init_text: str | None, length: int, method: str, name: str) -> torch.Tensor:
+def init_token_ids(ctx: BindContext, init: str, init_text: str | None, length: int, method: str) -> torch.Tensor:
     """The ``length`` token ids an init choice stands for: random vocabulary tokens (special tokens
     excluded when the tokenizer is known) or ``init_text`` (default: the head's label names)
-    tokenised without special tokens and cycled to ``length``."""
-    vocab_size = model.parts.embeddings.num_embeddings
-    tokenizer = model.tokenizer
+    tokenised without special tokens and cycled to ``length``.
+
+    Raises:
+        ValueError: ``text`` without a text or label names, without a tokenizer, or a text that
+            tokenises to nothing.
+    """
+    vocab_size = ctx.parts.embeddings.num_embeddings
+    tokenizer = ctx.tokenizer
     if init == "vocab":
         special = set(getattr(tokenizer, "all_special_ids", None) or [])
         allowed = torch.tensor([i for i in range(vocab_size) if i not in special])
         return allowed[torch.randint(len(allowed), (length,))]
     text = init_text
     if text is None:
-        head = model.heads[name].config if name in model.heads else None
-        if head is None or not head.label_names:
+        if ctx.head is None or not ctx.head.label_names:
             raise ValueError(
                 f"{method}: init='text' without init_text takes the class-label words from the head, but adapter "
-                f"{name!r} has no head with label_names; pass init_text='...' or use init='vocab'"
+                f"{ctx.name!r} has no head with label_names; pass init_text='...' or use init='vocab'"
             )
-        text = " ".join(head.label_names)
+        text = " ".join(ctx.head.label_names)
     if tokenizer is None:
         raise ValueError(f"{method}: init='text' needs the model's tokenizer to read {text!r}; this model has none")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -86,6 +91,8 @@ class PrefixConfig(MethodConfig):
     init: str | None = None
     init_text: str | None = None
     layers: tuple[int, ...] | None = None
+    default_learning_rate = 1e-3
+    learning_rate_source = "Li & Liang 2021 / P-tuning v2 train prefixes at 1e-4 .. 1e-2 depending on length and model"
 
     @property
     def initialisation(self) -> str:
@@ -121,9 +128,13 @@ class PrefixLayer(nn.Module):
         self.visible: torch.Tensor | None = None
 
     def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_k, P_v)``, each ``(l, d_kv)``; while reparameterised, read from the MLP's output,
+        computed once per forward pass for all layers."""
         if self._source:
-            key_value = self._source[0].layer(self.index)
-            return key_value[0], key_value[1]
+            source = self._source[0]
+            state = context.current()
+            every = state.cached(("prefix", id(source)), source.all) if state is not None else source.all()
+            return every[self.index, 0], every[self.index, 1]
         return self.key, self.value
 
 
@@ -141,13 +152,6 @@ class PrefixMLP(nn.Module):
     def hidden(self) -> torch.Tensor:
         return torch.tanh(self.down(self.embedding))
 
-    def layer(self, index: int) -> torch.Tensor:
-        """``(2, l, d_kv)``: keys and values of adapted layer ``index``, computing only its rows of
-        ``W_2`` (the output rows are ordered layer, key/value, feature)."""
-        weight = self.up.weight.view(self.layers, 2, self.width, -1)[index]  # (2, d_kv, h)
-        bias = self.up.bias.view(self.layers, 2, self.width)[index]  # (2, d_kv)
-        return torch.einsum("lh,tkh->tlk", self.hidden(), weight) + bias[:, None, :]
-
     def all(self) -> torch.Tensor:
         """``(n, 2, l, d_kv)``."""
         out = self.up(self.hidden())  # (l, n * 2 * d_kv)
@@ -157,58 +161,52 @@ class PrefixMLP(nn.Module):
 class PrefixAdapter(AdapterMethod):
     """Prefixes on the attention of the chosen layers; stored as ``layers.<i>.prefix``."""
 
-    def __init__(self, config: PrefixConfig, parts, sites):
-        super().__init__(config, parts, sites)
+    capabilities = frozenset({"fold"})
+
+    def __init__(self, config: PrefixConfig, ctx: BindContext):
+        super().__init__(config, ctx)
+        parts = ctx.parts
         self.layer_indices = select_layers(config.layers, parts.num_layers, config.method)
-        self._attention = [attention_module(parts, i) for i in self.layer_indices]  # checks the model first
-        k_proj = parts.layers[0].role("k")[0]
-        self.width = k_proj.out_features
+        sites = [ctx.sites[f"{i}.attention"] for i in self.layer_indices]
+        for site in sites:
+            check_attention_module(site.output_module, parts.model_type)
+        self.width = sites[0].width
         self.reparam = None
         if config.reparameterize:
             n = len(self.layer_indices)
             self.reparam = PrefixMLP(config.prefix_length, parts.hidden_size, config.reparam_hidden, n, self.width)
-        for j, i in enumerate(self.layer_indices):
-            layer = PrefixLayer(config.prefix_length, self.width, self.reparam, j)
-            self.layers[str(i)] = nn.ModuleDict({"prefix": layer})
+        for j, site in enumerate(sites):
+            self.attach(site, PrefixLayer(config.prefix_length, self.width, self.reparam, j), key="prefix")
+        self._initialise(ctx)
 
     def prefix_layers(self) -> list[PrefixLayer]:
         return [self.layers[str(i)]["prefix"] for i in self.layer_indices]
 
-    # ----------------------------------------------------------------- lifecycle
-    def bind(self, model, name: str) -> None:
-        self._initialise(model, name)
-        for i, module, layer in zip(self.layer_indices, self._attention, self.prefix_layers()):
-            attach_prefix(model, i, module, name, layer)
-
-    def unbind(self, model, name: str) -> None:
-        detach_prefixes(model, name)
-
     @torch.no_grad()
-    def _initialise(self, model, name: str) -> None:
-        config = self.config
+    def _initialise(self, ctx: BindContext) -> None:
+        config, parts = self.config, ctx.parts
         if config.initialisation == "random":
             return
-        ids = init_token_ids(model, config.initialisation, config.init_text, config.prefix_length, config.method, name)
-        ids = ids.to(model.parts.embeddings.weight.device)
+        ids = init_token_ids(ctx, config.initialisation, config.init_text, config.prefix_length, config.method)
+        ids = ids.to(parts.embeddings.weight.device)
         if self.reparam is not None:
-            table = model.parts.embeddings.weight
-            self.reparam.embedding.copy_(model.parts.embeddings(ids) / table.float().std().to(table.dtype))
+            table = parts.embeddings.weight
+            self.reparam.embedding.copy_(parts.embeddings(ids) / table.float().std().to(table.dtype))
             return
-        parts = model.parts
         modules = [m for i in self.layer_indices for m in (parts.layers[i].role("k")[0], parts.layers[i].role("v")[0])]
-        outputs = record(model, modules, input_ids=ids[None])
+        outputs = ctx.record(modules, input_ids=ids[None])
         for j, layer in enumerate(self.prefix_layers()):
             layer.key.copy_(outputs[2 * j])
             layer.value.copy_(outputs[2 * j + 1])
 
     # ----------------------------------------------------------------- folding
     @torch.no_grad()
-    def fold(self) -> None:
+    def fold(self) -> bool:
         """Replace the reparameterisation MLP by the plain prefixes it computes (idempotent): the
         same outputs from ``layers x 2 x l x d_kv`` parameters. An optimizer holding the MLP's
-        parameters must be rebuilt to train on."""
+        parameters must be rebuilt to train on. Returns whether anything changed."""
         if self.reparam is None:
-            return
+            return False
         trainable = any(p.requires_grad for p in self.reparam.parameters())
         key_value = self.reparam.all()  # (n, 2, l, d_kv)
         for j, layer in enumerate(self.prefix_layers()):
@@ -217,6 +215,4 @@ class PrefixAdapter(AdapterMethod):
             layer._source = []
         self.reparam = None
         self.config = dataclasses.replace(self.config, reparameterize=False)
-
-
-register_method(PrefixConfig, PrefixAdapter)
+        return True

@@ -25,9 +25,9 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import MethodConfig, config_from_dict, method_spec, register_method
-from ..sites import SiteModule
-from .base import AdapterMethod
+from ..registry import MethodConfig, config_from_dict, method_spec
+from ..sites import OUTPUT_KINDS, SiteModule
+from .base import AdapterMethod, BindContext
 from .bottleneck import ScaledParallelConfig
 from .prefix import PrefixConfig
 
@@ -52,7 +52,7 @@ class UnionConfig(MethodConfig):
         for config in self.configs:
             if not isinstance(config, MethodConfig):
                 raise ValueError(f"union: members must be method configs or dicts with a 'method' tag, got {config!r}")
-            if method_spec(config.method).module_cls.modifies_base:
+            if "modifies_base" in method_spec(config.method).capabilities:
                 raise ValueError(f"union: {config.method!r} changes the base model itself and cannot be a member")
 
     def components(self) -> tuple[MethodConfig, ...]:
@@ -81,6 +81,8 @@ class MamConfig(MethodConfig):
     """
 
     method = "mam"
+    default_learning_rate = 1e-3
+    learning_rate_source = "as prefix tuning (Li & Liang 2021): 1e-3; the parallel adapter trains well at it too"
     prefix_length: int = 30
     reparameterize: bool = True
     reparam_hidden: int = 512
@@ -137,42 +139,37 @@ class SiteChain(SiteModule):
 class UnionAdapter(AdapterMethod):
     """The members as ``components.<method>`` (``<method>_2``, ... for repeats)."""
 
-    def __init__(self, config, parts, sites):
-        super().__init__(config, parts, sites)
+    capabilities = frozenset({"fold"})
+
+    def __init__(self, config, ctx: BindContext):
+        super().__init__(config, ctx)
         self.components = nn.ModuleDict()
         for member in config.components():
             key, n = member.method, 1
             while key in self.components:
                 n += 1
                 key = f"{member.method}_{n}"
-            self.components[key] = method_spec(member.method).module_cls(member, parts, sites)
+            self.components[key] = method_spec(member.method).module_cls(member, ctx)
+        for site, modules in self._by_site().items():
+            if len(modules) > 1 and site.kind not in OUTPUT_KINDS:
+                raise ValueError(f"union: two members act at the {site.kind} site {site.key}; combine them in a Stack instead")
 
-    def attachments(self):
+    def _by_site(self) -> dict:
         by_site: dict = {}
         for member in self.components.values():
             for site, module in member.attachments():
                 by_site.setdefault(site, []).append(module)
-        for site, modules in by_site.items():
+        return by_site
+
+    def attachments(self):
+        for site, modules in self._by_site().items():
             yield site, modules[0] if len(modules) == 1 else SiteChain(modules)
 
     def base_parameters(self) -> dict[str, nn.Parameter]:
         return {k: p for member in self.components.values() for k, p in member.base_parameters().items()}
 
-    def bind(self, model, name: str) -> None:
-        for member in self.components.values():
-            member.bind(model, name)
-
-    def unbind(self, model, name: str) -> None:
-        for member in self.components.values():
-            member.unbind(model, name)
-
-    def fold(self) -> None:
-        """Fold every member that can be folded (a reparameterised prefix)."""
-        for member in self.components.values():
-            if hasattr(member, "fold"):
-                member.fold()
+    def fold(self) -> bool:
+        """Fold every member that can be folded (a reparameterised prefix); whether anything changed."""
+        changed = [member.fold() for member in self.components.values() if "fold" in member.capabilities]
         self.config = self.config.with_components(tuple(m.config for m in self.components.values()))
-
-
-register_method(UnionConfig, UnionAdapter)
-register_method(MamConfig, UnionAdapter)
+        return any(changed)

@@ -13,12 +13,13 @@ Typical use::
     print(result.test_metrics)
 """
 
-from .batching import Collator, EncodedDataset, EpochShuffleSampler, encode_examples, encode_texts, make_loader
+from ..data.batching import Collator, EncodedDataset, EpochShuffleSampler, encode_examples, encode_texts, make_loader
+from ..inference.metrics import MAIN_METRIC, accuracy, compute_metrics, macro_f1, mse, pearson
+from ..inference.predict import evaluate, predict
 from .checkpoint import BEST_DIR, CHECKPOINT_DIR, RESULTS_FILE, Progress, restore_adapter_weights
-from .config import DEFAULT_LEARNING_RATES, TrainingConfig, default_learning_rate
-from .evaluation import evaluate, predict
+from .config import TrainingConfig, default_learning_rate
 from .memory import PeakMemory
-from .metrics import MAIN_METRIC, accuracy, compute_metrics, macro_f1, mse, pearson
+from .multitask import mixture_batches, train_multitask
 from .report import format_table, plot_results
 from .result import TrainingResult
 from .setup import add_task_adapter, default_pooling, task_head
@@ -28,7 +29,6 @@ __all__ = [
     "BEST_DIR",
     "CHECKPOINT_DIR",
     "Collator",
-    "DEFAULT_LEARNING_RATES",
     "EncodedDataset",
     "EpochShuffleSampler",
     "MAIN_METRIC",
@@ -49,10 +49,12 @@ __all__ = [
     "format_table",
     "macro_f1",
     "make_loader",
+    "mixture_batches",
     "mse",
     "pearson",
     "plot_results",
     "predict",
     "restore_adapter_weights",
     "task_head",
+    "train_multitask",
 ]

@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file
-
 from ..atomic import atomic_directory
-from ..persistence import WEIGHTS_FILE, check_base, read_adapter_config, read_format_json
+from ..formats.fingerprint import check_base
+from ..formats.native import read_adapter_config, read_adapter_weights, read_format_json
 from .rng import capture_rng_state, restore_rng_state
 from .state import load_tree, save_tree
 
@@ -71,7 +69,7 @@ def restore_adapter_weights(model: AdapterModel, name: str, directory: str | Pat
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
-    check_base(model, meta, directory)
+    check_base(meta["base_model"], model.base_identity(), directory)
     current_head = model.heads[name].config.to_dict() if name in model.heads else None
     for what, saved, current in (
         ("method config", meta["config"], model.adapters[name].config.to_dict()),
@@ -82,13 +80,7 @@ def restore_adapter_weights(model: AdapterModel, name: str, directory: str | Pat
                 f"{directory} holds an adapter with {what} {saved}, but adapter {name!r} has {current}; "
                 "resume with the same method, options and head, or start a fresh output directory"
             )
-    tensors = load_file(str(directory / WEIGHTS_FILE))
-    params = model.adapter_parameters(name)
-    if set(tensors) != set(params):
-        raise ValueError(f"{directory / WEIGHTS_FILE} does not hold the parameters of adapter {name!r}")
-    with torch.no_grad():
-        for key, param in params.items():
-            param.copy_(tensors[key].to(param.device, param.dtype))
+    model.load_adapter_state(name, read_adapter_weights(directory), directory)
 
 
 def save_checkpoint(

@@ -3,7 +3,8 @@
 Parameter-efficient methods train a few freshly initialised parameters on top of a frozen model,
 so they want learning rates one to two orders of magnitude above full fine-tuning, which nudges
 millions of pretrained weights and diverges at the same rates. ``learning_rate=None`` therefore
-picks a default per method (:func:`default_learning_rate`) rather than one number for all.
+picks a default per method (:func:`default_learning_rate`, declared by each method's config class
+with where the figure comes from) rather than one number for all.
 """
 
 from __future__ import annotations
@@ -13,53 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Default learning rates (AdamW, linear decay with warmup), with where they come from.
-#: Our runs are short (a few epochs on CPU), so each sits at the upper end of what the paper or
-#: the peer library uses for that method.
-DEFAULT_LEARNING_RATES: dict[str, float] = {
-    # Houlsby et al. 2019 swept {3e-5, 3e-4, 3e-3}; AdapterHub trains bottleneck adapters at 1e-4
-    # for 10-30 epochs. With 1-3 epochs, 1e-3 converges where 1e-4 is still far from it.
-    "houlsby": 1e-3,
-    "pfeiffer": 1e-3,
-    "parallel": 1e-3,
-    # s = 4 multiplies the adapter's output (and so its effective step) by four.
-    "scaled_parallel": 5e-4,
-    # Hu et al. 2021, RoBERTa-base GLUE: 4e-4 to 5e-4 with r = 8, alpha = 16.
-    "lora": 5e-4,
-    # Ben Zaken et al. 2021 swept {1e-4, 4e-4, 7e-4, 1e-3}; bias-only training tolerates the top.
-    "bitfit": 1e-3,
-    # Li & Liang 2021 / P-tuning v2 train prefixes at 1e-4 .. 1e-2 depending on length and model.
-    "prefix": 1e-3,
-    "mam": 1e-3,
-    # Lester et al. 2021 use 0.3 with Adafactor; with AdamW soft prompts need about 3e-2.
-    "prompt": 3e-2,
-    # Devlin et al. 2019 / RoBERTa: 2e-5 .. 5e-5 for every weight of the model.
-    "full": 2e-5,
-    "partial": 2e-5,
-    # A linear (or MLP) head on frozen features: a small convex-ish problem, 1e-3 is standard.
-    "probe": 1e-3,
-    # Pfeiffer et al. 2021 train fusion at 5e-5 for 10 epochs on large targets. Fusion starts
-    # from identity values and near-uniform attention; on targets of a few hundred examples and
-    # 5-10 epochs, 1e-3 is what benchmarks/bench_fusion_quality.py measured with.
-    "fusion": 1e-3,
-}
-#: For a registered method not in the table: most such methods train few fresh parameters.
-FALLBACK_LEARNING_RATE = 1e-3
-
+from ..registry import method_spec
 
 def default_learning_rate(method: str) -> float:
-    """The learning rate used when :attr:`TrainingConfig.learning_rate` is None.
-
-    A method's config class may declare ``default_learning_rate`` itself (a class attribute);
-    that wins, so a new method carries its own default without editing this table.
-    """
-    from ..registry import REGISTRY
-
-    spec = REGISTRY.get(method)
-    declared = getattr(spec.config_cls, "default_learning_rate", None) if spec else None
-    if declared is not None:
-        return float(declared)
-    return DEFAULT_LEARNING_RATES.get(method, FALLBACK_LEARNING_RATE)
+    """The learning rate used when :attr:`TrainingConfig.learning_rate` is None: the one the
+    method's config class declares (``default_learning_rate``, with its source in
+    ``learning_rate_source``; ``adapterkit methods`` lists both)."""
+    return float(method_spec(method).config_cls.default_learning_rate)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from .metrics import MAIN_METRIC
+from ..inference.metrics import MAIN_METRIC
 
 
 @dataclass

@@ -36,10 +36,12 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..composition import Setup
+from ..data.batching import Collator, encode_examples, make_loader
 from ..data.task import TaskData
 from ..distributed import make_accelerator
-from ..persistence import CONFIG_FILE, read_adapter_config
-from .batching import Collator, encode_examples, make_loader
+from ..formats.native import CONFIG_FILE, read_adapter_config
+from ..inference.metrics import MAIN_METRIC, compute_metrics
+from ..inference.predict import head_config, predict_loader
 from .checkpoint import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -52,9 +54,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainingConfig
-from .evaluation import head_config, predict_loader
 from .memory import PeakMemory
-from .metrics import MAIN_METRIC, compute_metrics
 from .result import TrainingResult
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.task import REGRESSION, Example
+from .task import REGRESSION, Example
 
 #: Tokenizer outputs a batch carries to the model, when the tokenizer produces them.
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

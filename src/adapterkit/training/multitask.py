@@ -1,4 +1,4 @@
-"""Several tasks at once: joint multi-task training (AdapterFusion's MT-A) and parallel prediction.
+"""Several tasks at once: joint multi-task training (AdapterFusion's MT-A).
 
 Pfeiffer et al. 2021 (Sec. 3.1) train the task adapters of stage one either each alone (ST-A: the
 ordinary :class:`~adapterkit.training.Trainer`, one adapter and one task at a time) or jointly
@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
-from .composition import AdapterDrop, MultiTaskOutput, Routed, Setup
+from ..composition import AdapterDrop, Routed
+from ..data.batching import Collator, encode_examples
 
 if TYPE_CHECKING:
-    from .data.task import TaskData
-    from .model import AdapterModel
+    from ..data.task import TaskData
+    from ..model import AdapterModel
 
 
 def mixture_batches(
@@ -38,7 +39,6 @@ def mixture_batches(
     makes them), float ``labels`` (class ids or scores; each head casts its own) and ``adapters``:
     the :class:`Routed` setup naming each row's adapter.
     """
-    from .training.batching import Collator, EncodedDataset, encode_examples
 
     rows: list[tuple[str, dict]] = []
     for name, task in tasks.items():
@@ -70,7 +70,7 @@ def train_multitask(
     bit-identical. With ``adapter_drop`` each batch also skips the adapters of a random number of
     lower layers (robust AdapterDrop). Returns the mean training loss of each epoch.
     """
-    model._check_names(list(tasks))
+    model.view().require(list(tasks))
     missing = [n for n in tasks if n not in model.heads]
     if missing:
         raise ValueError(f"train_multitask: adapters {missing} have no head; add them with head=task_head(task)")
@@ -103,43 +103,3 @@ def train_multitask(
     finally:
         model.train(was_training)
     return losses
-
-
-@torch.no_grad()
-def predict_tasks(
-    model: AdapterModel,
-    texts: Sequence[str | tuple[str, ...]],
-    adapters: Setup,
-    max_length: int = 128,
-    batch_size: int = 64,
-) -> dict[str, list[str | float]]:
-    """Several tasks' predictions for every input in one forward pass per batch.
-
-    ``adapters`` is a :class:`~adapterkit.composition.Parallel` (possibly inside ``AdapterDrop``);
-    returns, per task, one prediction per input: the class name (or id) or the regression score.
-    """
-    from .training.batching import Collator, EncodedDataset, encode_texts, make_loader
-
-    inputs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
-    dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, max_length), None)
-    loader = make_loader(dataset, Collator(model.tokenizer, "classification"), batch_size)
-    device = next(model.parameters()).device
-    predictions: dict[str, list[str | float]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in loader:
-            output = model(**{k: v.to(device) for k, v in batch.items()}, adapters=adapters)
-            if not isinstance(output, MultiTaskOutput):
-                raise ValueError(f"predict_tasks needs a setup with one head per task (Parallel), got {adapters!r}")
-            for task, result in output.tasks.items():
-                config = model.heads[task].config
-                if config.kind == "regression":
-                    values: list[str | float] = [float(v) for v in result.logits.float()]
-                else:
-                    ids = result.logits.argmax(-1).tolist()
-                    values = [config.label_names[i] if config.label_names else str(i) for i in ids]
-                predictions.setdefault(task, []).extend(values)
-    finally:
-        model.train(was_training)
-    return predictions

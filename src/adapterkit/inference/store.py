@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .persistence import CONFIG_FILE, read_adapter_config
+from ..formats.native import CONFIG_FILE, read_adapter_config
 
 if TYPE_CHECKING:
-    from .model import AdapterModel
+    from ..model import AdapterModel
 
 SAVED_EXTRAS = ("task", "training")
 """Keys of a trained adapter's saved config that travel with it into the store (data, max length)."""

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..composition import Setup, as_setup
+from ..data.batching import Collator, EncodedDataset, encode_examples, encode_texts, make_loader
 from ..data.task import REGRESSION, Example
-from .batching import Collator, EncodedDataset, encode_examples, encode_texts, make_loader
 from .metrics import compute_metrics
 
 if TYPE_CHECKING:

@@ -1,0 +1,60 @@
+"""Loading saved adapters with the base model they were trained on: one, or several into one model.
+
+Shared by ``adapterkit eval``, ``predict`` and ``fuse`` and by anything serving adapters: the base
+model is the one recorded in the (first) adapter unless another is named, a fusion brings the
+adapters it fuses (``store.py``), and loading refuses a base whose weights differ from the ones
+an adapter was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.task import KINDS
+from ..formats.native import read_adapter_config
+from ..model import AdapterModel
+from .store import load_fused_adapters
+
+
+def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], model: str | None) -> AdapterModel:
+    """The base model ``model`` names, or else the one the first adapter records.
+
+    Raises:
+        ValueError: neither is known.
+    """
+    reference = model or metas[0].get("base_model", {}).get("name_or_path")
+    if not reference:
+        raise ValueError(f"{folders[0]} does not record its base model; pass --model")
+    return AdapterModel.from_pretrained(reference)
+
+
+def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[AdapterModel, list[str], list[dict[str, Any]]]:
+    """(model, adapter names, saved configs) with every adapter of ``folders`` loaded (none active).
+
+    Plain adapters load first, so a fusion finds the adapters it fuses already there; a fusion
+    whose adapters are not among ``folders`` loads them from where it recorded them.
+    """
+    metas = [read_adapter_config(folder) for folder in folders]
+    loaded = base_model_for(metas, folders, model)
+    for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] == "fusion"):
+        load_fused_adapters(loaded, folder, meta)
+        if meta["name"] not in loaded.adapters:
+            loaded.load_adapter(folder, activate=False)
+    return loaded, [meta["name"] for meta in metas], metas
+
+
+def load_saved_adapter(directory: Path, model: str | None = None) -> tuple[AdapterModel, str, dict[str, Any]]:
+    """(model, adapter name, saved config) for an adapter folder with a prediction head.
+
+    Raises:
+        ValueError: the adapter has no classification or regression head.
+    """
+    loaded, (name,), (meta,) = load_adapters([Path(directory)], model)
+    if name not in loaded.heads or loaded.heads[name].config.kind not in KINDS:
+        raise ValueError(
+            f"adapter {directory} has no classification or regression head, so it cannot evaluate or predict"
+        )
+    loaded.set_active(name)
+    return loaded, name, meta

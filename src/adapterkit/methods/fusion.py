@@ -1,0 +1,180 @@
+"""AdapterFusion: learn to combine trained adapters (Pfeiffer et al. 2021, arXiv:2005.00247).
+
+Two stages (Sec. 3):
+
+1. *Knowledge extraction*: train one adapter per source task, each alone (ST-A: ordinary
+   ``model.train_adapter(name)``) or all jointly on a mixture of tasks (MT-A: every row of a batch
+   routed to its task's adapter and head with :class:`~adapterkit.composition.Routed`, see
+   :func:`adapterkit.training.multitask.train_multitask`).
+2. *Knowledge composition*: freeze the base model and those adapters, add a fusion (this module)
+   with a head for the target task, and train only the two (``model.train_adapter(fusion)``).
+
+A fusion is an adapter of the method ``fusion``: it owns one :class:`FusionLayer` per sublayer
+where the fused adapters act (the FFN output for Pfeiffer adapters, attention and FFN outputs for
+Houlsby's), is saved and loaded as its own artefact (``model.save_adapter(fusion, dir)``; the
+fused adapters are separate artefacts), and is used through ``Fuse(a, b, ..., fusion=name)`` or
+simply by its name, which expands to ``Fuse(*config.adapters, fusion=name)``. Where fused
+adapters also change a layer norm (Houlsby's trainable norms), their norm outputs are mixed with
+the attention weights the fusion gave them at the sublayer before (``execution.py``).
+
+Per layer ``l``, with ``h`` the sublayer output (the query) and ``z_n = A_n(h)`` the output of
+adapter ``n`` (its skip connection included), Sec. 3.2:
+
+    s_n = softmax_n( (Q h) · (K z_n) / T )
+    o   = Σ_n s_n · V z_n
+
+``V`` starts as the identity, so at initialisation the fusion returns an attention-weighted mean
+of the adapter outputs; an L2 penalty ``λ ‖V - I‖²`` (plus ``λ ‖b_V‖²``) keeps it near the identity
+and is added to the training loss by ``AdapterModel.forward`` while the fusion's parameters train.
+
+The computation is re-associated without changing its value: ``(Q h) · (K z_n) = (Kᵀ Q h) · z_n``
+(a key bias would add the same ``Q h · b_K`` to every score and cancel in the softmax, so there is
+none), and because the weights sum to one, ``Σ s_n V z_n = V (Σ s_n z_n)``. One ``d × d`` product
+each for Q, Kᵀ and V per token instead of ``1 + 2N``: an 8-adapter fusion costs about the same as a
+2-adapter one. The attention weights each adapter receives are recorded on request and drive
+AdapterDrop's fusion pruning (``adapterkit.inference.fusion``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..placement import SUBLAYERS
+from ..registry import MethodConfig
+from ..sites import SiteModule
+from .base import AdapterMethod, BindContext, select_layers
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class FusionConfig(MethodConfig):
+    """Args:
+        adapters: the adapters fused, in order (the default ``Fuse`` of this fusion).
+        sublayers: where fusion layers sit (``attn``, ``ffn``, ``cross_attn``); None: every
+            sublayer where the fused adapters act (``ffn`` for Pfeiffer adapters, both for Houlsby),
+            resolved when the fusion is added and saved resolved.
+        layers: which layers (None: all).
+        temperature: softmax temperature ``T`` (> 1 flattens the attention over adapters).
+        regularization: ``λ`` of the penalty ``λ ‖V - I‖²`` added to the training loss.
+        init_scale: standard deviation of the query and key weights at initialisation.
+    """
+
+    method = "fusion"
+    adapters: tuple[str, ...] = ()
+    sublayers: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    temperature: float = 1.0
+    regularization: float = 0.01
+    init_scale: float = 0.02
+    default_learning_rate = 1e-3
+    learning_rate_source = (
+        "Pfeiffer et al. 2021 train fusion at 5e-5 for 10 epochs on large targets; from identity values and "
+        "near-uniform attention on targets of a few hundred examples and 5-10 epochs, 1e-3 is what "
+        "benchmarks/bench_fusion_quality.py measured with"
+    )
+
+    def validate(self) -> None:
+        if not self.adapters:
+            raise ValueError("fusion: name the adapters to fuse, e.g. adapters=('sst2', 'mnli')")
+        bad = [a for a in self.adapters if not isinstance(a, str) or not _NAME.match(a)]
+        if bad:
+            raise ValueError(f"fusion: {bad} are not adapter names")
+        if len(set(self.adapters)) != len(self.adapters):
+            raise ValueError(f"fusion: adapters {self.adapters} name an adapter twice")
+        if self.sublayers is not None and (not self.sublayers or any(s not in SUBLAYERS for s in self.sublayers)):
+            raise ValueError(f"fusion: sublayers must be a non-empty subset of {tuple(SUBLAYERS)}, got {self.sublayers}")
+        if not self.temperature > 0:
+            raise ValueError(f"fusion: temperature must be > 0, got {self.temperature}")
+        if self.regularization < 0:
+            raise ValueError(f"fusion: regularization must be >= 0, got {self.regularization}")
+
+
+class FusionLayer(SiteModule):
+    """Attention over the adapters' outputs at one site (see the module docstring).
+
+    Shapes: query ``h: (..., d)``; adapter outputs ``z_n: (..., d)`` each; attention ``(..., N)``.
+    """
+
+    def __init__(self, hidden_size: int, config: FusionConfig):
+        super().__init__()
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        nn.init.normal_(self.query.weight, std=config.init_scale)
+        nn.init.zeros_(self.query.bias)
+        nn.init.normal_(self.key.weight, std=config.init_scale)
+        with torch.no_grad():
+            self.value.weight.copy_(torch.eye(hidden_size))
+        nn.init.zeros_(self.value.bias)
+        self.temperature = config.temperature
+
+    def forward(self, x, out):
+        raise TypeError("a fusion layer combines several adapters' outputs: use it through Fuse(...), not in a Stack")
+
+    def fuse(self, h: torch.Tensor, outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(o, s)``: the fused output ``(..., d)`` and the attention over adapters ``(..., N)``."""
+        z = torch.stack(outputs, dim=-2)  # (..., N, d)
+        q = self.query(h) @ self.key.weight  # (..., d): Kᵀ Q h, so that score_n = q · z_n
+        scores = (z @ q.unsqueeze(-1)).squeeze(-1)  # (..., N)
+        attention = torch.softmax(scores / self.temperature, dim=-1)
+        mixed = (attention.unsqueeze(-2) @ z).squeeze(-2)  # (..., d): Σ_n s_n z_n
+        return self.value(mixed), attention
+
+    def value_penalty(self) -> torch.Tensor:
+        """``‖V - I‖² + ‖b_V‖²``."""
+        eye = torch.eye(self.value.weight.shape[0], device=self.value.weight.device, dtype=self.value.weight.dtype)
+        return (self.value.weight - eye).pow(2).sum() + self.value.bias.pow(2).sum()
+
+
+class FusionAdapter(AdapterMethod):
+    """The fusion layers of one fusion, saved and loaded like any adapter.
+
+    Raises:
+        ValueError: a fused adapter that cannot be fused (it does not act on sublayer outputs),
+            or ``sublayers=None`` while the fused adapters are not on the model to read them from.
+    """
+
+    capabilities = frozenset({"fusion"})
+
+    def __init__(self, config: FusionConfig, ctx: BindContext):
+        super().__init__(config, ctx)
+        if config.sublayers is None:
+            config = self.config = dataclasses.replace(config, sublayers=_sublayers_of(config.adapters, ctx))
+        for layer in select_layers(config.layers, ctx.parts.num_layers, "fusion"):
+            for sublayer in config.sublayers:
+                site = ctx.sites.get(f"{layer}.{sublayer}")
+                if site is not None:
+                    self.attach(site, FusionLayer(site.width, config))
+
+    def fusion_layers(self) -> list[FusionLayer]:
+        return [module for _, module in self.attachments()]
+
+    def regularization(self) -> torch.Tensor:
+        """``λ Σ_layers (‖V - I‖² + ‖b_V‖²)``, the term added to the training loss."""
+        return self.config.regularization * sum(layer.value_penalty() for layer in self.fusion_layers())
+
+
+def _sublayers_of(adapters: tuple[str, ...], ctx: BindContext) -> tuple[str, ...]:
+    """The sublayers where the fused adapters act, from the model's view of them."""
+    view = ctx.view
+    missing = [a for a in adapters if view is None or a not in view.adapters]
+    if missing:
+        raise ValueError(
+            f"fusion: adapters {missing} are not on the model, so where to put the fusion layers is unknown; "
+            "add (or load) the adapters to fuse first, or give sublayers=('ffn',) explicitly"
+        )
+    refused = [f"{a} ({view.adapters[a].method})" for a in adapters if not view.adapters[a].sublayer_sites]
+    if refused:
+        raise ValueError(
+            f"fusion: {', '.join(refused)} do not act on sublayer outputs, where AdapterFusion's layers sit; "
+            "fuse bottleneck adapters (houlsby, pfeiffer, parallel, scaled_parallel) and combine the others "
+            "with Stack or Parallel"
+        )
+    acting = {key.split(".", 1)[1] for a in adapters for key in view.adapters[a].sublayer_sites}
+    return tuple(s for s in SUBLAYERS if s in acting)

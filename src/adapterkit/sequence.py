@@ -1,0 +1,173 @@
+"""Prompt positions in front of the input: the hooks behind prompt tuning and deep prompts.
+
+Prompt tuning prepends ``k`` learned vectors to the token embeddings; deep prompts also replace
+the hidden states of those ``k`` positions at the input of every layer (``methods/prompt.py``
+has the math). :class:`PromptHooks` does this for one model, the same way for encoders and
+decoders, for ``forward`` and ``generate``:
+
+* a pre-hook on the transformer body turns ``input_ids`` into embeddings, prepends the prompts of
+  the pass (``BoundSetup.prompts``, in stack order), extends a 2-D attention mask, shifts given
+  ``position_ids`` and extends ``token_type_ids``;
+* a pre-hook on each layer puts the layer's own prompt vectors in place (deep prompts);
+* a hook on the body's output drops the prompt positions, so heads, pooling and the LM loss see
+  exactly the tokens.
+
+**Positions on decoders.** A causal decoder given no ``position_ids`` numbers positions
+``0, 1, ...`` across padding; with rotary embeddings only distances matter, so a left-padded row
+still computes what it computes alone, until a prompt is prepended: the prompt's distance to the
+tokens then grows with the padding. So on decoders the hooks number the tokens from the attention
+mask (each row's first real token right after the prompt), as ``generate`` does, and every row
+gets the result it gets alone whatever the padding side.
+
+During cached generation the prompt enters the cache with the first step; later steps only
+extend the mask and shift positions, so cached and uncached generation agree. What was prepended
+is kept in the pass's state (``state.prompts``), so layers recomputed by gradient checkpointing
+see the same prompts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import context
+from .placement import ResolvedModel
+
+
+def max_positions(parts: ResolvedModel) -> int | None:
+    """How many positions the model reads (None: no fixed limit known). Models that number
+    positions from ``padding_idx + 1`` (RoBERTa, MPNet) lose those first ones."""
+    limit = getattr(parts.root.config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    for module in parts.root.modules():
+        offset = getattr(module, "padding_idx", None)
+        if getattr(module, "word_embeddings", None) is parts.embeddings and offset is not None:
+            return limit - offset - 1
+    return limit
+
+
+def _mask_positions(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions of the last ``length`` tokens numbered by the mask: ``(batch, length)``."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+class PromptHooks:
+    """The hooks of one model's body and layers that put the pass's prompts in place.
+
+    Args:
+        parts: the resolved model.
+        body: the transformer without any LM head (its ``forward`` takes ``input_ids``,
+            ``inputs_embeds``, ``attention_mask``, ...).
+        owner: the model's site router; only passes of that model are acted on.
+    """
+
+    def __init__(self, parts: ResolvedModel, body: nn.Module, owner: Any):
+        self.parts = parts
+        self.owner = owner
+        self.limit = max_positions(parts)
+        self.decoder = parts.placement.decoder
+        self.names = [
+            p.name
+            for p in inspect.signature(body.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        self.handles = [
+            body.register_forward_pre_hook(self._before, with_kwargs=True),
+            body.register_forward_hook(self._after),
+        ]
+        for layer in parts.layers[1:]:
+            self.handles.append(layer.layer.register_forward_pre_hook(self._layer_hook(layer.index), with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _before(self, body: nn.Module, args: tuple, kwargs: dict):
+        state = context.current(self.owner)
+        if state is None:
+            return None
+        prompts = state.setup.prompts
+        state.prompts, state.prompt_length = (), 0
+        if not prompts:
+            return None
+        kwargs = {**dict(zip(self.names, args)), **kwargs}
+        k = sum(p.length for p in prompts)
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError(
+                f"prompt tuning extends 2-D attention masks (batch, seq); got a {mask.dim()}-D mask: "
+                "pass the tokenizer's attention_mask"
+            )
+        positions = kwargs.get("position_ids")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        embeds = kwargs.get("inputs_embeds")
+        length = (embeds if embeds is not None else kwargs["input_ids"]).shape[1]
+        if positions is None and mask is not None and self.decoder:
+            positions = _mask_positions(mask, length)
+        if cache is not None and cache.get_seq_length() > 0:
+            # a later generation step: the prompt is in the cache already
+            if mask is not None:
+                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], k), mask], dim=1)
+            if positions is not None:
+                kwargs["position_ids"] = positions + k
+            return (), kwargs
+        if embeds is None:
+            embeds = self.parts.embeddings(kwargs["input_ids"])
+        batch = embeds.shape[0]
+        if self.limit is not None and length + k > self.limit:
+            raise ValueError(
+                f"an input of {length} tokens plus {k} prompt positions exceeds the {self.limit} positions this "
+                f"model reads; truncate inputs to at most {self.limit - k} tokens"
+            )
+        prompt = torch.cat([p.prompt for p in prompts]).to(embeds.dtype)
+        kwargs["inputs_embeds"] = torch.cat([prompt.expand(batch, -1, -1), embeds], dim=1)
+        kwargs["input_ids"] = None
+        if mask is not None:
+            kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, k), mask], dim=1)
+        if positions is not None:
+            first = torch.arange(k, device=positions.device, dtype=positions.dtype)
+            kwargs["position_ids"] = torch.cat([first.expand(*positions.shape[:-1], k), positions + k], dim=-1)
+        types = kwargs.get("token_type_ids")
+        if types is not None:
+            kwargs["token_type_ids"] = torch.cat([types.new_zeros(*types.shape[:-1], k), types], dim=-1)
+        state.prompts, state.prompt_length = prompts, k
+        return (), kwargs
+
+    def _layer_hook(self, layer: int):
+        def replace_prompts(module: nn.Module, args: tuple, kwargs: dict):
+            state = context.current(self.owner)
+            if state is None or not state.prompts:
+                return None
+            own = state.setup.prompts_at(layer, state)
+            if not own:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            pieces, start = [], 0
+            for prompt, vectors in zip(state.prompts, own):
+                if vectors is None:  # a shallow prompt keeps what the layers below made of it
+                    pieces.append(hidden[:, start : start + prompt.length])
+                else:
+                    pieces.append(vectors.vectors.to(hidden.dtype).expand(hidden.shape[0], -1, -1))
+                start += prompt.length
+            hidden = torch.cat([*pieces, hidden[:, start:]], dim=1)
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        return replace_prompts
+
+    def _after(self, body: nn.Module, args: tuple, output):
+        state = context.current(self.owner)
+        k = state.prompt_length if state is not None else 0
+        if not k:
+            return None
+        if isinstance(output, tuple):
+            return (output[0][:, k:], *output[1:])
+        output.last_hidden_state = output.last_hidden_state[:, k:]
+        if getattr(output, "hidden_states", None) is not None:
+            output.hidden_states = tuple(h[:, k:] for h in output.hidden_states)
+        return output
