@@ -6,9 +6,12 @@ A targeted linear ``y = W x + b`` (``W: d_out x d_in``) becomes
 
 with ``A`` Kaiming-uniform and ``B`` zero, so the adapter is the identity at init (Sec. 4.1).
 Because the update is linear it can be *merged*: ``W ← W + (α/r) B A`` gives the same outputs with
-no added latency (Sec. 4.2); ``unmerge`` subtracts it again. While merged, the site adds nothing;
-merge and unmerge are idempotent. Targets are chosen by role (q, k, v, o, ffn_in, ffn_out), so
-the same config works on every architecture with a placement.
+no added latency (Sec. 4.2). ``unmerge`` restores the weight kept from before the merge, bit for
+bit: subtracting the update again would not, as ``(W + ΔW) - ΔW`` rounds differently from ``W``
+(in bfloat16 by up to a unit in the last place of ``W``, which then moves every other adapter's
+outputs). While merged, the site adds nothing; merge and unmerge are idempotent. Targets are
+chosen by role (q, k, v, o, ffn_in, ffn_out), so the same config works on every architecture
+with a placement.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..placement import LINEAR_ROLES
@@ -53,8 +57,27 @@ class LoraConfig(MethodConfig):
             raise ValueError(f"lora: unknown target role(s) {bad or '(none)'}; roles are {', '.join(LINEAR_ROLES)}")
 
 
+#: Attribute of a base linear listing the LoRA deltas merged into it, first merged first. Kept on
+#: the linear itself so that a copy of the model (``copy.deepcopy``) stays consistent.
+_MERGED = "_adapterkit_merged_lora"
+_MERGED_UNDER_ANOTHER = (
+    "it is merged on top of another LoRA adapter merged into the same projections, so its update "
+    "cannot become part of the base weights below that one; unmerge that adapter first"
+)
+
+
+def _merged_into(linear: nn.Linear) -> list[LoraDelta]:
+    """The LoRA deltas merged into ``linear``, first merged first."""
+    return linear.__dict__.setdefault(_MERGED, [])
+
+
 class LoraDelta(SiteModule):
-    """``out + (α/r) · B A dropout(x)`` on one linear; can fold itself into that linear."""
+    """``out + (α/r) · B A dropout(x)`` on one linear; can fold itself into that linear.
+
+    While merged it keeps the linear's weight from before its merge (a non-persistent buffer: it
+    follows ``.to()`` but is never part of a saved adapter or a state dict), one copy of that
+    weight per merged projection.
+    """
 
     needs_input = True
 
@@ -68,7 +91,11 @@ class LoraDelta(SiteModule):
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self._linear = [linear]  # a list so the base linear is not registered as a submodule
-        self.merged = False
+        self.register_buffer("_original", None, persistent=False)  # the weight before merge(); None: unmerged
+
+    @property
+    def merged(self) -> bool:
+        return self._original is not None
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
@@ -109,17 +136,62 @@ class LoraDelta(SiteModule):
 
     @torch.no_grad()
     def merge(self) -> None:
-        if not self.merged:
-            weight = self._linear[0].weight
-            weight += self.delta_weight().to(weight.dtype)
-            self.merged = True
+        """``W ← W + (α/r) B A``, rounded to ``W``'s dtype, keeping ``W`` for :meth:`unmerge` (idempotent)."""
+        if self.merged:
+            return
+        weight = self._linear[0].weight
+        self._original = weight.detach().clone()
+        weight += self.delta_weight().to(weight.dtype)
+        _merged_into(self._linear[0]).append(self)
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """Restore the weight kept by :meth:`merge` exactly (idempotent).
+
+        Other LoRA deltas merged into the same linear after this one are merged again on top, so
+        the weight ends exactly as if this one had never been merged.
+        """
+        if not self.merged:
+            return
+        merges = _merged_into(self._linear[0])
+        position = merges.index(self)
+        later = merges[position + 1 :]
+        del merges[position:]
+        self._linear[0].weight.copy_(self._original)
+        self._original = None
+        for delta in later:
+            delta._original = None
+            delta.merge()
+
+    @property
+    def merged_under_another(self) -> bool:
+        """Merged into its linear after another LoRA delta that is still merged there."""
+        return self.merged and _merged_into(self._linear[0])[0] is not self
+
+    def release(self) -> None:
+        """Make a merge permanent: the merged weight becomes the linear's base weight and the kept
+        copy is freed (``merge_and_unload``). Nothing happens when not merged.
+
+        Raises:
+            ValueError: when :attr:`merged_under_another`: unmerging that other delta later
+                would drop this one's update.
+        """
+        if self.merged_under_another:
+            raise ValueError(f"this LoRA delta cannot be released: {_MERGED_UNDER_ANOTHER}")
         if self.merged:
-            weight = self._linear[0].weight
-            weight -= self.delta_weight().to(weight.dtype)
-            self.merged = False
+            del _merged_into(self._linear[0])[0]
+            self._original = None
+
+    def base_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped linear's output without any merged LoRA: ``F.linear(x, W, b)`` with the
+        weight from before the first merge into it, bit-identical to the base's output then.
+
+        Shapes: ``x (..., d_in)`` -> ``(..., d_out)``.
+        """
+        linear = self._linear[0]
+        merges = getattr(linear, _MERGED, None)
+        weight = merges[0]._original if merges else linear.weight
+        return F.linear(x, weight, linear.bias)
 
 
 class LoraAdapter(AdapterMethod):
@@ -144,6 +216,14 @@ class LoraAdapter(AdapterMethod):
     def unmerge(self) -> None:
         for delta in self.deltas():
             delta.unmerge()
+
+    def unbind(self, model, name: str) -> None:
+        """Removing a merged adapter leaves its update in the base weights (``merge_and_unload``)
+        and frees the weights kept for unmerging."""
+        if any(delta.merged_under_another for delta in self.deltas()):  # refuse before changing anything
+            raise ValueError(f"adapter {name!r} cannot be removed while merged: {_MERGED_UNDER_ANOTHER}")
+        for delta in self.deltas():
+            delta.release()
 
 
 register_method(LoraConfig, LoraAdapter)
