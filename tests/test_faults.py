@@ -6,12 +6,16 @@ Tiny random models (``tiny_models``) and the word-level tokenizer of ``test_trai
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from tiny_models import tiny_base, tiny_batch
 
-from adapterkit import AdapterModel, HeadConfig
+from adapterkit import AdapterModel, HeadConfig, Parallel, Routed
+from adapterkit.heads import head_loss
 
 ALL_ROLES = ["q", "k", "v", "o", "ffn_in", "ffn_out"]
 
@@ -115,3 +119,59 @@ def test_base_output_is_the_unmerged_projection_and_the_kept_weight_is_never_sav
     model.to(torch.float32)
     model.unmerge_adapter("lora")
     assert_weights(model, "lora", [w.float() for w in weights_before])
+
+
+# ---------------------------------------------------------------- fault 10: label shapes in head_loss
+REGRESSION = HeadConfig(kind="regression", num_labels=1)
+CLASSIFICATION = HeadConfig(num_labels=4)
+PREDICTED = torch.tensor([0.1, 0.5, -0.3])
+SCORES = torch.tensor([1.0, -0.5, 0.7])
+
+
+def test_regression_loss_is_the_same_for_labels_shaped_b_and_b1():
+    expected = (0.9**2 + 1.0**2 + 1.0**2) / 3  # mean of (score - prediction)^2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no broadcasting warning either
+        for labels in (SCORES, SCORES[:, None]):
+            assert head_loss(REGRESSION, PREDICTED, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_classification_loss_is_the_same_for_labels_shaped_b_and_b1():
+    logits = torch.tensor([[0.2, -1.0, 0.5, 0.0], [1.5, 0.3, -0.2, 0.1], [0.0, 0.0, 0.4, -0.8]])
+    classes = torch.tensor([2, 0, 3])
+    expected = -(logits[range(3), classes] - logits.exp().sum(1).log()).mean().item()
+    for labels in (classes, classes[:, None], classes.float()):  # float class ids: mixed multi-task batches
+        assert head_loss(CLASSIFICATION, logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config, logits, labels, message",
+    [
+        (REGRESSION, PREDICTED, torch.zeros(3, 2), r"regression labels of shape \(3, 2\) do not fit logits of shape "
+         r"\(3,\): give one score per row, shape \(3,\) or \(3, 1\)"),
+        (REGRESSION, PREDICTED, torch.zeros(1, 3), r"labels of shape \(1, 3\) do not fit"),
+        (REGRESSION, PREDICTED, torch.zeros(4), r"labels of shape \(4,\) do not fit"),
+        (REGRESSION, PREDICTED[:, None], SCORES, r"a regression head's logits must have shape \(batch,\), got \(3, 1\)"),
+        (CLASSIFICATION, torch.zeros(3, 4), torch.zeros(3, 4), r"classification labels of shape \(3, 4\) do not fit "
+         r"logits of shape \(3, 4\): give one class id per row, shape \(3,\) or \(3, 1\)"),
+        (CLASSIFICATION, torch.zeros(3, 4), torch.zeros(3, 1, 1, dtype=torch.long), r"labels of shape \(3, 1, 1\)"),
+    ],
+)
+def test_label_shapes_that_cannot_be_meant_are_refused(config, logits, labels, message):
+    with pytest.raises(ValueError, match=message):
+        head_loss(config, logits, labels)
+
+
+def test_every_setup_gives_the_mean_squared_error_for_a_column_of_scores():
+    model = AdapterModel(tiny_base("bert"))
+    for name in ("a", "b"):
+        model.add_adapter(name, "pfeiffer", HeadConfig(kind="regression", num_labels=1, dropout=0.0), bottleneck_size=4)
+    batch = tiny_batch()
+    column = SCORES[:, None]
+    single = model(**batch, labels=column, adapters="a")
+    assert single.loss.item() == pytest.approx(F.mse_loss(single.logits, SCORES).item(), rel=1e-6)
+    parallel = model(**batch, labels={"a": column, "b": SCORES}, adapters=Parallel("a", "b"))
+    expected = sum(F.mse_loss(parallel.tasks[name].logits, SCORES).item() for name in ("a", "b"))
+    assert parallel.loss.item() == pytest.approx(expected, rel=1e-6)
+    routed = model(**batch, labels=column, adapters=Routed(["a", "b", "a"]))
+    assert routed.loss.item() == pytest.approx(F.mse_loss(routed.logits, SCORES).item(), rel=1e-6)
