@@ -6,18 +6,38 @@ Tiny random models (``tiny_models``) and the word-level tokenizer of ``test_trai
 
 from __future__ import annotations
 
+import io
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from test_cli import run_cli
+from test_data import bundled
+from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
 from tiny_models import tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig, Parallel, Routed
+from adapterkit.data import Example, available_tasks, load_files
+from adapterkit.data.task import require_text
 from adapterkit.heads import head_loss
+from adapterkit.multitask import predict_tasks
+from adapterkit.training import evaluate, predict
 
 ALL_ROLES = ["q", "k", "v", "o", "ffn_in", "ffn_out"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny BERT and its tokenizer saved with ``save_pretrained`` (float32)."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("checkpoint") / "tiny bert")
+
+
+def load(checkpoint: Path, dtype: torch.dtype) -> AdapterModel:
+    return AdapterModel.from_pretrained(str(checkpoint), dtype=dtype)
 
 
 # ---------------------------------------------------------------- fault 2: LoRA merge/unmerge is lossless
@@ -119,6 +139,84 @@ def test_base_output_is_the_unmerged_projection_and_the_kept_weight_is_never_sav
     model.to(torch.float32)
     model.unmerge_adapter("lora")
     assert_weights(model, "lora", [w.float() for w in weights_before])
+
+
+# ---------------------------------------------------------------- fault 9b: empty inputs
+EMPTY = "empty text (or whitespace only); give every input some text, or drop the row"
+
+
+@pytest.fixture(scope="module")
+def decoder() -> AdapterModel:
+    """A tiny Llama with two classification adapters and the word-level tokenizer."""
+    model = AdapterModel(tiny_base("llama"), tokenizer=tiny_tokenizer())
+    for name in ("task", "other"):
+        model.add_adapter(name, "lora", HeadConfig(num_labels=2, pooling="last", label_names=LABELS), r=2)
+    return model
+
+
+def test_predict_and_evaluate_refuse_an_empty_input_naming_it(decoder):
+    assert len(predict(decoder, ["good film", "bad plot"], "task")) == 2
+    with pytest.raises(ValueError, match=r"^texts\[0\]: " + EMPTY.replace("(", r"\(").replace(")", r"\)")):
+        predict(decoder, [""], "task")
+    with pytest.raises(ValueError, match=r"^texts\[1\]: empty text \(or whitespace only\)"):
+        predict(decoder, ["good film", " \t ", "bad plot"], "task")
+    with pytest.raises(ValueError, match=r"^texts\[0\]: empty text \(text 2 of the pair\)"):
+        predict(decoder, [("good film", " ")], "task")
+    with pytest.raises(ValueError, match=r"^examples\[1\]: empty text"):
+        evaluate(decoder, [Example(("good film",), 1), Example(("",), 0)], "task")
+    with pytest.raises(ValueError, match=r"^texts\[2\]: empty text"):
+        predict_tasks(decoder, ["good film", "bad plot", "\n"], Parallel("task", "other"))
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(checkpoint, tmp_path_factory) -> Path:
+    model = load(checkpoint, torch.float32)
+    model.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2, label_names=LABELS), bottleneck_size=4)
+    return model.save_adapter("task", tmp_path_factory.mktemp("adapter") / "task")
+
+
+@pytest.mark.parametrize("value", ["", "   ", None])
+def test_cli_predict_refuses_an_empty_jsonl_row_naming_file_and_line(saved_adapter, tmp_path, value):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": "good film"}) + "\n\n" + json.dumps({"text": value}) + "\n")
+    code, out, err = run_cli("predict", "--adapter", str(saved_adapter), "--input", str(rows))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines()[-1] == (  # after the progress bar of loading the model
+        f"adapterkit predict: error: {rows} line 3: empty text in column 'text' (or whitespace only); "
+        "give every input some text, or drop the row"
+    )
+
+
+def test_cli_predict_skips_blank_lines_of_plain_text(saved_adapter, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("good film\nbad plot\n"))
+    code, expected, err = run_cli("predict", "--adapter", str(saved_adapter))
+    assert code == 0, err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ngood film\n   \n\t\nbad plot\n\n"))
+    code, out, err = run_cli("predict", "--adapter", str(saved_adapter))
+    assert code == 0, err
+    assert out == expected and len(out.splitlines()) == 2
+
+
+def test_training_files_refuse_an_empty_text_of_a_pair(tmp_path):
+    train = tmp_path / "pairs.tsv"
+    train.write_text("premise\thypothesis\tlabel\na cat\ta pet\tyes\na dog\t  \tno\n")
+    with pytest.raises(ValueError, match=rf"pairs\.tsv line 3: empty text in column 'hypothesis' \(or whitespace only\)"):
+        load_files(train, text_columns=("premise", "hypothesis"))
+
+
+def test_bundled_tasks_hold_no_empty_text():
+    missing = []
+    for name in available_tasks():
+        try:
+            task = bundled(name)
+        except ModuleNotFoundError as error:  # its data package is not installed
+            missing.append(f"{name}: {error}")
+            continue
+        for split, examples in (("train", task.train), ("validation", task.validation), ("test", task.test)):
+            for index, example in enumerate(examples):
+                require_text(example.texts, f"task {name!r} {split}[{index}]")
+    if len(missing) == len(available_tasks()):
+        pytest.skip("no bundled data package is installed: " + "; ".join(missing))
 
 
 # ---------------------------------------------------------------- fault 10: label shapes in head_loss
