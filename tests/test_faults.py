@@ -6,6 +6,7 @@ Tiny random models (``tiny_models``) and the word-level tokenizer of ``test_trai
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -19,10 +20,12 @@ from test_cli import run_cli
 from test_data import bundled
 from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
 from tiny_models import tiny_base, tiny_batch
+from transformers import AutoConfig, BertModel
 
 from adapterkit import AdapterModel, HeadConfig, Parallel, Routed
 from adapterkit.data import Example, available_tasks, load_files
 from adapterkit.data.task import require_text
+from adapterkit.fingerprint import base_fingerprint, checkpoint_identity, compare_bases
 from adapterkit.heads import head_loss
 from adapterkit.multitask import predict_tasks
 from adapterkit.training import evaluate, predict
@@ -139,6 +142,94 @@ def test_base_output_is_the_unmerged_projection_and_the_kept_weight_is_never_sav
     model.to(torch.float32)
     model.unmerge_adapter("lora")
     assert_weights(model, "lora", [w.float() for w in weights_before])
+
+
+# ---------------------------------------------------------------- fault 6: the base check across dtypes
+def test_an_adapter_trained_on_a_bfloat16_load_loads_into_the_float32_and_float16_loads(checkpoint, tmp_path):
+    trained = load(checkpoint, torch.bfloat16)
+    assert trained.fingerprint == load(checkpoint, torch.float32).fingerprint
+    trained.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    trained.save_adapter("task", tmp_path / "task")
+    saved = json.loads((tmp_path / "task" / "adapter_config.json").read_text())["base_model"]
+    assert saved["dtype"] == "bfloat16" and saved["fingerprint_version"] == 2
+    for dtype in (torch.float32, torch.float16):
+        model = load(checkpoint, dtype)
+        assert model.load_adapter(tmp_path / "task") == "task"
+
+
+def test_a_base_with_other_weights_is_refused_saying_the_weights_differ(checkpoint, tmp_path):
+    trained = load(checkpoint, torch.bfloat16)
+    trained.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    trained.save_adapter("task", tmp_path / "task")
+    torch.manual_seed(1)
+    other = AdapterModel(BertModel(AutoConfig.from_pretrained(checkpoint)).eval())
+    message = (
+        rf"trained on base model {checkpoint} \(bfloat16\), but this model is bert \(float32\): same architecture, "
+        r"different weights \(\d+ of \d+ probed values differ, e\.g\. `[\w.]+`: saved \S+, here \S+\); "
+        r"load it into the model it was trained on"
+    )
+    with pytest.raises(ValueError, match=message):
+        other.load_adapter(tmp_path / "task")
+
+
+def test_another_architecture_is_refused_saying_so(checkpoint, tmp_path):
+    trained = load(checkpoint, torch.float32)
+    trained.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    trained.save_adapter("task", tmp_path / "task")
+    llama = AdapterModel(tiny_base("llama"))
+    message = (
+        r"but this model is llama \(float32\): different architecture \(saved: bert, 2 layers, hidden 32, "
+        r"39 parameter tensors; here: llama, 2 layers, hidden 32, 21 parameter tensors; e\.g\. "
+        r"`embeddings\.LayerNorm\.bias` is only in the saved model\); load it into the model it was trained on"
+    )
+    with pytest.raises(ValueError, match=message):
+        llama.load_adapter(tmp_path / "task")
+
+
+def test_compare_bases_accepts_a_float16_load_only_within_half_precision_rounding():
+    saved = checkpoint_identity(tiny_base("bert"))
+    here = checkpoint_identity(tiny_base("bert").half())
+    here["fingerprint"] = "f" * 16  # as when float16 rounding moves a sampled value by a bfloat16 step
+    assert compare_bases(saved, here) is None
+    # float32 and bfloat16 loads of one checkpoint hash equal, so there a differing fingerprint is a difference
+    assert compare_bases(saved, {**here, "dtype": "bfloat16"}) == (
+        f"same architecture, different weights (all 78 probed values agree, but the sampled weights differ: "
+        f"fingerprint {saved['fingerprint']} saved, {'f' * 16} here)"
+    )
+    name = "embeddings.word_embeddings.weight"
+    value = here["probe"][name]["values"][1]  # the middle value (the first is the padding row's 0)
+    here["probe"][name]["values"][1] = value * (1 + 2.0**-6)
+    assert compare_bases(saved, here) == (
+        f"same architecture, different weights (1 of 78 probed values differ, e.g. `{name}`: "
+        f"saved {saved['probe'][name]['values'][1]:.6g}, here {value * (1 + 2.0**-6):.6g})"
+    )
+
+
+def fingerprint_before_version_2(model: torch.nn.Module) -> str:
+    """The fingerprint adapterkit saved before version 2: values sampled as loaded, in float32."""
+    digest = hashlib.sha256(model.config.model_type.encode())
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        digest.update(flat[:: max(1, flat.numel() // 4096)][:4096].float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_an_adapter_saved_before_fingerprint_version_2_still_loads_into_its_base(tmp_path):
+    model = AdapterModel(tiny_base("bert"))
+    model.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    model.save_adapter("task", tmp_path / "task")
+    config_file = tmp_path / "task" / "adapter_config.json"
+    meta = json.loads(config_file.read_text())
+    old_keys = ("model_type", "name_or_path", "num_layers", "hidden_size")
+    meta["base_model"] = {key: meta["base_model"][key] for key in old_keys}
+    meta["base_model"]["fingerprint"] = fingerprint_before_version_2(model.base)
+    assert base_fingerprint(model.base, version=1) == meta["base_model"]["fingerprint"]
+    config_file.write_text(json.dumps(meta))
+    assert AdapterModel(tiny_base("bert")).load_adapter(tmp_path / "task") == "task"
+    with pytest.raises(ValueError, match=r"\(dtype not recorded\), but this model is bert \(float32\): same "
+                       r"architecture, different weights \(fingerprint \w+ saved, \w+ here; an adapter saved before"):
+        AdapterModel(tiny_base("bert", seed=1)).load_adapter(tmp_path / "task")
 
 
 # ---------------------------------------------------------------- fault 9b: empty inputs

@@ -10,7 +10,6 @@ trained requires grad, so every other adapter and the base stay bit-identical.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 
 from . import methods  # noqa: F401  (registers every method)
 from .composition import Setup, add_regularization, as_setup, forward_context
+from .fingerprint import checkpoint_identity
 from .heads import CausalLMHead, HeadConfig, build_head, head_loss
 from .methods.base import AdapterMethod
 from .placement import PLACEMENTS, Placement, resolve
@@ -30,22 +30,6 @@ from .registry import MethodConfig, make_config, method_spec
 from .sites import SiteRouter, enumerate_sites
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def base_fingerprint(model: nn.Module) -> str:
-    """A short digest identifying a base model's architecture and weights.
-
-    Hashes every parameter's name and shape plus an evenly strided sample of up to 4096 values of
-    each parameter: cheap (milliseconds for 100M parameters) and different for any two
-    checkpoints that differ in more than a few scattered weights.
-    """
-    digest = hashlib.sha256(model.config.model_type.encode())
-    for name, param in model.named_parameters():
-        flat = param.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to(torch.float32).cpu()
-        digest.update(f"{name}:{tuple(param.shape)}".encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class AdapterModel(nn.Module):
@@ -66,7 +50,8 @@ class AdapterModel(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.tokenizer = tokenizer
-        self.fingerprint = base_fingerprint(base)
+        self.base_checkpoint = checkpoint_identity(base)  # taken before any training changes the base
+        self.fingerprint = self.base_checkpoint["fingerprint"]
         self.active_setup: Setup | None = None
         self._forward_setups: list[Setup | None] = []
         self.router = SiteRouter(self.current_setup)

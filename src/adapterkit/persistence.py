@@ -2,11 +2,12 @@
 ``adapter.safetensors``.
 
 The JSON holds the method config (with its type tag), the head config, and the identity of the
-base model it was trained on (model type, sizes, and a fingerprint of its weights, see
-:func:`adapterkit.model.base_fingerprint`). Loading into any other base model is refused with a
-message naming both, because an adapter's weights only mean something on top of the exact
-weights it was trained with. Tensors are stored with safetensors (no pickle), keys prefixed
-``adapter.`` (the method's modules), ``head.`` and, for full/partial fine-tuning, ``base.``.
+base model it was trained on (model type, sizes, dtype, and a fingerprint of its weights that
+does not depend on the dtype it was loaded in, see :mod:`adapterkit.fingerprint`). Loading into
+any other base model is refused with a message naming both and saying what differs, because an
+adapter's weights only mean something on top of the exact weights it was trained with. Tensors
+are stored with safetensors (no pickle), keys prefixed ``adapter.`` (the method's modules),
+``head.`` and, for full/partial fine-tuning, ``base.``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_directory
+from .fingerprint import base_fingerprint, compare_bases
 from .heads import HeadConfig
 from .registry import config_from_dict
 
@@ -30,12 +32,14 @@ FORMAT = "adapterkit.adapter/1"
 
 
 def base_identity(model: AdapterModel) -> dict[str, Any]:
+    """The base model as saved with an adapter: model type, name, sizes and
+    :func:`~adapterkit.fingerprint.checkpoint_identity` (taken when the model was built)."""
     return {
         "model_type": model.parts.model_type,
         "name_or_path": getattr(model, "name_or_path", None),
         "num_layers": model.parts.num_layers,
         "hidden_size": model.parts.hidden_size,
-        "fingerprint": model.fingerprint,
+        **model.base_checkpoint,
     }
 
 
@@ -74,17 +78,30 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
 
 
 def check_base(model: AdapterModel, meta: dict[str, Any], where: Path) -> None:
-    """Refuse an adapter trained on another base model."""
+    """Refuse an adapter trained on another base model.
+
+    The same checkpoint loaded in another dtype is the same base (see :mod:`adapterkit.fingerprint`).
+    Adapters saved before the fingerprint ignored the dtype (no ``fingerprint_version``) are
+    compared by what they record, with the fingerprint computed their way.
+
+    Raises:
+        ValueError: naming both models and their dtypes and saying what differs.
+    """
     saved = meta["base_model"]
-    if saved["fingerprint"] != model.fingerprint:
-        here = base_identity(model)
+    here = base_identity(model)
+    version = saved.get("fingerprint_version", 1)
+    if version != here["fingerprint_version"]:
+        here.update(fingerprint=base_fingerprint(model.base, version), fingerprint_version=version)
+    difference = compare_bases(saved, here)
+    if difference is not None:
         raise ValueError(
-            f"adapter {where} was trained on base model {saved['name_or_path'] or saved['model_type']} "
-            f"({saved['model_type']}, {saved['num_layers']} layers, hidden {saved['hidden_size']}, "
-            f"fingerprint {saved['fingerprint']}), but this model is {here['name_or_path'] or here['model_type']} "
-            f"({here['model_type']}, {here['num_layers']} layers, hidden {here['hidden_size']}, fingerprint "
-            f"{here['fingerprint']}); load it into the model it was trained on"
+            f"adapter {where} was trained on base model {_named(saved)}, but this model is {_named(here)}: "
+            f"{difference}; load it into the model it was trained on"
         )
+
+
+def _named(identity: dict[str, Any]) -> str:
+    return f"{identity.get('name_or_path') or identity['model_type']} ({identity.get('dtype', 'dtype not recorded')})"
 
 
 def load_adapter(model: AdapterModel, directory: str | Path, name: str | None = None) -> str:
