@@ -103,6 +103,29 @@ def build_head(config: HeadConfig, hidden_size: int) -> nn.Module:
 
 
 def head_loss(config: HeadConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A head's training loss in float32: mean squared error for regression, cross-entropy for
+    classification. Every loss of a pooled head (single adapter, ``Parallel``, ``Routed``) is
+    computed here.
+
+    Shapes: regression ``logits (B,)`` and scores ``labels (B,)`` or ``(B, 1)``; classification
+    ``logits (B, C)`` and class ids ``labels (B,)`` or ``(B, 1)`` (an integer dtype, or floats
+    holding class ids, as mixed multi-task batches carry them).
+
+    Raises:
+        ValueError: logits or labels of any other shape. A ``(B, 1)`` column of scores against
+            ``(B,)`` predictions would otherwise broadcast to a ``(B, B)`` difference and give a
+            wrong loss with only a warning.
+    """
+    batch = logits.shape[0]
+    logits_shape = "(batch,)" if config.kind == "regression" else "(batch, num_labels)"
+    if logits.dim() != (1 if config.kind == "regression" else 2):
+        raise ValueError(f"a {config.kind} head's logits must have shape {logits_shape}, got {tuple(logits.shape)}")
+    if labels.shape not in ((batch,), (batch, 1)):
+        raise ValueError(
+            f"{config.kind} labels of shape {tuple(labels.shape)} do not fit logits of shape {tuple(logits.shape)}: "
+            f"give one {'score' if config.kind == 'regression' else 'class id'} per row, shape ({batch},) or ({batch}, 1)"
+        )
+    labels = labels.reshape(batch)
     if config.kind == "regression":
         return nn.functional.mse_loss(logits.float(), labels.float())
     return nn.functional.cross_entropy(logits.float(), labels.long())

@@ -36,7 +36,7 @@ from .attention import PrefixHooks
 from .checkpointing import enable_gradient_checkpointing
 from .composition import AdapterView, ModelView, Setup, as_setup, check
 from .execution import BoundSetup, replication_hooks
-from .formats.fingerprint import base_fingerprint, base_identity, check_base
+from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
 from .heads import CausalLMHead, HeadConfig, build_head, head_loss
 from .methods.base import AdapterMethod, BindContext, OwnedState
@@ -69,7 +69,7 @@ class AdapterModel(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.tokenizer = tokenizer
-        self.fingerprint = base_fingerprint(base)
+        self.base_checkpoint = checkpoint_identity(base)  # taken before any training changes the base
         self.active_setup: Setup | None = None
         self.merged_adapter: str | None = None
         self.router = SiteRouter()
@@ -245,7 +245,7 @@ class AdapterModel(nn.Module):
         self.adapters[name].forget_original()
         self.merged_adapter = None
         self._remove(name)
-        self.fingerprint = base_fingerprint(self.base)
+        self.base_checkpoint = checkpoint_identity(self.base)
 
     def fold_adapter(self, name: str) -> bool:
         """Replace adapter ``name``'s training-only reparameterisation (a prefix's MLP, also inside
@@ -456,11 +456,37 @@ class AdapterModel(nn.Module):
         return [seen[i].detach().clone() for i in range(len(modules))]
 
     # ----------------------------------------------------------------- saving
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the base checkpoint, whatever dtype it was loaded in."""
+        return self.base_checkpoint["fingerprint"]
+
     def base_identity(self) -> dict[str, Any]:
-        """What a saved adapter records of this base model (``formats/fingerprint.py``)."""
-        return base_identity(
-            self.base, getattr(self, "name_or_path", None), self.parts.num_layers, self.parts.hidden_size, self.fingerprint
-        )
+        """What a saved adapter records of this base model: type, name, sizes and the checkpoint's
+        identity taken when the model was built (``formats/fingerprint.py``)."""
+        return {
+            "model_type": self.parts.model_type,
+            "name_or_path": getattr(self, "name_or_path", None),
+            "num_layers": self.parts.num_layers,
+            "hidden_size": self.parts.hidden_size,
+            **self.base_checkpoint,
+        }
+
+    def check_base(self, saved: Mapping[str, Any], where: Any) -> None:
+        """Refuse an adapter (at ``where``) whose recorded base model ``saved`` is not this one.
+        The same checkpoint loaded in another dtype is the same base; an adapter saved before the
+        fingerprint ignored the dtype is compared the way it was computed then.
+
+        Raises:
+            ValueError: naming both models and their dtypes and saying what differs.
+        """
+        here = self.base_identity()
+        version = saved.get("fingerprint_version", 1)
+        if version != here["fingerprint_version"]:
+            here.update(fingerprint=base_fingerprint(self.base, version), fingerprint_version=version)
+        difference = compare_bases(saved, here)
+        if difference is not None:
+            raise ValueError(refusal(saved, here, difference, where))
 
     def save_adapter(self, name: str, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Save adapter ``name`` and its head atomically to ``directory`` (``formats/native.py``)."""
@@ -483,7 +509,7 @@ class AdapterModel(nn.Module):
         """
         directory = Path(directory)
         meta = read_adapter_config(directory)
-        check_base(meta["base_model"], self.base_identity(), directory)
+        self.check_base(meta["base_model"], directory)
         name = name or meta["name"]
         head = HeadConfig(**meta["head"]) if meta["head"] else None
         self.add_adapter(name, config_from_dict(meta["config"]), head)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data.tables import read_delimited, read_json_lines, require_columns
+from ..data.tables import field_text, read_delimited, read_json_lines, require_columns
+from ..data.task import require_text
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".json")
@@ -14,7 +15,8 @@ _JSON_LINES = (".jsonl", ".json")
 DESCRIPTION = """Print one prediction per input: the label name for classification, a number for
 regression. Input is --input FILE or standard input: plain text with one input per line (blank
 lines are skipped; for pair tasks the two texts are separated by a tab), or a .csv/.tsv/.jsonl file
-read with --text-column (default: the columns the adapter was trained on)."""
+read with --text-column (default: the columns the adapter was trained on), where a row with an
+empty text is an error."""
 
 
 def register(subparsers) -> None:
@@ -36,7 +38,12 @@ def register(subparsers) -> None:
 
 
 def read_inputs(path: Path | None, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Texts from a table file (by column) or plain lines (tab-separated for pairs)."""
+    """Texts from a table file (by column, stripped) or plain lines (tab-separated for pairs;
+    blank lines skipped).
+
+    Raises:
+        ValueError: a row or line with an empty (or whitespace-only) text, naming the file and line.
+    """
     if path is not None and path.suffix.lower() in (*_DELIMITERS, *_JSON_LINES):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
@@ -47,8 +54,10 @@ def read_inputs(path: Path | None, columns: tuple[str, ...]) -> list[tuple[str, 
                 rows = read_delimited(stream, str(path), _DELIMITERS[path.suffix.lower()])[1]
         texts = []
         for row in rows:
-            require_columns(row.fields, columns, f"{path} line {row.line}", "Name the text column(s) with --text-column.")
-            texts.append(tuple(str(row.fields[c]) for c in columns))
+            where = f"{path} line {row.line}"
+            require_columns(row.fields, columns, where, "Name the text column(s) with --text-column.")
+            texts.append(tuple(field_text(row.fields[c]) for c in columns))
+            require_text(texts[-1], where, columns)
         return texts
     if path is not None:
         if not path.is_file():
@@ -61,8 +70,10 @@ def read_inputs(path: Path | None, columns: tuple[str, ...]) -> list[tuple[str, 
         if not line.strip():
             continue
         parts = tuple(line.split("\t")) if len(columns) == 2 else (line,)
+        where = f"{path or 'stdin'} line {number}"
         if len(parts) != len(columns):
-            raise ValueError(f"{path or 'stdin'} line {number}: a pair task needs two texts separated by a tab")
+            raise ValueError(f"{where}: a pair task needs two texts separated by a tab")
+        require_text(parts, where)
         texts.append(parts)
     return texts
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .task import REGRESSION, Example
+from .task import REGRESSION, Example, require_text
 
 #: Tokenizer outputs a batch carries to the model, when the tokenizer produces them.
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -44,13 +44,24 @@ class EncodedDataset(Dataset):
         return item
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> list[dict[str, list[int]]]:
-    """Tokenise one-text or two-text inputs (all of one arity) without padding."""
+def encode_texts(
+    tokenizer: Any, texts: Sequence[tuple[str, ...]], max_length: int, source: str = "texts"
+) -> list[dict[str, list[int]]]:
+    """Tokenise one-text or two-text inputs (all of one arity) without padding.
+
+    ``source`` names the inputs in errors: ``texts[3]`` (``predict``), ``examples[3]``.
+
+    Raises:
+        ValueError: inputs of mixed arity, or an input with an empty (or whitespace-only) text
+            (see :func:`adapterkit.data.task.require_text`).
+    """
     if not texts:
         return []
     arity = {len(t) for t in texts}
     if len(arity) != 1 or arity - {1, 2}:
         raise ValueError(f"every input must have the same number of texts, 1 or 2; got {sorted(arity)}")
+    for index, item in enumerate(texts):
+        require_text(item, f"{source}[{index}]")
     keep = [name for name in _MODEL_INPUTS if name in tokenizer.model_input_names]
     features: list[dict[str, list[int]]] = []
     for start in range(0, len(texts), _CHUNK):
@@ -64,7 +75,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[tuple[str, ...]], max_length: i
 
 def encode_examples(tokenizer: Any, examples: Sequence[Example], max_length: int) -> EncodedDataset:
     return EncodedDataset(
-        encode_texts(tokenizer, [e.texts for e in examples], max_length), [e.label for e in examples]
+        encode_texts(tokenizer, [e.texts for e in examples], max_length, "examples"), [e.label for e in examples]
     )
 
 

@@ -13,14 +13,13 @@ from typing import NamedTuple
 
 from adapterkit.data.labels import LabelCodec, infer_kind
 from adapterkit.data.splitting import split_examples
-from adapterkit.data.tables import Row, read_delimited, read_json_lines, require_columns
-from adapterkit.data.task import CLASSIFICATION, KINDS, Example, TaskData
+from adapterkit.data.tables import Row, field_text, read_delimited, read_json_lines, require_columns
+from adapterkit.data.task import CLASSIFICATION, KINDS, Example, TaskData, require_text
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".json")
 #: Share of the train file split off as validation or test when that file is not given.
 _HELD_OUT = 0.1
-_FILL_OR_DROP = "fill it in or remove the row"
 
 
 class _Raw(NamedTuple):
@@ -53,10 +52,6 @@ def _read_rows(path: Path) -> list[Row]:
     return rows
 
 
-def _as_text(value: object) -> str:
-    return "" if value is None else str(value).strip()
-
-
 def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str) -> list[_Raw]:
     examples = []
     for row in _read_rows(path):
@@ -67,12 +62,10 @@ def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str)
             where,
             "Name the file's columns with text_columns= and label_column=.",
         )
-        texts = tuple(_as_text(row.fields[column]) for column in text_columns)
-        for column, text in zip(text_columns, texts):
-            if not text:
-                raise ValueError(f"{where}: empty text in column {column!r}; {_FILL_OR_DROP}")
-        if not _as_text(row.fields[label_column]):
-            raise ValueError(f"{where}: empty label in column {label_column!r}; {_FILL_OR_DROP}")
+        texts = tuple(field_text(row.fields[column]) for column in text_columns)
+        require_text(texts, where, text_columns)
+        if not field_text(row.fields[label_column]):
+            raise ValueError(f"{where}: empty label in column {label_column!r}; fill it in or remove the row")
         examples.append(_Raw(texts, row.fields[label_column], where))
     return examples
 

@@ -73,6 +73,11 @@ def read_json_lines(stream: Iterable[str], source: str) -> list[Row]:
     return rows
 
 
+def field_text(value: Any) -> str:
+    """A field's value as text, stripped; a missing value (JSON ``null``) is the empty text."""
+    return "" if value is None else str(value).strip()
+
+
 def require_columns(present: Iterable[str], needed: Iterable[str], where: str, fix: str) -> None:
     """Unless every needed column is present, fail listing the columns there and how to `fix` it."""
     present = list(present)

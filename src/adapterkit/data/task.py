@@ -6,6 +6,7 @@ independent of where the data came from: a bundled corpus or a user's CSV/JSONL 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 CLASSIFICATION = "classification"
@@ -14,6 +15,36 @@ KINDS = (CLASSIFICATION, REGRESSION)
 
 #: How many labels :meth:`TaskData.describe` spells out before it only gives the count.
 _LABELS_SHOWN = 6
+
+
+def require_text(texts: Sequence[str], where: str, columns: Sequence[str] = ()) -> None:
+    """Refuse an input whose text, or either text of a pair, is empty or whitespace only.
+
+    Such an input tokenises to nothing (a decoder then fails deep inside the model, "cannot
+    reshape a tensor of 0 elements") or to special tokens alone, and next to other inputs it
+    silently gets a label. Every reader of texts (files, the CLI's inputs, the tokenisation
+    behind ``predict``/``evaluate``/training) calls this one check.
+
+    Args:
+        texts: one input: one text, or two for a pair task.
+        where: names the input in the message, e.g. ``"texts[3]"`` or ``"data.csv line 4"``.
+        columns: the columns ``texts`` came from, named in the message when given.
+
+    Raises:
+        ValueError: e.g. ``"data.csv line 4: empty text in column 'review' (or whitespace only);
+            give every input some text, or drop the row"``.
+    """
+    for position, text in enumerate(texts):
+        if not text.strip():
+            if columns:
+                which = f" in column {columns[position]!r}"
+            elif len(texts) > 1:
+                which = f" (text {position + 1} of the pair)"
+            else:
+                which = ""
+            raise ValueError(
+                f"{where}: empty text{which} (or whitespace only); give every input some text, or drop the row"
+            )
 
 
 @dataclass(frozen=True)

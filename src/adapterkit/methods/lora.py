@@ -76,7 +76,8 @@ class LoraDelta(SiteModule):
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self._linear = [linear]  # a list so the base linear is not registered as a submodule
-        self._original: torch.Tensor | None = None  # the base weight while merged (not saved)
+        # the base weight while merged: a non-persistent buffer follows .to() and is never saved
+        self.register_buffer("_original", None, persistent=False)
 
     @property
     def merged(self) -> bool:

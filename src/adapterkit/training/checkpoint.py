@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_directory
-from ..formats.fingerprint import check_base
 from ..formats.native import read_adapter_config, read_adapter_weights, read_format_json
 from .rng import capture_rng_state, restore_rng_state
 from .state import load_tree, save_tree
@@ -69,7 +68,7 @@ def restore_adapter_weights(model: AdapterModel, name: str, directory: str | Pat
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
-    check_base(meta["base_model"], model.base_identity(), directory)
+    model.check_base(meta["base_model"], directory)
     current_head = model.heads[name].config.to_dict() if name in model.heads else None
     for what, saved, current in (
         ("method config", meta["config"], model.adapters[name].config.to_dict()),

@@ -1,0 +1,361 @@
+"""Regression tests for reported faults: LoRA merging in half precision (2), the base-model check
+across dtypes (6), empty inputs (9b) and regression labels shaped (batch, 1) (10).
+
+Tiny random models (``tiny_models``) and the word-level tokenizer of ``test_training``; no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from test_cli import run_cli
+from test_data import bundled
+from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
+from tiny_models import tiny_base, tiny_batch
+from transformers import AutoConfig, BertModel
+
+from adapterkit import AdapterModel, HeadConfig, Parallel, Routed
+from adapterkit.data import Example, available_tasks, load_files
+from adapterkit.data.task import require_text
+from adapterkit.formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases
+from adapterkit.heads import head_loss
+from adapterkit.inference.multitask import predict_tasks
+from adapterkit.training import evaluate, predict
+
+ALL_ROLES = ["q", "k", "v", "o", "ffn_in", "ffn_out"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny BERT and its tokenizer saved with ``save_pretrained`` (float32)."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("checkpoint") / "tiny bert")
+
+
+def load(checkpoint: Path, dtype: torch.dtype) -> AdapterModel:
+    return AdapterModel.from_pretrained(str(checkpoint), dtype=dtype)
+
+
+# ---------------------------------------------------------------- fault 2: LoRA merge/unmerge is lossless
+def add_lora(model: AdapterModel, name: str, seed: int) -> None:
+    """A LoRA on every projection with a realistic trained update: B ~ N(0, 1e-3)."""
+    model.add_adapter(name, "lora", HeadConfig(num_labels=3, dropout=0.0), r=4, targets=ALL_ROLES)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, param in model.adapter_parameters(name).items():
+            if "lora_B" in key:
+                param.copy_(1e-3 * torch.randn(param.shape, generator=generator))
+
+
+def lora_weights(model: AdapterModel, name: str) -> list[torch.Tensor]:
+    """Copies of the weights of the projections adapter ``name`` adapts."""
+    return [site.output_module.weight.detach().clone() for site, _ in model.adapters[name].attachments()]
+
+
+def assert_weights(model: AdapterModel, name: str, expected: list[torch.Tensor]) -> None:
+    for weight, want in zip(lora_weights(model, name), expected, strict=True):
+        assert torch.equal(weight, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_lora_merge_then_unmerge_leaves_the_base_and_other_adapters_bit_identical(arch, dtype):
+    model = AdapterModel(tiny_base(arch).to(dtype))
+    model.add_adapter("other", "pfeiffer", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
+    add_lora(model, "lora", seed=0)
+    batch = tiny_batch()
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    other_before = model(**batch, adapters="other").logits
+    model.merge_adapter("lora")
+    model.merge_adapter("lora")  # idempotent
+    adapted = len(list(model.adapters["lora"].attachments()))
+    assert sum(not torch.equal(v, base_before[k]) for k, v in model.base.state_dict().items()) == adapted
+    model.unmerge_adapter("lora")
+    model.unmerge_adapter("lora")
+    for key, value in model.base.state_dict().items():
+        assert torch.equal(value, base_before[key]), key
+    assert torch.equal(model(**batch, adapters="other").logits, other_before)
+
+
+def test_one_adapter_is_merged_at_a_time():
+    model = AdapterModel(tiny_base("llama").to(torch.bfloat16))
+    add_lora(model, "first", seed=1)
+    add_lora(model, "second", seed=2)
+    original = lora_weights(model, "first")
+    model.merge_adapter("first")
+    with pytest.raises(ValueError, match="adapter 'first' is merged already; unmerge it first"):
+        model.merge_adapter("second")
+    assert not model.adapters["second"].merged
+    model.unmerge_adapter("first")
+    model.merge_adapter("second")
+    model.unmerge_adapter("second")
+    assert_weights(model, "first", original)
+
+
+def test_merge_and_unload_keeps_the_update_as_the_new_base():
+    model = AdapterModel(tiny_base("llama").to(torch.bfloat16))
+    add_lora(model, "first", seed=1)
+    add_lora(model, "second", seed=2)
+    fingerprint = model.fingerprint
+    model.merge_adapter("first")
+    first_merged = lora_weights(model, "first")
+    model.merge_and_unload("first")
+    assert "first" not in model.adapters and model.merged_adapter is None
+    assert model.fingerprint != fingerprint  # another base now: adapters of the old one are refused
+    assert_weights(model, "second", first_merged)  # the update stays in the base
+    model.merge_adapter("second")
+    model.unmerge_adapter("second")  # back to the new base, not to the one before "first"
+    assert_weights(model, "second", first_merged)
+
+
+def test_base_output_is_the_unmerged_projection_and_the_kept_weight_is_never_saved(tmp_path):
+    model = AdapterModel(tiny_base("llama").to(torch.bfloat16))
+    add_lora(model, "lora", seed=0)
+    site, delta = next(iter(model.adapters["lora"].attachments()))
+    linear = site.output_module
+    x = torch.randn(3, 5, linear.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    before = linear(x)
+    weights_before = lora_weights(model, "lora")
+    keys = set(model.state_dict())
+    model.merge_adapter("lora")
+    assert not torch.equal(linear(x), before)
+    assert torch.equal(delta.base_output(x), before)
+    assert set(model.state_dict()) == keys
+    model.save_adapter("lora", tmp_path / "lora")
+    assert set(load_file(str(tmp_path / "lora" / "adapter.safetensors"))) == set(model.adapter_parameters("lora"))
+    model.unmerge_adapter("lora")
+    assert torch.equal(delta.base_output(x), before)
+    # the kept weight follows the model to another dtype: unmerging there restores the converted base
+    model.merge_adapter("lora")
+    model.to(torch.float32)
+    model.unmerge_adapter("lora")
+    assert_weights(model, "lora", [w.float() for w in weights_before])
+
+
+# ---------------------------------------------------------------- fault 6: the base check across dtypes
+def test_an_adapter_trained_on_a_bfloat16_load_loads_into_the_float32_and_float16_loads(checkpoint, tmp_path):
+    trained = load(checkpoint, torch.bfloat16)
+    assert trained.fingerprint == load(checkpoint, torch.float32).fingerprint
+    trained.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    trained.save_adapter("task", tmp_path / "task")
+    saved = json.loads((tmp_path / "task" / "adapter_config.json").read_text())["base_model"]
+    assert saved["dtype"] == "bfloat16" and saved["fingerprint_version"] == 2
+    for dtype in (torch.float32, torch.float16):
+        model = load(checkpoint, dtype)
+        assert model.load_adapter(tmp_path / "task") == "task"
+
+
+def test_a_base_with_other_weights_is_refused_saying_the_weights_differ(checkpoint, tmp_path):
+    trained = load(checkpoint, torch.bfloat16)
+    trained.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    trained.save_adapter("task", tmp_path / "task")
+    torch.manual_seed(1)
+    other = AdapterModel(BertModel(AutoConfig.from_pretrained(checkpoint)).eval())
+    message = (
+        rf"trained on base model {checkpoint} \(bfloat16\), but this model is bert \(float32\): same architecture, "
+        r"different weights \(\d+ of \d+ probed values differ, e\.g\. `[\w.]+`: saved \S+, here \S+\); "
+        r"load it into the model it was trained on"
+    )
+    with pytest.raises(ValueError, match=message):
+        other.load_adapter(tmp_path / "task")
+
+
+def test_another_architecture_is_refused_saying_so(checkpoint, tmp_path):
+    trained = load(checkpoint, torch.float32)
+    trained.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    trained.save_adapter("task", tmp_path / "task")
+    llama = AdapterModel(tiny_base("llama"))
+    message = (
+        r"but this model is llama \(float32\): different architecture \(saved: bert, 2 layers, hidden 32, "
+        r"39 parameter tensors; here: llama, 2 layers, hidden 32, 21 parameter tensors; e\.g\. "
+        r"`embeddings\.LayerNorm\.bias` is only in the saved model\); load it into the model it was trained on"
+    )
+    with pytest.raises(ValueError, match=message):
+        llama.load_adapter(tmp_path / "task")
+
+
+def test_compare_bases_accepts_a_float16_load_only_within_half_precision_rounding():
+    saved = checkpoint_identity(tiny_base("bert"))
+    here = checkpoint_identity(tiny_base("bert").half())
+    here["fingerprint"] = "f" * 16  # as when float16 rounding moves a sampled value by a bfloat16 step
+    assert compare_bases(saved, here) is None
+    # float32 and bfloat16 loads of one checkpoint hash equal, so there a differing fingerprint is a difference
+    assert compare_bases(saved, {**here, "dtype": "bfloat16"}) == (
+        f"same architecture, different weights (all 78 probed values agree, but the sampled weights differ: "
+        f"fingerprint {saved['fingerprint']} saved, {'f' * 16} here)"
+    )
+    name = "embeddings.word_embeddings.weight"
+    value = here["probe"][name]["values"][1]  # the middle value (the first is the padding row's 0)
+    here["probe"][name]["values"][1] = value * (1 + 2.0**-6)
+    assert compare_bases(saved, here) == (
+        f"same architecture, different weights (1 of 78 probed values differ, e.g. `{name}`: "
+        f"saved {saved['probe'][name]['values'][1]:.6g}, here {value * (1 + 2.0**-6):.6g})"
+    )
+
+
+def fingerprint_before_version_2(model: torch.nn.Module) -> str:
+    """The fingerprint adapterkit saved before version 2: values sampled as loaded, in float32."""
+    digest = hashlib.sha256(model.config.model_type.encode())
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        digest.update(flat[:: max(1, flat.numel() // 4096)][:4096].float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_an_adapter_saved_before_fingerprint_version_2_still_loads_into_its_base(tmp_path):
+    model = AdapterModel(tiny_base("bert"))
+    model.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    model.save_adapter("task", tmp_path / "task")
+    config_file = tmp_path / "task" / "adapter_config.json"
+    meta = json.loads(config_file.read_text())
+    old_keys = ("model_type", "name_or_path", "num_layers", "hidden_size")
+    meta["base_model"] = {key: meta["base_model"][key] for key in old_keys}
+    meta["base_model"]["fingerprint"] = fingerprint_before_version_2(model.base)
+    assert base_fingerprint(model.base, version=1) == meta["base_model"]["fingerprint"]
+    config_file.write_text(json.dumps(meta))
+    assert AdapterModel(tiny_base("bert")).load_adapter(tmp_path / "task") == "task"
+    with pytest.raises(ValueError, match=r"\(dtype not recorded\), but this model is bert \(float32\): same "
+                       r"architecture, different weights \(fingerprint \w+ saved, \w+ here; an adapter saved before"):
+        AdapterModel(tiny_base("bert", seed=1)).load_adapter(tmp_path / "task")
+
+
+# ---------------------------------------------------------------- fault 9b: empty inputs
+EMPTY = "empty text (or whitespace only); give every input some text, or drop the row"
+
+
+@pytest.fixture(scope="module")
+def decoder() -> AdapterModel:
+    """A tiny Llama with two classification adapters and the word-level tokenizer."""
+    model = AdapterModel(tiny_base("llama"), tokenizer=tiny_tokenizer())
+    for name in ("task", "other"):
+        model.add_adapter(name, "lora", HeadConfig(num_labels=2, pooling="last", label_names=LABELS), r=2)
+    return model
+
+
+def test_predict_and_evaluate_refuse_an_empty_input_naming_it(decoder):
+    assert len(predict(decoder, ["good film", "bad plot"], "task")) == 2
+    with pytest.raises(ValueError, match=r"^texts\[0\]: " + EMPTY.replace("(", r"\(").replace(")", r"\)")):
+        predict(decoder, [""], "task")
+    with pytest.raises(ValueError, match=r"^texts\[1\]: empty text \(or whitespace only\)"):
+        predict(decoder, ["good film", " \t ", "bad plot"], "task")
+    with pytest.raises(ValueError, match=r"^texts\[0\]: empty text \(text 2 of the pair\)"):
+        predict(decoder, [("good film", " ")], "task")
+    with pytest.raises(ValueError, match=r"^examples\[1\]: empty text"):
+        evaluate(decoder, [Example(("good film",), 1), Example(("",), 0)], "task")
+    with pytest.raises(ValueError, match=r"^texts\[2\]: empty text"):
+        predict_tasks(decoder, ["good film", "bad plot", "\n"], Parallel("task", "other"))
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(checkpoint, tmp_path_factory) -> Path:
+    model = load(checkpoint, torch.float32)
+    model.add_adapter("task", "pfeiffer", HeadConfig(num_labels=2, label_names=LABELS), bottleneck_size=4)
+    return model.save_adapter("task", tmp_path_factory.mktemp("adapter") / "task")
+
+
+@pytest.mark.parametrize("value", ["", "   ", None])
+def test_cli_predict_refuses_an_empty_jsonl_row_naming_file_and_line(saved_adapter, tmp_path, value):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": "good film"}) + "\n\n" + json.dumps({"text": value}) + "\n")
+    code, out, err = run_cli("predict", "--adapter", str(saved_adapter), "--input", str(rows))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines()[-1] == (  # after the progress bar of loading the model
+        f"adapterkit predict: error: {rows} line 3: empty text in column 'text' (or whitespace only); "
+        "give every input some text, or drop the row"
+    )
+
+
+def test_cli_predict_skips_blank_lines_of_plain_text(saved_adapter, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("good film\nbad plot\n"))
+    code, expected, err = run_cli("predict", "--adapter", str(saved_adapter))
+    assert code == 0, err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ngood film\n   \n\t\nbad plot\n\n"))
+    code, out, err = run_cli("predict", "--adapter", str(saved_adapter))
+    assert code == 0, err
+    assert out == expected and len(out.splitlines()) == 2
+
+
+def test_training_files_refuse_an_empty_text_of_a_pair(tmp_path):
+    train = tmp_path / "pairs.tsv"
+    train.write_text("premise\thypothesis\tlabel\na cat\ta pet\tyes\na dog\t  \tno\n")
+    with pytest.raises(ValueError, match=rf"pairs\.tsv line 3: empty text in column 'hypothesis' \(or whitespace only\)"):
+        load_files(train, text_columns=("premise", "hypothesis"))
+
+
+def test_bundled_tasks_hold_no_empty_text():
+    missing = []
+    for name in available_tasks():
+        try:
+            task = bundled(name)
+        except ModuleNotFoundError as error:  # its data package is not installed
+            missing.append(f"{name}: {error}")
+            continue
+        for split, examples in (("train", task.train), ("validation", task.validation), ("test", task.test)):
+            for index, example in enumerate(examples):
+                require_text(example.texts, f"task {name!r} {split}[{index}]")
+    if len(missing) == len(available_tasks()):
+        pytest.skip("no bundled data package is installed: " + "; ".join(missing))
+
+
+# ---------------------------------------------------------------- fault 10: label shapes in head_loss
+REGRESSION = HeadConfig(kind="regression", num_labels=1)
+CLASSIFICATION = HeadConfig(num_labels=4)
+PREDICTED = torch.tensor([0.1, 0.5, -0.3])
+SCORES = torch.tensor([1.0, -0.5, 0.7])
+
+
+def test_regression_loss_is_the_same_for_labels_shaped_b_and_b1():
+    expected = (0.9**2 + 1.0**2 + 1.0**2) / 3  # mean of (score - prediction)^2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no broadcasting warning either
+        for labels in (SCORES, SCORES[:, None]):
+            assert head_loss(REGRESSION, PREDICTED, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_classification_loss_is_the_same_for_labels_shaped_b_and_b1():
+    logits = torch.tensor([[0.2, -1.0, 0.5, 0.0], [1.5, 0.3, -0.2, 0.1], [0.0, 0.0, 0.4, -0.8]])
+    classes = torch.tensor([2, 0, 3])
+    expected = -(logits[range(3), classes] - logits.exp().sum(1).log()).mean().item()
+    for labels in (classes, classes[:, None], classes.float()):  # float class ids: mixed multi-task batches
+        assert head_loss(CLASSIFICATION, logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config, logits, labels, message",
+    [
+        (REGRESSION, PREDICTED, torch.zeros(3, 2), r"regression labels of shape \(3, 2\) do not fit logits of shape "
+         r"\(3,\): give one score per row, shape \(3,\) or \(3, 1\)"),
+        (REGRESSION, PREDICTED, torch.zeros(1, 3), r"labels of shape \(1, 3\) do not fit"),
+        (REGRESSION, PREDICTED, torch.zeros(4), r"labels of shape \(4,\) do not fit"),
+        (REGRESSION, PREDICTED[:, None], SCORES, r"a regression head's logits must have shape \(batch,\), got \(3, 1\)"),
+        (CLASSIFICATION, torch.zeros(3, 4), torch.zeros(3, 4), r"classification labels of shape \(3, 4\) do not fit "
+         r"logits of shape \(3, 4\): give one class id per row, shape \(3,\) or \(3, 1\)"),
+        (CLASSIFICATION, torch.zeros(3, 4), torch.zeros(3, 1, 1, dtype=torch.long), r"labels of shape \(3, 1, 1\)"),
+    ],
+)
+def test_label_shapes_that_cannot_be_meant_are_refused(config, logits, labels, message):
+    with pytest.raises(ValueError, match=message):
+        head_loss(config, logits, labels)
+
+
+def test_every_setup_gives_the_mean_squared_error_for_a_column_of_scores():
+    model = AdapterModel(tiny_base("bert"))
+    for name in ("a", "b"):
+        model.add_adapter(name, "pfeiffer", HeadConfig(kind="regression", num_labels=1, dropout=0.0), bottleneck_size=4)
+    batch = tiny_batch()
+    column = SCORES[:, None]
+    single = model(**batch, labels=column, adapters="a")
+    assert single.loss.item() == pytest.approx(F.mse_loss(single.logits, SCORES).item(), rel=1e-6)
+    parallel = model(**batch, labels={"a": column, "b": SCORES}, adapters=Parallel("a", "b"))
+    expected = sum(F.mse_loss(parallel.tasks[name].logits, SCORES).item() for name in ("a", "b"))
+    assert parallel.loss.item() == pytest.approx(expected, rel=1e-6)
+    routed = model(**batch, labels=column, adapters=Routed(["a", "b", "a"]))
+    assert routed.loss.item() == pytest.approx(F.mse_loss(routed.logits, SCORES).item(), rel=1e-6)
