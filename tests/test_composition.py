@@ -7,6 +7,8 @@ adapters' own site modules) or against separate single-adapter runs, row by row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 from tiny_models import LAYERS, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
-from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack
+from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack, setup_from_dict
 from adapterkit.execution import MultiTaskOutput
 from adapterkit.methods.base import AdapterMethod
 from adapterkit.methods.bottleneck import Bottleneck
@@ -436,3 +438,52 @@ def test_new_tasks_leave_earlier_predictions_bit_identical():
     train("e")
     assert all(torch.equal(before[n], after) for n, after in predictions().items())
     assert all(torch.equal(base_before[k], v) for k, v in model.base.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- setups as values
+@pytest.mark.parametrize(
+    "setup",
+    [
+        Stack("a", "b"),
+        Fuse("a", Stack("b", "c"), fusion="f"),
+        Parallel("a", Stack("b", "c"), Fuse("a", "b")),
+        Routed(["a", None, "b", "a"]),
+        AdapterDrop(Parallel("a", "b"), first=2, robust=True),
+        AdapterDrop(Routed(["a", "b"])),
+    ],
+    ids=repr,
+)
+def test_setups_are_hashable_values_with_a_json_form(setup):
+    data = json.loads(json.dumps(setup.to_dict()))
+    again = setup_from_dict(data)
+    assert again == setup and hash(again) == hash(setup)
+    assert {setup: 1}[again] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setup.first = 3  # type: ignore[misc]
+
+
+def test_names_and_lists_are_setups_too():
+    assert setup_from_dict("a") == Stack("a")
+    assert setup_from_dict(["a", {"fuse": ["b", "c"], "fusion": "f"}]) == Stack("a", Fuse("b", "c", fusion="f"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"stak": ["a"]}, {"stack": "a"}, {"routed": ["a"], "first": 1}, {"fuse": ["a"], "fusion": "f", "x": 1}, 3, None],
+)
+def test_a_json_form_that_is_not_a_setup_says_which_forms_are(data):
+    with pytest.raises(ValueError, match="not a composition setup: .*use a name, a list of names, or one of"):
+        setup_from_dict(data)
+
+
+def test_a_checked_setup_is_compiled_once_until_the_adapters_change():
+    model = model_with()
+    batch = tiny_batch()
+    setup = Stack("a", "b")
+    with torch.no_grad():
+        model(**batch, adapters=setup)
+        bound = model._bind(setup)
+        model(**batch, adapters=Stack("a", "b"))  # an equal value finds the same bound setup
+        assert model._bind(Stack("a", "b")) is bound
+        model.add_adapter("d", "pfeiffer", head=head(), bottleneck_size=4)
+        assert model._bind(setup) is not bound

@@ -122,10 +122,15 @@ class Replay:
     as transformers' layers call it) runs ``function`` once in the forward pass and again in the
     backward pass. The wrapper notes the current state at the first call and re-enters it for
     every later call; dropout masks are replayed by checkpointing itself (``preserve_rng_state``).
+
+    Reentrant checkpointing runs the layer under ``no_grad`` and backpropagates each layer on its
+    own, so a value computed once per pass outside the layer (``state.cache``) must not enter
+    its graph: a reentrant layer runs with an empty cache of its own and computes what it needs.
     """
 
     def __init__(self, checkpoint_fn: Callable[..., Any]):
         self.checkpoint_fn = checkpoint_fn
+        self.reentrant = bool(getattr(checkpoint_fn, "keywords", {}).get("use_reentrant", False))
 
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         state = _STATE.get()
@@ -133,9 +138,20 @@ class Replay:
 
         def replay(*inner_args: Any, **inner_kwargs: Any) -> Any:
             calls.append(None)
-            if len(calls) == 1 or state is None:  # the forward pass: its state is live
-                return function(*inner_args, **inner_kwargs)
-            with entered(state):
+            with contextlib.ExitStack() as stack:
+                if state is not None and len(calls) > 1:  # a recomputation: re-enter the forward's state
+                    stack.enter_context(entered(state))
+                if state is not None and self.reentrant:
+                    stack.enter_context(_own_cache(state))
                 return function(*inner_args, **inner_kwargs)
 
         return self.checkpoint_fn(replay, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _own_cache(state: ForwardState) -> Iterator[None]:
+    shared, state.cache = state.cache, {}
+    try:
+        yield
+    finally:
+        state.cache = shared

@@ -108,6 +108,7 @@ class BoundSetup:
         self._ops: dict[Site, Op] = {}
         self._prefixes: dict[nn.Module, tuple[Site, list[tuple[nn.Module, int | None]]]] = {}
         self._layer_prompts: dict[int, tuple[nn.Module | None, ...]] = {}
+        self._pass_values: dict[Any, Callable[[], torch.Tensor]] = {}  # computed once at the start of a pass
         sites = list(router.sites())
         inputs = next((router.attached(site) for site in sites if site.kind == "input"), {})
         prompt_names = [name for name in self._sequence_order(setup) if name in inputs]
@@ -124,6 +125,8 @@ class BoundSetup:
                 entries = self._prefix_entries(setup, attached)
                 if entries:
                     self._prefixes[site.output_module] = (site, entries)
+                    for prefix, _ in entries:
+                        self._pass_values.update(prefix.pass_values())
             elif site.kind == "layer_input":
                 vectors = tuple(attached.get(name) for name in prompt_names)
                 if any(v is not None for v in vectors):
@@ -133,13 +136,16 @@ class BoundSetup:
     # ----------------------------------------------------------------- per pass
     def new_state(self, owner: Any, training: bool, expand_rows: bool = False) -> ForwardState:
         """A fresh state for one pass (or one ``using`` block): AdapterDrop's depth sampled when
-        robust and training, the first replicated layer of a Parallel, the callers' taps."""
+        robust and training, the first replicated layer of a Parallel, the callers' taps, and the
+        values the attached modules compute once per pass (a prefix MLP's output), computed here,
+        before any layer runs, so that no layer (and no recomputation of one) computes them."""
         depth = self.drop_first
         if self.drop_robust and training:
             depth = int(torch.randint(0, self.num_layers, ()))
         start = next((layer for layer in self.parallel_layers if layer >= depth), None)
+        cache = {key: compute() for key, compute in self._pass_values.items()}
         return ForwardState(
-            owner, self, training, depth, expand_rows, parallel_from=start, taps=context.taps()
+            owner, self, training, depth, expand_rows, parallel_from=start, cache=cache, taps=context.taps()
         )
 
     def apply(self, site: Site, x: torch.Tensor | None, out: torch.Tensor, state: ForwardState) -> torch.Tensor:

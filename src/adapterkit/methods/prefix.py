@@ -129,13 +129,23 @@ class PrefixLayer(nn.Module):
 
     def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P_k, P_v)``, each ``(l, d_kv)``; while reparameterised, read from the MLP's output,
-        computed once per forward pass for all layers."""
+        which the pass computes once for all layers (:meth:`pass_values`)."""
         if self._source:
             source = self._source[0]
             state = context.current()
-            every = state.cached(("prefix", id(source)), source.all) if state is not None else source.all()
+            every = state.cached(self.cache_key, source.all) if state is not None else source.all()
             return every[self.index, 0], every[self.index, 1]
         return self.key, self.value
+
+    @property
+    def cache_key(self) -> tuple[str, int]:
+        return ("prefix", id(self._source[0])) if self._source else ("prefix", id(self))
+
+    def pass_values(self) -> dict:
+        """What a pass computes once, before its first layer, for this prefix: the MLP's output
+        for every layer while reparameterised (key -> function); nothing for a plain prefix.
+        Computed outside any layer, it is also safe under gradient checkpointing."""
+        return {self.cache_key: self._source[0].all} if self._source else {}
 
 
 class PrefixMLP(nn.Module):
