@@ -90,14 +90,21 @@ def current(owner: Any = None) -> ForwardState | None:
     return state
 
 
-@contextlib.contextmanager
-def entered(state: ForwardState) -> Iterator[ForwardState]:
-    """Make ``state`` the current state for the enclosed code; the previous one comes back after."""
-    token = _STATE.set(state)
-    try:
-        yield state
-    finally:
-        _STATE.reset(token)
+class entered:  # noqa: N801  (used as a function: ``with entered(state):``)
+    """Make ``state`` the current state for the enclosed code; the previous one comes back after.
+    (A class rather than a generator: it is entered on every forward pass.)"""
+
+    __slots__ = ("state", "token")
+
+    def __init__(self, state: ForwardState):
+        self.state = state
+
+    def __enter__(self) -> ForwardState:
+        self.token = _STATE.set(self.state)
+        return self.state
+
+    def __exit__(self, *exc_info: object) -> None:
+        _STATE.reset(self.token)
 
 
 @contextlib.contextmanager

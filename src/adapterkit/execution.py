@@ -132,6 +132,7 @@ class BoundSetup:
                 if any(v is not None for v in vectors):
                     self._layer_prompts[site.layer] = vectors
         self.parallel_layers = sorted({site.layer for site in self._ops}) if self.parallel is not None else []
+        self.is_plain = setup is None and not self._ops  # nothing acts (no merged adapter either): no state needed
 
     # ----------------------------------------------------------------- per pass
     def new_state(self, owner: Any, training: bool, expand_rows: bool = False) -> ForwardState:

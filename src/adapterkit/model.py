@@ -384,7 +384,8 @@ class AdapterModel(nn.Module):
             bound = outer.setup
         else:
             bound = self._bind(self.active_setup if adapters is None else adapters)
-        with context.entered(bound.new_state(self.router, self.training)) as state:
+        # a plain pass (no adapter, none merged) runs with no state: the hooks then do nothing
+        with contextlib.nullcontext() if bound.is_plain else context.entered(bound.new_state(self.router, self.training)) as state:
             head = self.heads[bound.head_name] if bound.head_name in self.heads else None
             if self.is_decoder and not bound.multi_output and (head is None or isinstance(head, CausalLMHead)):
                 output = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
