@@ -225,12 +225,9 @@ class Routed(Setup):
     def __init__(self, rows: Sequence[str | None]):
         if isinstance(rows, str):
             raise ValueError(f"Routed takes one adapter name (or None) per row, got the string {rows!r}")
-        rows = tuple(rows)
         if not rows:
             raise ValueError("Routed() needs one entry (an adapter name or None) per row of the batch")
-        bad = [r for r in rows if r is not None and not isinstance(r, str)]
-        if bad:
-            raise ValueError(f"Routed: every row names one adapter (or None); got {bad[:3]}. Routing takes names only")
+        rows = _check_children("Routed", tuple(rows), "Routing takes one adapter name (or None) per row.")
         object.__setattr__(self, "rows", rows)
         object.__setattr__(self, "names", tuple(dict.fromkeys(r for r in rows if r is not None)))
 
@@ -271,8 +268,7 @@ class AdapterDrop(Setup):
 
     def __init__(self, setup: str | Setup | Sequence[str], first: int = 0, robust: bool = False):
         inner = as_setup(setup)
-        if isinstance(inner, AdapterDrop):
-            raise ValueError("AdapterDrop cannot wrap another AdapterDrop; give one depth")
+        (inner,) = _check_children("AdapterDrop", (inner,), "AdapterDrop wraps the whole setup once: give one depth.")
         if not isinstance(first, int) or isinstance(first, bool) or first < 0:
             raise ValueError(f"AdapterDrop: first must be an integer >= 0, got {first!r}")
         object.__setattr__(self, "inner", inner)
