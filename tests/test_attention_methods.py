@@ -1,7 +1,8 @@
-"""Attention-level methods (prefix, prompt, deep_prompt), unions and MAM, on tiny encoders and the
-tiny grouped-query Llama: one table of methods x architectures for the checks every method gets,
-then the checks specific to changing what attention sees (identity of a hidden prefix, folding,
-a key/value-cache reference, padding sides, cached generation, initialisations, clear errors)."""
+"""Attention-level methods (prefix, prompt, deep_prompt), unions and MAM: the checks specific to
+changing what attention sees (identity of a hidden prefix, what a reparameterised prefix saves,
+a key/value-cache reference, padding sides, cached generation, initialisations, clear errors).
+The checks every method gets run from the table (``method_table.py``) in ``test_methods.py``;
+the rows used here are the table's."""
 
 from __future__ import annotations
 
@@ -9,45 +10,18 @@ import json
 
 import pytest
 import torch
+from method_table import K_PROMPT, L_PREFIX, ROWS, hidden, make, perturb, prefix_plain_params
 from safetensors.torch import load_file
-from tiny_models import HIDDEN, LAYERS, VOCAB, tiny_base, tiny_batch, train_and_check_isolation
+from tiny_models import VOCAB, tiny_base, tiny_batch
 from transformers import DynamicCache
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack
 
-L_PREFIX, K_PROMPT, MLP = 3, 3, 8
-# name in the table -> (method, options)
-METHODS: dict[str, tuple[str, dict]] = {
-    "prefix": ("prefix", {"prefix_length": L_PREFIX, "reparam_hidden": MLP}),
-    "prefix_plain": ("prefix", {"prefix_length": L_PREFIX, "reparameterize": False}),
-    "prompt": ("prompt", {"prompt_length": K_PROMPT}),
-    "deep_prompt": ("deep_prompt", {"prompt_length": K_PROMPT}),
-    "mam": ("mam", {"prefix_length": L_PREFIX, "reparam_hidden": MLP, "bottleneck_size": 4}),
-    "lora+pfeiffer": ("union", {"configs": [{"method": "lora", "r": 2}, {"method": "pfeiffer", "bottleneck_size": 4}]}),
-}
-ARCHS = ("bert", "distilbert", "llama")
-TABLE = [(arch, name) for arch in ARCHS for name in METHODS]
-KV = {"bert": HIDDEN, "distilbert": HIDDEN, "llama": HIDDEN // 2}  # the tiny Llama has 2 of 4 heads for k/v
-
-
-def make(arch: str, name: str, head: HeadConfig | None = None, seed: int = 0, **overrides) -> AdapterModel:
-    method, options = METHODS[name]
-    model = AdapterModel(tiny_base(arch, seed))
-    model.add_adapter("task", method, head or HeadConfig(num_labels=3, dropout=0.0), **{**options, **overrides})
-    return model.eval()
-
-
-@torch.no_grad()
-def perturb(model: AdapterModel, name: str = "task", seed: int = 3) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for param in model.adapter_parameters(name).values():
-        param.add_(0.1 * torch.randn(param.shape, generator=generator))
-
-
-def hidden(model: AdapterModel, batch, adapters="task") -> torch.Tensor:
-    with model.using(adapters):
-        return model.body(**batch).last_hidden_state
+NAMES = ("prefix", "prefix_plain", "prompt", "deep_prompt", "mam", "lora+pfeiffer")
+"""The table's rows of attention-level methods and unions, which the checks below run."""
+REPARAMETERISED = ("prefix", "mam")
+"""Rows whose prefix trains through the reparameterisation MLP."""
 
 
 def prefix_of(model: AdapterModel, name: str = "task"):
@@ -62,56 +36,8 @@ def left_padded(batch: int = 2, seq: int = 6):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-# ----------------------------------------------------------------------------- the table
-@pytest.mark.parametrize("arch,name", TABLE)
-def test_only_intended_parameters_train(arch, name):
-    model = make(arch, name)
-    model.add_adapter("other", "prefix", prefix_length=2)
-    model.train_adapter("task")
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any(n.startswith("adapters.task.") for n in trainable)
-    assert all(n.startswith(("adapters.task.", "heads.task.")) for n in trainable), trainable
-    owned = {id(p) for p in model.adapter_parameters("task").values()}
-    assert {id(p) for p in model.parameters() if p.requires_grad} == owned
-
-
-@pytest.mark.parametrize("arch,name", TABLE)
-def test_base_and_other_adapters_bit_identical_after_training(arch, name):
-    model = make(arch, name)
-    model.add_adapter("earlier", "prefix", HeadConfig(num_labels=3, dropout=0.0), prefix_length=2).eval()
-    train_and_check_isolation(model, tiny_batch())
-
-
-@pytest.mark.parametrize("arch,name", TABLE)
-def test_save_load_gives_identical_outputs(arch, name, tmp_path):
-    model = make(arch, name)
-    perturb(model)
-    batch = tiny_batch()
-    expected = model(**batch, adapters="task").logits
-    model.save_adapter("task", tmp_path / "task")
-    fresh = AdapterModel(tiny_base(arch))
-    fresh.load_adapter(tmp_path / "task")
-    fresh.eval()
-    torch.testing.assert_close(fresh(**batch).logits, expected, rtol=1e-5, atol=1e-6)
-    saved = load_file(str(tmp_path / "task" / "adapter.safetensors"))
-    assert set(saved) == set(fresh.adapter_parameters("task"))
-    meta = json.loads((tmp_path / "task" / "adapter_config.json").read_text())
-    assert meta["config"]["method"] == METHODS[name][0]
-    if name in ("prefix", "mam"):  # saved as trained (resumable); folded, it saves as a plain prefix
-        assert meta["config"]["reparameterize"] is True and any("reparam" in k for k in saved)
-        assert model.fold_adapter("task") and not model.fold_adapter("task")  # changed once, then idempotent
-        model.save_adapter("task", tmp_path / "folded")
-        meta = json.loads((tmp_path / "folded" / "adapter_config.json").read_text())
-        assert meta["config"]["reparameterize"] is False
-        assert not any("reparam" in k for k in load_file(str(tmp_path / "folded" / "adapter.safetensors")))
-        folded = AdapterModel(tiny_base(arch))
-        folded.load_adapter(tmp_path / "folded")
-        torch.testing.assert_close(folded.eval()(**batch).logits, expected, rtol=1e-5, atol=1e-6)
-    else:
-        assert not model.fold_adapter("task")  # nothing to fold
-
-
-@pytest.mark.parametrize("name", METHODS)
+# ----------------------------------------------------------------------------- heads and saving
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(
     "arch,kind",
     [("bert", "classification"), ("distilbert", "regression"), ("llama", "classification"), ("llama", "causal_lm")],
@@ -131,23 +57,29 @@ def test_every_head(arch, name, kind):
     assert all(p.grad is not None for p in model.adapters["task"].parameters())
 
 
+@pytest.mark.parametrize("arch,name", [(arch, name) for name in REPARAMETERISED for arch in ROWS[name].archs])
+def test_a_reparameterised_prefix_saves_as_trained_and_folded_as_a_plain_prefix(arch, name, tmp_path):
+    """Saved as trained (resumable, with its MLP); folded, it saves as a plain prefix. (That the
+    folded adapter computes and loads the same outputs is a generic check of ``fold`` methods.)"""
+    model = make(arch, name)
+    model.save_adapter("task", tmp_path / "trained")
+    meta = json.loads((tmp_path / "trained" / "adapter_config.json").read_text())
+    saved = load_file(str(tmp_path / "trained" / "adapter.safetensors"))
+    assert meta["config"]["reparameterize"] is True and any("reparam" in k for k in saved)
+    assert model.fold_adapter("task")
+    assert not any("reparam" in k for k in model.adapter_parameters("task"))
+    assert prefix_of(model).config.reparameterize is False
+    model.save_adapter("task", tmp_path / "folded")
+    meta = json.loads((tmp_path / "folded" / "adapter_config.json").read_text())
+    assert meta["config"]["reparameterize"] is False
+    assert not any("reparam" in k for k in load_file(str(tmp_path / "folded" / "adapter.safetensors")))
+
+
 @pytest.mark.parametrize("arch", ["bert", "llama"])
-def test_parameter_counts_follow_the_formulas(arch):
-    d, kv, n, l, h, k = HIDDEN, KV[arch], LAYERS, L_PREFIX, MLP, K_PROMPT
-    model = AdapterModel(tiny_base(arch))
-
-    def count(name):
-        model.add_adapter(name, METHODS[name][0], **METHODS[name][1])
-        return sum(p.numel() for p in model.adapters[name].parameters())
-
-    assert count("prefix_plain") == n * 2 * l * kv
-    mlp_count = l * d + (d * h + h) + (h * n * 2 * kv + n * 2 * kv)
-    assert count("prefix") == mlp_count
-    assert count("prompt") == k * d
-    assert count("deep_prompt") == n * k * d
-    assert count("mam") == mlp_count + n * (2 * d * 4 + d + 4)
-    model.adapters["prefix"].fold()
-    assert sum(p.numel() for p in model.adapters["prefix"].parameters()) == n * 2 * l * kv
+def test_a_folded_prefix_has_the_parameters_of_a_plain_prefix(arch):
+    model = make(arch, "prefix")
+    model.fold_adapter("task")
+    assert sum(p.numel() for p in model.adapters["task"].parameters()) == prefix_plain_params(arch)
 
 
 def test_mam_defaults_follow_he_et_al():
@@ -160,7 +92,7 @@ def test_mam_defaults_follow_he_et_al():
 
 
 # ----------------------------------------------------------------------------- identity
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ROWS["prefix_plain"].archs)
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_a_prefix_hidden_from_every_example_is_the_identity(arch, impl):
     model = make(arch, "prefix_plain")
@@ -177,7 +109,7 @@ def test_a_prefix_hidden_from_every_example_is_the_identity(arch, impl):
     torch.testing.assert_close(mixed[~hide], adapted[~hide], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ROWS["mam"].archs)
 def test_mam_with_a_hidden_prefix_and_zero_scaling_is_the_identity(arch):
     model = make(arch, "mam", scaling=0.0)
     perturb(model)
@@ -185,20 +117,6 @@ def test_mam_with_a_hidden_prefix_and_zero_scaling_is_the_identity(arch):
     for layer in prefix_of(model).prefix_layers():
         layer.visible = torch.zeros(3, L_PREFIX, dtype=torch.bool)
     torch.testing.assert_close(hidden(model, batch), model.body(**batch).last_hidden_state, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["prefix", "mam"])
-def test_folding_the_reparameterisation_keeps_the_outputs(name):
-    model = make("llama", name)
-    perturb(model)
-    batch = tiny_batch()
-    before = hidden(model, batch)
-    model.adapters["task"].fold()
-    model.adapters["task"].fold()  # idempotent
-    torch.testing.assert_close(hidden(model, batch), before, rtol=1e-5, atol=1e-6)
-    assert not any("reparam" in k for k in model.adapter_parameters("task"))
-    assert model.adapters["task"].config.method == METHODS[name][0]
-    assert prefix_of(model).config.reparameterize is False
 
 
 # ----------------------------------------------------------------------------- attention details

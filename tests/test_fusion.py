@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 import torch
+from method_table import default_head, hidden
 from tiny_models import LAYERS, VOCAB, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
@@ -19,10 +20,6 @@ from adapterkit.training.multitask import mixture_batches, train_multitask
 ATOL = 1e-5
 
 
-def head(num_labels: int = 2) -> HeadConfig:
-    return HeadConfig(num_labels=num_labels, dropout=0.0)
-
-
 def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -33,9 +30,9 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
 def fused_model(arch: str = "bert", names=("a", "b", "c"), temperature: float = 1.0, tokenizer=None) -> AdapterModel:
     model = AdapterModel(tiny_base(arch), tokenizer=tokenizer)
     for k, name in enumerate(names):
-        model.add_adapter(name, "pfeiffer", head=head(3), reduction_factor=4)
+        model.add_adapter(name, "pfeiffer", head=default_head(), reduction_factor=4)
         randomize(model.adapters[name], seed=k)
-    model.add_adapter("f", "fusion", head=head(), adapters=tuple(names), temperature=temperature)
+    model.add_adapter("f", "fusion", head=default_head(2), adapters=tuple(names), temperature=temperature)
     randomize(model.adapters["f"], seed=99)
     return model.eval()
 
@@ -67,11 +64,6 @@ def hand_hooks(model, compute):
             h.remove()
 
 
-def hidden(model, batch, adapters=None):
-    with torch.no_grad(), model.using(adapters):
-        return model.body(**batch).last_hidden_state
-
-
 def by_hand(model, batch, names, fusion="f", under=None):
     """Hidden states with, at every FFN site, the paper's fusion over ``names`` (after ``under``)."""
 
@@ -81,7 +73,7 @@ def by_hand(model, batch, names, fusion="f", under=None):
         return paper_fusion(ffn(model, fusion, layer), out, [ffn(model, n, layer)(None, out) for n in names])
 
     with hand_hooks(model, compute):
-        return hidden(model, batch)
+        return hidden(model, batch, None)
 
 
 # ----------------------------------------------------------------------------- the fusion layer
@@ -106,7 +98,7 @@ def test_zero_query_and_key_with_identity_value_average_the_adapters():
         return torch.stack([ffn(model, n, layer)(None, out) for n in "abc"]).mean(0)
 
     with hand_hooks(model, mean_of_adapters):
-        expected = hidden(model, batch)
+        expected = hidden(model, batch, None)
     assert torch.allclose(hidden(model, batch, "f"), expected, atol=ATOL)
     report = fusion_attention(model, "f", [batch])
     assert set(report.per_layer) == {f"{layer}.ffn" for layer in range(LAYERS)}
@@ -134,7 +126,7 @@ def test_fusion_over_stacked_children_and_under_a_stack():
         return paper_fusion(ffn(model, "f", layer), out, zs)
 
     with hand_hooks(model, lang_under_a):
-        expected = hidden(model, batch)
+        expected = hidden(model, batch, None)
     assert torch.allclose(hidden(model, batch, Fuse(Stack("lang", "a"), "b", fusion="f")), expected, atol=ATOL)
     under = by_hand(model, batch, ("a", "b"), under="lang")
     assert torch.allclose(hidden(model, batch, Stack("lang", Fuse("a", "b", fusion="f"))), under, atol=ATOL)
@@ -228,7 +220,7 @@ def test_attention_report_per_layer_ignores_padding():
         return None
 
     with hand_hooks(model, capture):
-        hidden(model, batch)
+        hidden(model, batch, None)
     mask = batch["attention_mask"].float().unsqueeze(-1)
     first = (probs[0] * mask).sum((0, 1)) / mask.sum()
     assert list(report.per_layer["0.ffn"].values()) == pytest.approx(first.tolist(), abs=1e-5)
@@ -255,7 +247,7 @@ def test_pruned_fusion_equals_fusion_over_the_kept_adapters(tmp_path):
 # ----------------------------------------------------------------------------- errors
 def test_fusion_misuse_is_a_clear_error():
     model = fused_model()
-    model.add_adapter("h", "houlsby", head=head(), bottleneck_size=4)
+    model.add_adapter("h", "houlsby", head=default_head(2), bottleneck_size=4)
     model.add_adapter("fh", "fusion", adapters=("a", "h"), sublayers=("ffn",))
     batch = tiny_batch()
     with pytest.raises(ValueError, match="fusion 'fh' has no fusion layer at 0.attn, 1.attn, where 'h' acts; add the fusion again without sublayers="):
@@ -324,7 +316,7 @@ def test_stage_two_with_the_trainer(tokenizer, tmp_path):
     model = AdapterModel(tiny_base("bert"), tokenizer=tokenizer)
     target = toy_task("target", 2, 5)
     for k, name in enumerate("ab"):
-        model.add_adapter(name, "pfeiffer", head=head(3), reduction_factor=4)
+        model.add_adapter(name, "pfeiffer", head=default_head(), reduction_factor=4)
         randomize(model.adapters[name], seed=k)
     model.add_adapter("f", "fusion", head=task_head(target, dropout=0.0), adapters=("a", "b"))
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("adapters.f.", "heads.f."))}

@@ -1,97 +1,148 @@
-"""The numerical checks every method gets, driven by one table of methods x tiny architectures."""
+"""The checks every method gets, run once from THE table of methods (``method_table.py``): one row
+per method configuration x the tiny architectures it runs on, with the checks that apply chosen
+by the capabilities each method declares (``merge``, ``fold``, ``modifies_base``). Then the
+registry, options, heads, decoders and clear errors."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
+from method_table import (
+    COMBOS,
+    ROWS,
+    add_bystanders,
+    bare,
+    bottleneck_params,
+    combos_with,
+    hidden,
+    lora_params,
+    make,
+    missing_rows,
+    norm_params,
+    perturb,
+    train_and_check_isolation,
+)
 from safetensors.torch import load_file
-from tiny_models import ARCHITECTURES, DECODERS, ENCODERS, HIDDEN, LAYERS, tiny_base, tiny_batch, train_and_check_isolation
+from tiny_models import ARCHITECTURES, DECODERS, LAYERS, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.heads import head_loss
-from adapterkit.registry import make_config
-
-# method -> options used in the table (small bottlenecks so a 32-wide model can host them)
-METHODS: dict[str, dict] = {
-    "houlsby": {"bottleneck_size": 4},
-    "pfeiffer": {"bottleneck_size": 4},
-    "parallel": {"bottleneck_size": 4},
-    "scaled_parallel": {"bottleneck_size": 4, "scaling": "learned"},
-    "lora": {"r": 2, "targets": ["q", "k", "v", "o", "ffn_in", "ffn_out"]},
-    "bitfit": {},
-    "probe": {},
-    "partial": {"top_layers": 1},
-    "full": {},
-}
-MODIFIES_BASE = {"full", "partial"}
-TABLE = [(arch, method) for arch in ARCHITECTURES for method in METHODS]
+from adapterkit.registry import REGISTRY, MethodConfig, make_config
 
 
-def make(arch: str, method: str, head: HeadConfig | None = None, seed: int = 0) -> AdapterModel:
-    model = AdapterModel(tiny_base(arch, seed))
-    model.add_adapter("task", method, head or HeadConfig(num_labels=3, dropout=0.0), **METHODS[method])
-    return model
+# ----------------------------------------------------------------------------- the table itself
+def check_every_method_has_a_row() -> None:
+    missing = missing_rows()
+    assert not missing, (
+        f"registered method(s) {', '.join(missing)} have no row in tests/method_table.py: add one "
+        "(method, tiny options, architectures, parameter formula) so the generic checks run on it"
+    )
 
 
-@torch.no_grad()
-def perturb(model: AdapterModel, name: str, seed: int = 3) -> None:
-    """Give every parameter an adapter owns non-zero values (fresh adapters are mostly zeros)."""
-    generator = torch.Generator().manual_seed(seed)
-    for param in model.adapter_parameters(name).values():
-        param.add_(0.1 * torch.randn(param.shape, generator=generator))
+def test_every_registered_method_has_a_row():
+    assert set(REGISTRY) >= {"houlsby", "lora", "prefix", "fusion", "full"}  # the built-in methods are registered
+    check_every_method_has_a_row()
 
 
-def hidden(model: AdapterModel, batch, adapters="task") -> torch.Tensor:
-    with model.using(adapters):
-        out = model.body(**batch)
-    return out.last_hidden_state
+def test_a_registered_method_without_a_row_is_named():
+    from adapterkit.methods.finetune import Probe
+    from adapterkit.registry import register_method, unregister_method
+
+    @dataclass(frozen=True)
+    class Unlisted(MethodConfig):
+        method = "unlisted_for_test"
+
+    register_method(Unlisted, Probe)
+    try:
+        with pytest.raises(AssertionError, match="registered method\\(s\\) .*unlisted_for_test.* have no row"):
+            check_every_method_has_a_row()
+    finally:
+        unregister_method("unlisted_for_test")
 
 
-@pytest.mark.parametrize("arch,method", TABLE)
-def test_identity_at_init(arch, method):
-    model = make(arch, method)
+@pytest.mark.parametrize("name", ROWS)
+def test_the_row_agrees_with_its_methods_capabilities(name):
+    row = ROWS[name]
+    assert row.archs and set(row.archs) <= set(ARCHITECTURES)
+    assert not set(row.archs) & set(row.refused) and set(row.refused) <= set(ARCHITECTURES)
+    assert not row.folds or "fold" in row.capabilities, "only a 'fold' method has something to fold"
+    assert (row.trains_base is not None) == ("modifies_base" in row.capabilities)
+    for prerequisite in row.prerequisites:  # a fusion fuses adapters that declare 'fuse'
+        assert "fusion" not in row.capabilities or "fuse" in REGISTRY[prerequisite.method].capabilities
+
+
+@pytest.mark.parametrize("arch,name", [(arch, name) for name, row in ROWS.items() for arch in row.refused])
+def test_a_row_is_refused_where_the_table_says(arch, name):
+    row = ROWS[name]
+    model = bare(arch, row)
+    with pytest.raises(ValueError, match=row.refused[arch]):
+        model.add_adapter("task", row.method, **row.options)
+    assert "task" not in model.adapters  # nothing half-added
+
+
+# ----------------------------------------------------------------------------- the generic checks
+@pytest.mark.parametrize("arch,name", COMBOS)
+def test_identity_at_init(arch, name):
+    row = ROWS[name]
+    model = make(arch, row)
     batch = tiny_batch()
     reference = model.body(**batch).last_hidden_state  # no setup active: plain base model
-    torch.testing.assert_close(hidden(model, batch), reference, rtol=0, atol=0)
+    adapted = hidden(model, batch)
+    if row.identity_at_init:
+        torch.testing.assert_close(adapted, reference, rtol=0, atol=0)
+    else:  # the row says why a fresh adapter of it changes the outputs; it must really change them
+        assert not torch.allclose(adapted, reference, atol=1e-3)
 
 
-@pytest.mark.parametrize("arch,method", TABLE)
-def test_only_intended_parameters_train(arch, method):
-    model = make(arch, method)
-    model.add_adapter("other", "pfeiffer", HeadConfig(num_labels=2)) if method not in MODIFIES_BASE else None
+@pytest.mark.parametrize("arch,name", COMBOS)
+def test_only_intended_parameters_train_and_their_number_follows_the_formula(arch, name):
+    row = ROWS[name]
+    model = make(arch, row)
+    modifies_base = "modifies_base" in row.capabilities
+    expected_count = row.params(arch, model)
+    trained, _ = model.count_parameters("task")
+    head = sum(p.numel() for p in model.heads["task"].parameters())
+    assert trained - head == expected_count
+    assert sum(p.numel() for p in model.adapters["task"].parameters()) == (0 if modifies_base else expected_count)
+
+    if not modifies_base:  # full and partial fine-tuning must be alone on their model
+        add_bystanders(model, arch)
     model.train_adapter("task")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, "nothing trains"
-    if method == "full":
-        assert {n for n in trainable if n.startswith("base.")} == {f"base.{n}" for n, _ in model.base.named_parameters()}
-    elif method == "partial":
-        top = model.parts.layers[-1].layer
-        top_ids = {id(p) for p in top.parameters()}
-        base_trainable = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("base.")]
-        assert base_trainable and all(id(p) in top_ids for p in base_trainable)
-        assert len(base_trainable) == len(top_ids)
-    else:
-        assert all(n.startswith(("adapters.task.", "heads.task.")) for n in trainable), trainable
-        if method != "probe":
-            assert any(n.startswith("adapters.task.") for n in trainable)
+    expected = {f"adapters.task.{n}" for n, _ in model.adapters["task"].named_parameters()}
+    expected |= {f"heads.task.{n}" for n, _ in model.heads["task"].named_parameters()}
+    expected |= {f"base.{n}" for n in (row.trains_base(model) if modifies_base else ())}
+    assert trainable == expected, sorted(trainable ^ expected)
     assert any(n.startswith("heads.task.") for n in trainable)
+    if modifies_base:
+        assert any(n.startswith("base.") for n in trainable)
+    else:  # its own modules train, unless the formula says it has none (probe: the head alone)
+        assert any(n.startswith("adapters.task.") for n in trainable) == (expected_count > 0)
+    owned = {id(p) for p in model.adapter_parameters("task").values()}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == owned
 
 
-@pytest.mark.parametrize("arch,method", [(a, m) for a, m in TABLE if m not in MODIFIES_BASE])
-def test_base_and_other_adapters_bit_identical_after_training(arch, method):
-    model = make(arch, method)
-    model.add_adapter("earlier", "houlsby", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
-    perturb(model, "earlier")
-    train_and_check_isolation(model, tiny_batch())
+@pytest.mark.parametrize("arch,name", COMBOS)
+def test_training_changes_only_what_the_adapter_owns(arch, name):
+    """Other adapters (the row's prerequisites, e.g. a fusion's fused adapters, and bystanders)
+    and the base stay bit-identical; full and partial fine-tuning change only the base weights
+    they train."""
+    row = ROWS[name]
+    model = make(arch, row)
+    others = [] if "modifies_base" in row.capabilities else add_bystanders(model, arch)
+    train_and_check_isolation(model, tiny_batch(), others)
 
 
-@pytest.mark.parametrize("arch,method", TABLE)
-def test_save_load_gives_identical_outputs(arch, method, tmp_path):
-    model = make(arch, method)
+@pytest.mark.parametrize("arch,name", COMBOS)
+def test_save_load_gives_identical_outputs(arch, name, tmp_path):
+    row = ROWS[name]
+    model = make(arch, row)
     perturb(model, "task")
     batch = tiny_batch()
     expected = model(**batch, adapters="task").logits
@@ -99,14 +150,76 @@ def test_save_load_gives_identical_outputs(arch, method, tmp_path):
 
     saved = load_file(str(tmp_path / "task" / "adapter.safetensors"))
     assert set(saved) == set(model.adapter_parameters("task"))
-    assert any(k.startswith("base.") for k in saved) == (method in MODIFIES_BASE)
+    assert any(k.startswith("base.") for k in saved) == ("modifies_base" in row.capabilities)
+    assert sum(v.numel() for k, v in saved.items() if not k.startswith("head.")) == row.params(arch, model)
     assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    meta = json.loads((tmp_path / "task" / "adapter_config.json").read_text())
+    assert meta["config"]["method"] == row.method
 
-    fresh = AdapterModel(tiny_base(arch))
+    fresh = bare(arch, row)  # with the same prerequisites (a fusion loads beside its fused adapters)
     fresh.load_adapter(tmp_path / "task")
-    torch.testing.assert_close(fresh(**batch).logits, expected, rtol=0, atol=0)
+    assert set(saved) == set(fresh.adapter_parameters("task"))
+    torch.testing.assert_close(fresh.eval()(**batch).logits, expected, rtol=0, atol=0)
+    if "fold" not in row.capabilities:
+        assert not model.fold_adapter("task")  # nothing to fold
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_parameter_counts_of_option_variants(arch):
+    model = AdapterModel(tiny_base(arch))
+
+    def count(name, method, **options):
+        model.add_adapter(name, method, **options)
+        return sum(p.numel() for p in model.adapters[name].parameters())
+
+    assert count("h", "houlsby", bottleneck_size=4, train_layer_norms=False) == LAYERS * 2 * bottleneck_params()
+    assert count("hn", "houlsby", bottleneck_size=4) == LAYERS * 2 * (bottleneck_params() + norm_params(arch))
+    assert count("l", "lora", r=2, targets=["q", "v"]) == lora_params(arch, ("q", "v"))
+
+
+@pytest.mark.parametrize("arch,name", combos_with("merge"))
+def test_merged_equals_unmerged_equals_unloaded(arch, name):
+    model = make(arch, name)
+    perturb(model, "task")
+    batch = tiny_batch()
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    unmerged = hidden(model, batch)
+    assert not torch.allclose(unmerged, model.body(**batch).last_hidden_state)
+    model.merge_adapter("task")
+    model.merge_adapter("task")  # idempotent
+    torch.testing.assert_close(hidden(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter("task")
+    model.unmerge_adapter("task")
+    torch.testing.assert_close(hidden(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    for key, value in model.base.state_dict().items():
+        torch.testing.assert_close(value, base_before[key], rtol=0, atol=1e-6)
+    model.merge_and_unload("task")
+    assert "task" not in model.adapters
+    torch.testing.assert_close(model.body(**batch).last_hidden_state, unmerged, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,name", combos_with("fold"))
+def test_folding_keeps_the_outputs_and_loads_folded(arch, name, tmp_path):
+    """Folding replaces a training-only reparameterisation (a prefix's MLP) by what it computes;
+    where there is none (a plain prefix, a union without a prefix) it changes nothing at all."""
+    row = ROWS[name]
+    model = make(arch, row)
+    perturb(model, "task")
+    batch = tiny_batch()
+    before, logits = hidden(model, batch), model(**batch, adapters="task").logits
+    assert model.fold_adapter("task") == row.folds
+    assert not model.fold_adapter("task")  # idempotent
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if row.folds else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(hidden(model, batch), before, **tolerance)
+    assert model.adapters["task"].config.method == row.method
+    model.save_adapter("task", tmp_path / "folded")
+    fresh = bare(arch, row)
+    fresh.load_adapter(tmp_path / "folded")
+    torch.testing.assert_close(fresh.eval()(**batch).logits, logits, **tolerance)
+    assert not fresh.fold_adapter("task")  # saved folded, it loads folded
+
+
+# ----------------------------------------------------------------------------- specific checks
 def test_saved_keys_of_a_houlsby_adapter(tmp_path):
     model = make("bert", "houlsby")
     model.save_adapter("task", tmp_path / "a")
@@ -124,55 +237,6 @@ def test_saved_keys_of_a_houlsby_adapter(tmp_path):
     meta = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert meta["config"]["method"] == "houlsby" and meta["config"]["bottleneck_size"] == 4
     assert meta["head"]["num_labels"] == 3
-
-
-def _kv_width(arch: str) -> int:
-    return HIDDEN // 2 if arch in DECODERS else HIDDEN  # the tiny decoders use 2 of 4 heads for k/v
-
-
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_parameter_counts_follow_the_formulas(arch):
-    d, m, L = HIDDEN, 4, LAYERS
-    bottleneck = 2 * d * m + d + m
-    model = AdapterModel(tiny_base(arch))
-
-    def count(name, method, **options):
-        model.add_adapter(name, method, **options)
-        return sum(p.numel() for p in model.adapters[name].parameters())
-
-    assert count("h", "houlsby", bottleneck_size=m, train_layer_norms=False) == L * 2 * bottleneck
-    norm_params = 2 * d if arch in ENCODERS else d  # LayerNorm has a bias, RMSNorm does not
-    assert count("hn", "houlsby", bottleneck_size=m) == L * 2 * (bottleneck + norm_params)
-    assert count("p", "pfeiffer", bottleneck_size=m) == L * bottleneck
-    assert count("par", "parallel", bottleneck_size=m) == L * bottleneck
-    r, kv = 2, _kv_width(arch)
-    assert count("l", "lora", r=r, targets=["q", "v"]) == L * (r * (d + d) + r * (d + kv))
-    ffn = 64
-    ffn_in_count = 2 if arch in DECODERS else 1
-    linear_biases = d + kv + kv + d + ffn_in_count * ffn + d
-    norm_biases = 2 * d if arch in ENCODERS else 0
-    assert count("b", "bitfit") == L * (linear_biases + norm_biases)
-
-
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_lora_merged_equals_unmerged_equals_unloaded(arch):
-    model = make(arch, "lora")
-    perturb(model, "task")
-    batch = tiny_batch()
-    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
-    unmerged = hidden(model, batch)
-    assert not torch.allclose(unmerged, model.body(**batch).last_hidden_state)
-    model.merge_adapter("task")
-    model.merge_adapter("task")  # idempotent
-    torch.testing.assert_close(hidden(model, batch), unmerged, rtol=1e-5, atol=1e-5)
-    model.unmerge_adapter("task")
-    model.unmerge_adapter("task")
-    torch.testing.assert_close(hidden(model, batch), unmerged, rtol=1e-5, atol=1e-5)
-    for key, value in model.base.state_dict().items():
-        torch.testing.assert_close(value, base_before[key], rtol=0, atol=1e-6)
-    model.merge_and_unload("task")
-    assert "task" not in model.adapters
-    torch.testing.assert_close(model.body(**batch).last_hidden_state, unmerged, rtol=1e-5, atol=1e-5)
 
 
 def test_training_a_merged_lora_is_refused():
