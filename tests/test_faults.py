@@ -22,7 +22,7 @@ from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
 from tiny_models import tiny_base, tiny_batch
 from transformers import AutoConfig, BertModel
 
-from adapterkit import AdapterModel, HeadConfig, Parallel, Routed
+from adapterkit import AdapterDrop, AdapterModel, HeadConfig, Parallel, Routed
 from adapterkit.data import Example, available_tasks, load_files
 from adapterkit.data.task import require_text
 from adapterkit.formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases
@@ -359,3 +359,185 @@ def test_every_setup_gives_the_mean_squared_error_for_a_column_of_scores():
     assert parallel.loss.item() == pytest.approx(expected, rel=1e-6)
     routed = model(**batch, labels=column, adapters=Routed(["a", "b", "a"]))
     assert routed.loss.item() == pytest.approx(F.mse_loss(routed.logits, SCORES).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- fault 1: a merged LoRA leaks into nothing else
+# A merged adapter lives in the base weights; every pass that does not run it computes the merged
+# projections from the kept original weights (``LoraDelta.base_output``), which is the very
+# ``F.linear`` the base computed before the merge: those comparisons are bit-exact. A pass that
+# runs the merged adapter computes ``(W + s·BA) x`` instead of ``W x + s·B(A x)``; that differs
+# by float32 rounding only, hence 1e-5 there.
+MERGE_ATOL = 1e-5
+
+
+def randomized(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+
+
+def merge_model(seed: int = 0) -> AdapterModel:
+    """A tiny BERT with LoRA ``l`` (non-zero B on every projection) and, to check for leaks, other
+    adapters of several kinds: a Pfeiffer, a Houlsby, a BitFit, a prefix and a second LoRA on the
+    same projections, each with a 3-way head."""
+    model = AdapterModel(tiny_base("bert"))
+    add_lora(model, "l", seed=seed)
+    others = {
+        "pf": ("pfeiffer", {"bottleneck_size": 4}),
+        "hb": ("houlsby", {"bottleneck_size": 4}),
+        "bf": ("bitfit", {}),
+        "px": ("prefix", {"prefix_length": 3, "reparameterize": False}),
+    }
+    for k, (name, (method, options)) in enumerate(others.items()):
+        torch.manual_seed(k)
+        model.add_adapter(name, method, HeadConfig(num_labels=3, dropout=0.0), **options)
+        randomized(model.adapters[name], seed=10 + k)
+    add_lora(model, "l2", seed=seed + 1)
+    return model.eval()
+
+
+OTHER_SETUPS = ["pf", "hb", "bf", "px", "l2", ["l2", "pf"], Routed(["pf", None, "l2"]), Parallel("pf", "hb")]
+
+
+def outputs(model: AdapterModel, batch, setups) -> list:
+    """Logits (or every task's logits) of ``setups``, and the plain base's hidden states."""
+    results = []
+    with torch.no_grad():
+        for setup in setups:
+            out = model(**batch, adapters=setup)
+            results.append({t: o.logits for t, o in out.tasks.items()} if hasattr(out, "tasks") else out.logits)
+        results.append(model(**batch, adapters=None).last_hidden_state)
+        with model.using(None):
+            results.append(model.body(**batch).last_hidden_state)
+    return results
+
+
+def test_a_merged_lora_leaves_the_plain_base_and_every_other_adapter_bit_identical():
+    model, batch = merge_model(), tiny_batch()
+    before = outputs(model, batch, OTHER_SETUPS)
+    with torch.no_grad():
+        own = {s: model(**batch, adapters=s).logits for s in ("l", ("l", "pf"))}
+        dropped = {robust: model(**batch, adapters=AdapterDrop("l", first=1, robust=robust)).logits for robust in (False, True)}
+        routed = model(**batch, adapters=Routed(["l", "pf", None]))
+    model.merge_adapter("l")
+    after = outputs(model, batch, OTHER_SETUPS)
+    for setup, want, got in zip([*OTHER_SETUPS, "None", "using(None)"], before, after):
+        if isinstance(want, dict):
+            assert all(torch.equal(got[t], want[t]) for t in want), setup
+        else:
+            assert torch.equal(got, want), setup
+    assert not torch.equal(own["l"], before[0])  # the update is not negligible
+    with torch.no_grad():
+        for setup, want in own.items():  # passes that run the merged adapter use the merged weights
+            torch.testing.assert_close(model(**batch, adapters=setup).logits, want, rtol=0, atol=MERGE_ATOL)
+        # AdapterDrop: layer 0 runs no adapter, the merged one included (robust: unmerged in every layer)
+        fixed = model(**batch, adapters=AdapterDrop("l", first=1)).logits
+        torch.testing.assert_close(fixed, dropped[False], rtol=0, atol=MERGE_ATOL)
+        assert torch.equal(model(**batch, adapters=AdapterDrop("l", first=1, robust=True)).logits, dropped[True])
+        merged_routed = model(**batch, adapters=Routed(["l", "pf", None]))
+        assert all(torch.equal(merged_routed[t].logits, routed[t].logits) for t in ("l", "pf"))
+
+
+@pytest.mark.parametrize("method, options", [("pfeiffer", {"bottleneck_size": 4}), ("lora", {"r": 2, "targets": ALL_ROLES})])
+def test_training_another_adapter_while_a_lora_is_merged_gives_the_weights_of_training_it_unmerged(method, options):
+    batch, labels = tiny_batch(), torch.tensor([0, 2, 1])
+    trained = []
+    for merged in (False, True):
+        model = merge_model()
+        torch.manual_seed(5)
+        model.add_adapter("task", method, HeadConfig(num_labels=3, dropout=0.0), **options)
+        if merged:
+            model.merge_adapter("l")
+        model.train_adapter("task")
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(3):
+            model(**batch, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        trained.append({k: v.detach().clone() for k, v in model.adapter_parameters("task").items()})
+    # the same float operations in the same order: bit-identical, not only close
+    assert all(torch.equal(trained[1][k], v) for k, v in trained[0].items())
+
+
+def test_adapters_saved_while_a_lora_is_merged_reload_with_identical_logits(tmp_path):
+    model, batch = merge_model(), tiny_batch()
+    fingerprint, identity = model.fingerprint, model.base_identity()
+    model.merge_adapter("l")
+    assert model.fingerprint == fingerprint and model.base_identity() == identity  # the base is the same model
+    with torch.no_grad():
+        expected = {name: model(**batch, adapters=name).logits for name in ("pf", "px", "l")}
+    for name in expected:
+        model.save_adapter(name, tmp_path / name)
+    fresh = AdapterModel(tiny_base("bert")).eval()
+    for name, want in expected.items():
+        fresh.load_adapter(tmp_path / name)
+        with torch.no_grad():
+            got = fresh(**batch, adapters=name).logits
+        if name == "l":  # saved as its low-rank factors: runs unmerged in the fresh model
+            torch.testing.assert_close(got, want, rtol=0, atol=MERGE_ATOL)
+        else:
+            assert torch.equal(got, want), name
+    # a merged model loads adapters saved before fingerprint version 2, computed on the unmerged base
+    meta_file = tmp_path / "pf" / "adapter_config.json"
+    meta = json.loads(meta_file.read_text())
+    meta["base_model"] = {key: meta["base_model"][key] for key in ("model_type", "name_or_path", "num_layers", "hidden_size")}
+    meta["base_model"]["fingerprint"] = fingerprint_before_version_2(fresh.base)
+    meta_file.write_text(json.dumps(meta))
+    assert model.load_adapter(tmp_path / "pf", name="pf_again") == "pf_again"
+    with torch.no_grad():
+        assert torch.equal(model(**batch, adapters="pf_again").logits, expected["pf"])
+    # merge_and_unload makes the merged weights the base: another model, another fingerprint
+    model.merge_and_unload("l")
+    assert model.fingerprint != fingerprint
+
+
+def test_deleting_a_merged_lora_restores_the_base_bit_for_bit():
+    model, batch = merge_model(), tiny_batch()
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    with torch.no_grad():
+        plain = model.body(**batch).last_hidden_state  # outside any pass: the base weights as they are
+    model.merge_adapter("l")
+    model.delete_adapter("l")
+    assert model.merged_adapter is None and "l" not in model.adapters
+    assert all(torch.equal(v, base_before[k]) for k, v in model.base.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model.body(**batch).last_hidden_state, plain)
+    model.merge_adapter("l2")  # another adapter can be merged now
+
+
+def test_training_a_merged_lora_is_refused_saying_how_to_unmerge_it():
+    model = merge_model()
+    model.merge_adapter("l")
+    with pytest.raises(ValueError, match=r"adapter 'l' is merged into the base weights; call model\.unmerge_adapter\('l'\)"):
+        model.train_adapter("l")
+    model.unmerge_adapter("l")
+    model.train_adapter("l")
+
+
+def test_adding_and_loading_adapters_while_a_lora_is_merged(tmp_path):
+    """Adapters initialised from the plain base's activations (a prefix from real tokens, a deep
+    prompt) get exactly the values they get on an unmerged model; loading works."""
+    built = []
+    for merged in (False, True):
+        model = merge_model()
+        if merged:
+            model.merge_adapter("l")
+        torch.manual_seed(3)
+        model.add_adapter("vocab_prefix", "prefix", HeadConfig(num_labels=3, dropout=0.0), prefix_length=4, reparameterize=False, init="vocab")
+        torch.manual_seed(4)
+        model.add_adapter("deep", "deep_prompt", HeadConfig(num_labels=3, dropout=0.0), prompt_length=3)
+        model.add_adapter("more", "lora", HeadConfig(num_labels=3, dropout=0.0), r=2, targets=ALL_ROLES)
+        model.eval()
+        built.append(model)
+    for name in ("vocab_prefix", "deep"):
+        want, got = (m.adapter_state(name).tensors() for m in built)
+        assert all(torch.equal(got[k], v) for k, v in want.items()), name
+    unmerged, merged = built
+    unmerged.save_adapter("deep", tmp_path / "deep")
+    merged.load_adapter(tmp_path / "deep", name="deep_loaded")
+    batch = tiny_batch()
+    with torch.no_grad():
+        assert torch.equal(merged(**batch, adapters="deep_loaded").logits, unmerged(**batch, adapters="deep").logits)
+        assert torch.equal(merged(**batch, adapters="more").logits, unmerged(**batch, adapters="more").logits)

@@ -176,7 +176,9 @@ class AdapterModel(nn.Module):
         """Make ``name`` (and its head) the only trainable parameters, and activate it."""
         self.view().require([name])
         if self.merged_adapter == name:
-            raise ValueError(f"adapter {name!r} is merged into the base weights; unmerge it before training")
+            raise ValueError(
+                f"adapter {name!r} is merged into the base weights; call model.unmerge_adapter({name!r}) before training it"
+            )
         self.requires_grad_(False)
         for param in self.adapter_state(name).parameters.values():
             param.requires_grad_(True)
@@ -259,6 +261,20 @@ class AdapterModel(nn.Module):
         if changed:
             self._changed()
         return changed
+
+    @contextlib.contextmanager
+    def _unmerged(self) -> Iterator[None]:
+        """The base weights as loaded for the enclosed code: the merged adapter (if any) is
+        unmerged and merged again after, which gives the same weights bit for bit."""
+        merged = self.adapters[self.merged_adapter] if self.merged_adapter is not None else None
+        if merged is None:
+            yield
+            return
+        merged.unmerge()
+        try:
+            yield
+        finally:
+            merged.merge()
 
     def _capable(self, name: str, capability: str) -> AdapterMethod:
         self.view().require([name])
@@ -483,7 +499,8 @@ class AdapterModel(nn.Module):
         here = self.base_identity()
         version = saved.get("fingerprint_version", 1)
         if version != here["fingerprint_version"]:
-            here.update(fingerprint=base_fingerprint(self.base, version), fingerprint_version=version)
+            with self._unmerged():  # the base's identity, not the merged adapter's
+                here.update(fingerprint=base_fingerprint(self.base, version), fingerprint_version=version)
         difference = compare_bases(saved, here)
         if difference is not None:
             raise ValueError(refusal(saved, here, difference, where))
