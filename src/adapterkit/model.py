@@ -228,7 +228,10 @@ class AdapterModel(nn.Module):
         """
         adapter = self._capable(name, "merge")
         if self.merged_adapter not in (None, name):
-            raise ValueError(f"adapter {self.merged_adapter!r} is merged already; unmerge it first (one at a time)")
+            raise ValueError(
+                f"adapter {self.merged_adapter!r} is merged already (one merged adapter at a time); "
+                f"call model.unmerge_adapter({self.merged_adapter!r}) first"
+            )
         adapter.merge()
         self.merged_adapter = name
         self._changed()

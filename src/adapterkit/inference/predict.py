@@ -28,8 +28,8 @@ def head_config(model: AdapterModel, adapters: str | Setup):
     name = as_setup(adapters).head_name()
     if name not in model.heads:
         raise ValueError(
-            f"adapter {name!r} has no prediction head; add it with head=HeadConfig(...) "
-            "(adapterkit.training.task_head(task) builds one for a task)"
+            f"adapter {name!r} has no prediction head; an adapter gets its head when added: "
+            "model.add_adapter(name, method, HeadConfig(...)) (adapterkit.training.add_task_adapter builds one for a task)"
         )
     return model.heads[name].config
 

@@ -94,10 +94,15 @@ class Trainer:
             known = ", ".join(model.adapters) or "none"
             raise ValueError(f"no adapter named {adapter!r} on this model (adapters: {known})")
         if model.tokenizer is None:
-            raise ValueError("the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer=")
+            raise ValueError(
+                "the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer= to AdapterModel"
+            )
         for split in ("train", "validation", "test"):
             if not getattr(task, split):
-                raise ValueError(f"task {task.name!r} has no {split} examples; add data or lower the held-out share")
+                raise ValueError(
+                    f"task {task.name!r} has no {split} examples; give it some (load_files: a {split}_file=, "
+                    "or a train file large enough to split them off)"
+                )
         self.model = model
         self.adapter = adapter
         self.task = task
@@ -277,7 +282,7 @@ class Trainer:
         if head.outputs != task.num_labels:
             raise ValueError(
                 f"adapter {self.adapter!r} has a head with {head.outputs} outputs, but task {task.name!r} has "
-                f"{task.num_labels} labels; build the head with task_head(task)"
+                f"{task.num_labels} labels; add the adapter with head=task_head(task) (or add_task_adapter)"
             )
         if head.label_names and tuple(head.label_names) != tuple(task.label_names):
             raise ValueError(
