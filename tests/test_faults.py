@@ -16,13 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_cli import run_cli
+from test_cli import run_cli, write_csv
 from test_data import bundled
 from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
 from tiny_models import tiny_base, tiny_batch
 from transformers import AutoConfig, BertModel
 
-from adapterkit import AdapterDrop, AdapterModel, HeadConfig, Parallel, Routed
+from adapterkit import AdapterDrop, AdapterModel, Fuse, HeadConfig, Parallel, Routed, Stack
 from adapterkit.data import Example, available_tasks, load_files
 from adapterkit.data.task import require_text
 from adapterkit.formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases
@@ -90,7 +90,7 @@ def test_one_adapter_is_merged_at_a_time():
     add_lora(model, "second", seed=2)
     original = lora_weights(model, "first")
     model.merge_adapter("first")
-    with pytest.raises(ValueError, match="adapter 'first' is merged already; unmerge it first"):
+    with pytest.raises(ValueError, match=r"adapter 'first' is merged already \(one merged adapter at a time\); call model\.unmerge_adapter\('first'\) first"):
         model.merge_adapter("second")
     assert not model.adapters["second"].merged
     model.unmerge_adapter("first")
@@ -541,3 +541,216 @@ def test_adding_and_loading_adapters_while_a_lora_is_merged(tmp_path):
     with torch.no_grad():
         assert torch.equal(merged(**batch, adapters="deep_loaded").logits, unmerged(**batch, adapters="deep").logits)
         assert torch.equal(merged(**batch, adapters="more").logits, unmerged(**batch, adapters="more").logits)
+
+
+# ---------------------------------------------------------------- fault 3: AdapterFusion over Houlsby adapters
+def houlsby_fusion(seed: int = 0) -> AdapterModel:
+    """A tiny BERT with Houlsby adapters ``a`` and ``b`` (bottlenecks after attention and FFN and
+    layer-norm deltas, all non-zero) and fusion ``f`` over them with the default sublayers."""
+    model = AdapterModel(tiny_base("bert"))
+    for k, name in enumerate("ab"):
+        torch.manual_seed(seed + k)
+        model.add_adapter(name, "houlsby", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
+        randomized(model.adapters[name], seed=seed + 20 + k)
+    torch.manual_seed(seed + 9)
+    model.add_adapter("f", "fusion", HeadConfig(num_labels=2, dropout=0.0), adapters=("a", "b"))
+    randomized(model.adapters["f"], seed=seed + 99)
+    return model.eval()
+
+
+def houlsby_module(model: AdapterModel, name: str, layer: int, position: str):
+    return model.adapters[name].layers[str(layer)][position]
+
+
+def fused_by_hand(model: AdapterModel, batch, mix) -> torch.Tensor:
+    """Final hidden states of the plain base with, at every sublayer output (``attn``, ``ffn``) and
+    layer norm (``attn_norm``, ``ffn_norm``) of every layer, ``mix(layer, position, x, out,
+    outputs)`` of the adapters' outputs there (``x``: the norm's input)."""
+    handles = []
+    for layer in range(model.parts.num_layers):
+        for position in ("attn", "attn_norm", "ffn", "ffn_norm"):
+            module = model.sites[f"{layer}.{position}"].output_module
+
+            def hook(m, args, out, layer=layer, position=position):
+                x = args[0] if position.endswith("norm") else None
+                adapted = [houlsby_module(model, n, layer, position)(x, out) for n in "ab"]
+                return mix(layer, position, x, out, adapted)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            return model.body(**batch).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def fused_hidden(model: AdapterModel, batch, setup="f") -> torch.Tensor:
+    with torch.no_grad(), model.using(setup):
+        return model.body(**batch).last_hidden_state
+
+
+def test_fusion_over_houlsby_adapters_equals_the_hand_computation_at_every_site():
+    """At ``attn`` and ``ffn`` the paper's fusion (Pfeiffer et al. 2021, Sec. 3.2) over the two
+    adapters' outputs; at the following layer norm the adapters' norm outputs mixed with the
+    attention the fusion gave them at that sublayer (post-norm BERT: the sublayer just before)."""
+    model, batch = houlsby_fusion(), tiny_batch()
+    attention = {}
+
+    def paper(layer, position, x, out, adapted):
+        if position.endswith("norm"):  # attn_norm follows attn, ffn_norm follows ffn
+            weights = attention[(layer, position.removesuffix("_norm"))]
+            return sum(weights[..., n : n + 1] * adapted[n] for n in range(len(adapted)))
+        fusion = houlsby_module(model, "f", layer, position)
+        q = fusion.query(out)
+        scores = torch.stack([(q * (z @ fusion.key.weight.T)).sum(-1) for z in adapted], dim=-1)
+        weights = torch.softmax(scores / fusion.temperature, dim=-1)
+        attention[(layer, position)] = weights
+        return sum(weights[..., n : n + 1] * fusion.value(adapted[n]) for n in range(len(adapted)))
+
+    expected = fused_by_hand(model, batch, paper)
+    assert len(attention) == 2 * model.parts.num_layers
+    assert not torch.allclose(attention[(0, "attn")], torch.full_like(attention[(0, "attn")], 0.5))
+    torch.testing.assert_close(fused_hidden(model, batch), expected, rtol=0, atol=1e-5)
+
+
+def test_uniform_fusion_over_houlsby_adapters_is_their_mean_at_every_site():
+    model, batch = houlsby_fusion(), tiny_batch()
+    for layer in model.adapters["f"].fusion_layers():
+        with torch.no_grad():
+            layer.query.weight.zero_(), layer.query.bias.zero_(), layer.key.weight.zero_()
+            layer.value.weight.copy_(torch.eye(layer.value.weight.shape[0])), layer.value.bias.zero_()
+    expected = fused_by_hand(model, batch, lambda layer, position, x, out, adapted: torch.stack(adapted).mean(0))
+    torch.testing.assert_close(fused_hidden(model, batch), expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(expected, fused_hidden(model, batch, "a"), atol=1e-3)
+
+
+def test_fusion_over_houlsby_adapters_trains_saves_and_loads(tmp_path):
+    model, batch, labels = houlsby_fusion(), tiny_batch(), torch.tensor([0, 1, 1])
+    assert model.adapters["f"].config.sublayers == ("attn", "ffn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train_adapter("f")
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = model(**batch, labels=labels).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    changed = {k.split(".")[:2][1] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"f"}  # the fusion and its head; the adapters and the base stay
+    for name in "abf":
+        model.save_adapter(name, tmp_path / name)
+    fresh = AdapterModel(tiny_base("bert")).eval()
+    for name in "abf":
+        fresh.load_adapter(tmp_path / name)
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch, adapters="f").logits, model(**batch, adapters="f").logits)
+
+
+FUSABLE = "The methods that can be fused are houlsby, parallel, pfeiffer, scaled_parallel"
+UNFUSABLE = [
+    ("lora", {"r": 2}, "changes projections"),
+    ("bitfit", {}, "changes projections"),
+    ("prefix", {"prefix_length": 2}, "changes attention keys and values"),
+    ("prompt", {"prompt_length": 2}, "changes the input sequence"),
+    ("deep_prompt", {"prompt_length": 2}, "changes the input sequence and layer inputs"),
+    ("mam", {"prefix_length": 2, "reparam_hidden": 4, "bottleneck_size": 4}, "changes attention keys and values"),
+    ("probe", {}, "acts on no sublayer output"),
+    ("union", {"configs": [{"method": "lora", "r": 2}, {"method": "pfeiffer", "bottleneck_size": 4}]}, "changes projections"),
+]
+
+
+@pytest.mark.parametrize("method, options, what", UNFUSABLE, ids=[u[0] for u in UNFUSABLE])
+def test_adapters_that_cannot_be_fused_are_refused_when_the_fusion_is_added(method, options, what):
+    model = AdapterModel(tiny_base("bert"))
+    model.add_adapter("a", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    model.add_adapter("x", method, HeadConfig(num_labels=2), **options)
+    message = (
+        rf"^fusion 'f': adapter 'x' \({method}\) cannot be fused: AdapterFusion combines adapters' sublayer outputs, "
+        rf"and 'x' {what}\. {FUSABLE}; stack 'x' with the fusion instead: Stack\('x', Fuse\(\.\.\.\)\)$"
+    )
+    for sublayers in (None, ("ffn",)):  # with or without sublayers given, up front
+        with pytest.raises(ValueError, match=message):
+            model.add_adapter("f", "fusion", adapters=("a", "x"), sublayers=sublayers)
+        assert "f" not in model.adapters
+    # the advice works: the adapter runs stacked with a fusion of the others
+    model.add_adapter("b", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("a", "b"))
+    assert model(**tiny_batch(), adapters=Stack("x", Fuse("a", "b"))).logits.shape == (3, 2)
+    with pytest.raises(ValueError, match=rf"^Fuse: adapter 'x' \({method}\) cannot be fused"):
+        model(**tiny_batch(), adapters=Fuse("a", "x", fusion="f"))
+
+
+def test_a_fusion_of_a_fusion_is_refused_when_it_is_added():
+    model = houlsby_fusion()
+    with pytest.raises(ValueError, match=r"^fusion 'g': 'f' is itself a fusion; fusions cannot be fused\. Fuse the adapters"):
+        model.add_adapter("g", "fusion", adapters=("a", "f"))
+
+
+def test_cli_fuses_houlsby_adapters_from_a_store_prunes_and_evaluates(tmp_path):
+    model_dir = build_tiny_model_dir(tmp_path / "model")
+    data = {split: write_csv(tmp_path / f"{split}.csv", count, seed) for split, count, seed in
+            (("train", 64, 1), ("validation", 16, 2), ("test", 16, 3))}
+    files = ["--train-file", str(data["train"]), "--validation-file", str(data["validation"]),
+             "--test-file", str(data["test"]), "--text-column", "review", "--label-column", "sentiment"]
+    small = ["--epochs", "1", "--batch-size", "16", "--max-length", "16", "--quiet"]
+    store = tmp_path / "store"
+    for name in ("first", "second"):
+        code, _, err = run_cli("train", "--model", str(model_dir), "--method", "houlsby", "--option", "bottleneck_size=4",
+                               "--name", name, "--store", str(store), "--output-dir", str(tmp_path / name), *files, *small)
+        assert code == 0, err
+    code, out, err = run_cli("fuse", "--adapters", "first,second", "--store", str(store), "--name", "both",
+                             "--prune", "1", "--prune-epochs", "1", "--output-dir", str(tmp_path / "fusion"), *files, *small)
+    assert code == 0, err
+    table = out.split("fusion attention per layer (validation split):\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["0.attn", "0.ffn", "1.attn", "1.ffn", "mean"]
+    meta = json.loads((store / "both" / "adapter_config.json").read_text())
+    assert meta["config"]["sublayers"] == ["attn", "ffn"] and len(meta["config"]["adapters"]) == 1
+    code, out, err = run_cli("eval", "--adapter", str(store / "both"), "--test-file", str(data["test"]),
+                             "--label-column", "sentiment", "--text-column", "review", "--json")
+    assert code == 0, err
+    assert 0 <= json.loads(out)["accuracy"] <= 1
+
+
+def test_advice_in_composition_errors_is_something_the_api_can_do():
+    model = AdapterModel(tiny_base("bert"))
+    model.add_adapter("p", "prefix", HeadConfig(num_labels=2), prefix_length=2)
+    model.add_adapter("q", "prompt", HeadConfig(num_labels=2), prompt_length=2)
+    model.add_adapter("r", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    model.add_adapter("bare", "pfeiffer", bottleneck_size=4)
+    batch = tiny_batch()
+    # prompts cannot be routed, so Parallel does not send them to Routed; prefixes can be
+    with pytest.raises(ValueError, match=r"cannot run inside Parallel; run them one pass per task \(alone or in a Stack\)$"):
+        model(**batch, adapters=Parallel("q", "r"))
+    with pytest.raises(ValueError, match=r"or per row with Routed\(\[\.\.\.\]\) over the batch repeated once per task$"):
+        model(**batch, adapters=Parallel("p", "r"))
+    both = {k: v.repeat(2, 1) for k, v in batch.items()}
+    assert model(**both, adapters=Routed(["p"] * 3 + ["r"] * 3)).logits.shape == (6, 2)
+    # a branch without a head: end it with an adapter that has one
+    with pytest.raises(ValueError, match=r"end the branch with an adapter that has a head \(Stack\('bare', <adapter"):
+        model(**batch, adapters=Parallel("bare", "r"))
+    model.add_adapter("s", "pfeiffer", HeadConfig(num_labels=2), bottleneck_size=4)
+    assert set(model(**batch, adapters=Parallel(Stack("bare", "r"), "s")).tasks) == {"r", "s"}
+    with pytest.raises(ValueError, match=r"'r' is a pfeiffer adapter, not a fusion; name a fusion with fusion=\.\.\., or add "
+                       r"one with model\.add_adapter\(<new name>, 'fusion'"):
+        model(**batch, adapters=Fuse("bare", fusion="r"))
+    with pytest.raises(ValueError, match=r"route only adapters with heads, or only adapters without"):
+        model(**batch, adapters=Routed(["r", "bare", "r"]))
+    model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("r", "bare"))
+    # nesting: each refusal says what to write instead, and that runs
+    for build, fix, instead in [
+        (lambda: Parallel("r", AdapterDrop("bare", first=1)), r"AdapterDrop wraps the whole setup: AdapterDrop\(Parallel\(\.\.\.\), first=n\)",
+         lambda: AdapterDrop(Parallel("r", "s"), first=1)),
+        (lambda: Stack("r", Routed(["r"])), r"Routed chooses the adapter of each row of the whole batch: use it alone, or inside AdapterDrop",
+         lambda: AdapterDrop(Routed(["r", None, "r"]), first=1)),
+        (lambda: Fuse("r", Parallel("r", "bare")), r"put the Fuse inside the Parallel instead, e.g\. Parallel\(Fuse\(\.\.\.\), \.\.\.\)",
+         lambda: Parallel(Fuse("r", "bare", fusion="f"), "s")),
+        (lambda: Parallel("r", Parallel("s", "f")), r"list the elements in one Parallel", lambda: Parallel("r", "s", "f")),
+        (lambda: Stack("r", None), r"None \(no adapter\) is only a row of Routed", lambda: Routed(["r", None, "r"])),
+    ]:
+        with pytest.raises(ValueError, match=fix):
+            build()
+        assert model(**batch, adapters=instead()) is not None  # the replacement runs on this model
