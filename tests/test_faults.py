@@ -754,3 +754,32 @@ def test_advice_in_composition_errors_is_something_the_api_can_do():
         with pytest.raises(ValueError, match=fix):
             build()
         assert model(**batch, adapters=instead()) is not None  # the replacement runs on this model
+
+
+# ---------------------------------------------------------------- fault 4: a frozen fusion adds no regulariser
+def test_a_frozen_fusion_adds_no_regulariser_and_a_training_one_does():
+    model = AdapterModel(tiny_base("bert"))
+    for k, name in enumerate("ab"):
+        model.add_adapter(name, "pfeiffer", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
+        randomized(model.adapters[name], seed=k)
+    model.add_adapter("fz", "fusion", HeadConfig(num_labels=3, dropout=0.0), adapters=("a", "b"))
+    model.add_adapter("task", "pfeiffer", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
+    fusion = model.adapters["fz"]
+    with torch.no_grad():
+        for layer in fusion.fusion_layers():  # the value matrix moved off the identity
+            layer.value.weight.add_(0.3 * torch.eye(layer.value.weight.shape[0]))
+    penalty = fusion.regularization()
+    assert penalty.item() > 0
+    setup, batch, labels = Stack(Fuse("a", "b", fusion="fz"), "task"), tiny_batch(), torch.tensor([2, 0, 1])
+    model.train_adapter("task")
+    model.train()
+    out = model(**batch, labels=labels, adapters=setup)
+    assert not any(p.requires_grad for p in fusion.parameters())
+    assert out.loss.item() == F.cross_entropy(out.logits, labels).item()
+    # while the fusion trains, its regulariser is part of the loss
+    model.train_adapter("fz")
+    model.train()
+    out = model(**batch, labels=labels, adapters=setup)
+    expected = F.cross_entropy(out.logits, labels) + penalty
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert all(p.requires_grad for p in fusion.parameters())
