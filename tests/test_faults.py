@@ -783,3 +783,90 @@ def test_a_frozen_fusion_adds_no_regulariser_and_a_training_one_does():
     expected = F.cross_entropy(out.logits, labels) + penalty
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert all(p.requires_grad for p in fusion.parameters())
+
+
+# ---------------------------------------------------------------- fault 5: padding and sequence-level methods on decoders
+DECODER_METHODS = {
+    "prompt": ("prompt", {"prompt_length": 4}),
+    "deep_prompt": ("deep_prompt", {"prompt_length": 4}),
+    "prefix": ("prefix", {"prefix_length": 3, "reparam_hidden": 8}),
+    "mam": ("mam", {"prefix_length": 3, "reparam_hidden": 8, "bottleneck_size": 4}),
+}
+LENGTHS = (7, 4, 2)  # three rows of different lengths: the shorter ones padded
+
+
+def decoder_with(method: str, options: dict, head: HeadConfig) -> AdapterModel:
+    model = AdapterModel(tiny_base("llama"))
+    torch.manual_seed(0)
+    model.add_adapter("task", method, head, **options)
+    randomized(model.adapters["task"], seed=4, std=0.1)
+    randomized(model.heads["task"], seed=5, std=0.1)
+    return model.eval()
+
+
+def padded(side: str, lengths=LENGTHS) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """A batch padded by hand (pad id 0, mask 0) on ``side``, and each row's tokens alone."""
+    generator = torch.Generator().manual_seed(7)
+    rows = [torch.randint(3, 120, (n,), generator=generator) for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, tokens in enumerate(rows):
+        span = slice(width - len(tokens), width) if side == "left" else slice(0, len(tokens))
+        ids[r, span], mask[r, span] = tokens, 1
+    return {"input_ids": ids, "attention_mask": mask}, rows
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", DECODER_METHODS)
+def test_each_row_of_a_padded_decoder_batch_equals_the_row_alone(name, side):
+    method, options = DECODER_METHODS[name]
+    model = decoder_with(method, options, HeadConfig(num_labels=3, pooling="last", dropout=0.0))
+    batch, rows = padded(side)
+    labels = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        together = model(**batch, adapters="task").logits
+        alone = torch.cat([model(input_ids=tokens[None], adapters="task").logits for tokens in rows])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    # training mode (no dropout in this model): the batch loss is the mean of the rows' losses,
+    # and so are the gradients
+    model.train_adapter("task")
+    model.train()
+    loss = model(**batch, labels=labels).loss
+    grads = torch.autograd.grad(loss, list(model.adapter_parameters("task").values()))
+    row_losses = [model(input_ids=tokens[None], labels=labels[r : r + 1]).loss for r, tokens in enumerate(rows)]
+    mean = torch.stack(row_losses).mean()
+    torch.testing.assert_close(loss, mean, rtol=0, atol=1e-5)
+    mean_grads = torch.autograd.grad(mean, list(model.adapter_parameters("task").values()))
+    for got, want in zip(grads, mean_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DECODER_METHODS)
+def test_predict_and_evaluate_on_a_left_padding_decoder_equal_one_text_at_a_time(name):
+    method, options = DECODER_METHODS[name]
+    tokenizer = tiny_tokenizer()
+    tokenizer.padding_side = "left"
+    model = decoder_with(method, options, HeadConfig(kind="regression", num_labels=1, pooling="last", dropout=0.0))
+    model.tokenizer = tokenizer
+    texts = ["good film", "the movie was a great story", "bad", "it is a dull and weak plot"]
+    batched = predict(model, texts, "task", batch_size=4)
+    alone = [predict(model, [text], "task", batch_size=1)[0] for text in texts]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    examples = [Example((text,), float(k)) for k, text in enumerate(texts)]
+    together = evaluate(model, examples, "task", batch_size=4)
+    one_by_one = evaluate(model, examples, "task", batch_size=1)
+    assert together == pytest.approx(one_by_one, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", DECODER_METHODS)
+def test_generation_from_a_left_padded_batch_gives_each_row_its_own_tokens(name):
+    method, options = DECODER_METHODS[name]
+    model = decoder_with(method, options, HeadConfig(kind="causal_lm"))
+    batch, rows = padded("left")
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    together = model.generate(**batch, adapters="task", **settings)
+    assert torch.equal(together, model.generate(**batch, adapters="task", use_cache=False, **settings))
+    for r, tokens in enumerate(rows):
+        alone = model.generate(input_ids=tokens[None], adapters="task", **settings)
+        assert torch.equal(together[r, -5:], alone[0, -5:]), r

@@ -165,9 +165,9 @@ class BoundSetup:
         index = self.rows(state, batch, device) if self.routed is not None else None
         return [(prefix, None if slot is None else index == slot) for prefix, slot in entries]
 
-    def has_prefixes(self, module: nn.Module) -> bool:
-        """Whether ``module`` (an attention module) prepends prefixes under this setup."""
-        return module in self._prefixes
+    def has_prefixes(self, module: nn.Module | None = None) -> bool:
+        """Whether ``module`` (an attention module; None: any) prepends prefixes under this setup."""
+        return bool(self._prefixes) if module is None else module in self._prefixes
 
     def prompts_at(self, layer: int, state: ForwardState) -> tuple[nn.Module | None, ...]:
         """Layer ``layer``'s own prompt vectors for each prompt of the pass (None: the prompt

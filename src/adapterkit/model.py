@@ -74,7 +74,7 @@ class AdapterModel(nn.Module):
         self.merged_adapter: str | None = None
         self.router = SiteRouter()
         self._bound: OrderedDict[Any, BoundSetup] = OrderedDict()
-        self._hooks: dict[str, Any] = {}  # model-wide hooks by what needs them: prefixes, prompts, parallel
+        self._hooks: dict[str, Any] = {}  # model-wide hooks by what needs them: prefixes, sequence, parallel
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -352,9 +352,11 @@ class AdapterModel(nn.Module):
         self._bound.clear()
 
     def _sync_hooks(self) -> None:
-        """Install or remove the model-wide hooks that attached prefixes and prompts need."""
+        """Install or remove the model-wide hooks that attached prefixes and prompts need (the
+        sequence hooks also number a decoder's positions from the mask for prefixes)."""
         kinds = self.router.kinds()
-        wanted = {"prefixes": "attention" in kinds, "prompts": bool(kinds & {"input", "layer_input"})}
+        sequence = bool(kinds & {"input", "layer_input"}) or (self.is_decoder and "attention" in kinds)
+        wanted = {"prefixes": "attention" in kinds, "sequence": sequence}
         for key, needed in wanted.items():
             if needed and key not in self._hooks:
                 if key == "prefixes":
