@@ -870,3 +870,69 @@ def test_generation_from_a_left_padded_batch_gives_each_row_its_own_tokens(name)
     for r, tokens in enumerate(rows):
         alone = model.generate(input_ids=tokens[None], adapters="task", **settings)
         assert torch.equal(together[r, -5:], alone[0, -5:]), r
+
+
+# ---------------------------------------------------------------- fault 7: Parallel and Routed run adapters of different options
+MIXED_OPTIONS = {
+    "lora dropouts": {"d1": ("lora", {"r": 2, "dropout": 0.1, "targets": ALL_ROLES}), "d0": ("lora", {"r": 4, "dropout": 0.0})},
+    "activations": {"relu": ("pfeiffer", {"bottleneck_size": 4}), "gelu": ("pfeiffer", {"bottleneck_size": 8, "non_linearity": "gelu"})},
+}
+
+
+def mixed_model(adapters: dict) -> AdapterModel:
+    model = AdapterModel(tiny_base("bert"))
+    for k, (name, (method, options)) in enumerate(adapters.items()):
+        torch.manual_seed(k)
+        model.add_adapter(name, method, HeadConfig(num_labels=3, dropout=0.0), **options)
+        randomized(model.adapters[name], seed=30 + k)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", MIXED_OPTIONS)
+def test_parallel_and_routed_in_eval_mode_equal_each_adapter_alone(kind):
+    model, batch = mixed_model(MIXED_OPTIONS[kind]), tiny_batch()
+    first, second = MIXED_OPTIONS[kind]
+    with torch.no_grad():
+        alone = {name: model(**batch, adapters=name).logits for name in (first, second)}
+        parallel = model(**batch, adapters=Parallel(first, second))
+        routed = model(**batch, adapters=Routed([first, second, first]))
+    for name in (first, second):  # one gathered bmm against one matmul: float32 rounding apart
+        torch.testing.assert_close(parallel[name].logits, alone[name], rtol=0, atol=1e-5)
+    torch.testing.assert_close(routed.logits, torch.stack([alone[first][0], alone[second][1], alone[first][2]]), rtol=0, atol=1e-5)
+
+
+def test_parallel_and_routed_train_loras_with_different_dropouts():
+    """In training mode each dropout rate is its own group (``routing.apply_batched``); dropout
+    masks differ between a batched and a single run, so the check is that it runs, is finite, has
+    the right shapes and trains both adapters."""
+    model, batch = mixed_model(MIXED_OPTIONS["lora dropouts"]), tiny_batch()
+    model.requires_grad_(False)
+    for name in ("d1", "d0"):
+        for param in model.adapter_parameters(name).values():
+            param.requires_grad_(True)
+    model.train()
+    torch.manual_seed(0)
+    for setup, labels in ((Parallel("d1", "d0"), {"d1": torch.tensor([0, 1, 2]), "d0": torch.tensor([2, 2, 0])}),
+                          (Routed(["d1", "d0", "d1"]), torch.tensor([0, 1, 2]))):
+        model.zero_grad()
+        out = model(**batch, labels=labels, adapters=setup)
+        for name in ("d1", "d0"):
+            assert out[name].logits.shape == (3 if isinstance(setup, Parallel) else len(out.rows[name]), 3)
+            assert torch.isfinite(out[name].logits).all()
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        for name in ("d1", "d0"):
+            grads = [p.grad for k, p in model.adapter_parameters(name).items() if "lora_A" in k]
+            assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads), name
+
+
+def test_in_training_mode_each_lora_keeps_its_own_dropout_rate_in_a_routed_batch():
+    model, batch = mixed_model(MIXED_OPTIONS["lora dropouts"]), tiny_batch()
+    with torch.no_grad():
+        evaluated = {name: model(**batch, adapters=name).logits for name in ("d1", "d0")}
+        model.train()
+        model.base.eval()  # the adapters' own dropout only
+        torch.manual_seed(1)
+        routed = model(**batch, adapters=Routed(["d1", "d0", "d1"]))
+    torch.testing.assert_close(routed["d0"].logits, evaluated["d0"][1:2], rtol=0, atol=1e-5)  # rate 0: no dropout
+    assert not torch.allclose(routed["d1"].logits, evaluated["d1"][[0, 2]], atol=1e-4)  # rate 0.1 acted
