@@ -936,3 +936,49 @@ def test_in_training_mode_each_lora_keeps_its_own_dropout_rate_in_a_routed_batch
         routed = model(**batch, adapters=Routed(["d1", "d0", "d1"]))
     torch.testing.assert_close(routed["d0"].logits, evaluated["d0"][1:2], rtol=0, atol=1e-5)  # rate 0: no dropout
     assert not torch.allclose(routed["d1"].logits, evaluated["d1"][[0, 2]], atol=1e-4)  # rate 0.1 acted
+
+
+# ---------------------------------------------------------------- fault 8: per-row adapters through beam search and sampling
+ROW_METHODS = {
+    "lora": ("lora", {"r": 4, "targets": ALL_ROLES}),
+    "prefix": ("prefix", {"prefix_length": 3, "reparameterize": False}),
+}
+
+
+def routed_decoder(method: str, options: dict) -> AdapterModel:
+    """A tiny Llama with causal-LM adapters ``u1`` and ``u2`` that change the next token."""
+    model = AdapterModel(tiny_base("llama"))
+    for k, name in enumerate(("u1", "u2")):
+        torch.manual_seed(k)
+        model.add_adapter(name, method, HeadConfig(kind="causal_lm"), **options)
+        randomized(model.adapters[name], seed=40 + k, std=1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ROW_METHODS)
+def test_routed_generation_gives_each_row_its_tokens_alone_through_beams_and_sampling(name):
+    model = routed_decoder(*ROW_METHODS[name])
+    batch, rows = padded("left", lengths=(5, 3))
+    new = 4
+    routed = Routed(["u1", "u2"])
+
+    def generate(adapters, **options):
+        return model.generate(**options, adapters=adapters, max_new_tokens=new, pad_token_id=0)
+
+    def alone(r, **options):
+        return generate(routed.rows[r], input_ids=rows[r][None], **options)[:, -new:]
+
+    greedy = dict(do_sample=False)
+    assert not torch.equal(alone(0, **greedy), generate("u2", input_ids=rows[0][None], **greedy)[:, -new:])
+    for options in (dict(num_beams=2, **greedy), dict(num_beams=2, num_return_sequences=2, **greedy),
+                    dict(do_sample=True, top_k=1, num_return_sequences=2)):  # top_k=1: sampling that is greedy
+        together = generate(routed, **batch, **options)[:, -new:]
+        copies = options.get("num_return_sequences", 1)
+        assert together.shape == (2 * copies, new)
+        for r in range(2):  # returned sequences come row by row: row r's are [r * copies, (r + 1) * copies)
+            torch.manual_seed(0)
+            expected = alone(r, **options)
+            assert torch.equal(together[r * copies : (r + 1) * copies], expected), (options, r)
+    torch.manual_seed(0)  # free sampling: runs and returns two sequences per row
+    sampled = generate(routed, **batch, do_sample=True, num_return_sequences=2)
+    assert sampled.shape == (4, batch["input_ids"].shape[1] + new)
