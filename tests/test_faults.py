@@ -6,9 +6,11 @@ Tiny random models (``tiny_models``) and the word-level tokenizer of ``test_trai
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from test_cli import run_cli, write_csv
 from test_data import bundled
 from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
 from tiny_models import tiny_base, tiny_batch
-from transformers import AutoConfig, BertModel
+from transformers import AutoConfig, BertConfig, BertModel
 
 from adapterkit import AdapterDrop, AdapterModel, Fuse, HeadConfig, Parallel, Routed, Stack
 from adapterkit.data import Example, available_tasks, load_files
@@ -982,3 +984,82 @@ def test_routed_generation_gives_each_row_its_tokens_alone_through_beams_and_sam
     torch.manual_seed(0)  # free sampling: runs and returns two sequences per row
     sampled = generate(routed, **batch, do_sample=True, num_return_sequences=2)
     assert sampled.shape == (4, batch["input_ids"].shape[1] + new)
+
+
+# ---------------------------------------------------------------- fault 9a: prompts and the model's positions
+def short_bert_dir(directory: Path) -> Path:
+    """A tiny BERT that reads 32 positions, with the word-level tokenizer, saved as a model folder."""
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=len(tiny_tokenizer().vocab), max_position_embeddings=32)
+    BertModel(config).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def long_examples(count: int, seed: int) -> list[Example]:
+    """Toy examples of 6 to 40 words: the longer ones need every position the model has."""
+    generator = torch.Generator().manual_seed(seed)
+    words = ("the", "a", "movie", "film", "plot", "actor", "it", "was", "story", "cast")
+    examples = []
+    for k in range(count):
+        label = k % 2
+        size = int(torch.randint(6, 41, (1,), generator=generator))
+        text = [words[int(i)] for i in torch.randint(0, len(words), (size,), generator=generator)]
+        text[int(torch.randint(0, size, (1,), generator=generator))] = ("good", "bad")[label]
+        examples.append(Example((" ".join(text),), 1 - label))
+    return examples
+
+
+REDUCED = r"max_length 32 reduced to 24 tokens per input: this 'bert' model reads 32 positions; the prompts of Stack\('task'\) take 8"
+
+
+def test_training_with_a_prompt_fits_inputs_to_the_positions_left_before_the_first_step(tmp_path):
+    from adapterkit.data import TaskData
+    from adapterkit.training import Trainer, TrainingConfig, add_task_adapter
+
+    model = AdapterModel.from_pretrained(str(short_bert_dir(tmp_path / "bert32")))
+    task = TaskData("long", "classification", ("text",), LABELS, long_examples(24, 1), long_examples(8, 2), long_examples(8, 3))
+    assert max(len(model.tokenizer(e.texts[0])["input_ids"]) for e in task.train) > 32
+    add_task_adapter(model, "task", "prompt", task, {"prompt_length": 8})
+    assert model.token_budget("task") == 24 and model.token_budget(None) == 32 and model.token_budget("task", 16) == 16
+    first_step = []
+    model.base.register_forward_pre_hook(lambda module, args: first_step.append(len(caught)) if not first_step else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = TrainingConfig(epochs=1, batch_size=8, max_length=32, progress=False, output_dir=str(tmp_path / "run"))
+        result = Trainer(model, "task", task, config).train()
+    assert first_step == [1] and re.fullmatch(REDUCED, str(caught[0].message))  # warned before the first step
+    assert result.epochs_run == 1 and "accuracy" in result.test_metrics
+    texts = [e.texts[0] for e in task.test]
+    with pytest.warns(UserWarning, match=REDUCED):
+        assert len(predict(model, texts, "task", max_length=32)) == len(texts)
+    with pytest.warns(UserWarning, match=REDUCED):
+        assert "accuracy" in evaluate(model, task.test, "task", max_length=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the budget: nothing to say
+        predict(model, texts, "task", max_length=24)
+
+
+def test_cli_train_eval_and_predict_with_a_prompt_fit_inputs_to_the_positions_left(tmp_path, monkeypatch):
+    model_dir = short_bert_dir(tmp_path / "bert32")
+    for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        with (tmp_path / f"{split}.csv").open("w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["text", "label"])
+            writer.writerows([e.texts[0], LABELS[e.label]] for e in long_examples(16, seed))
+    files = [f"--{split}-file" if split != "train" else "--train-file" for split in ("train", "validation", "test")]
+    argv = [item for flag, split in zip(files, ("train", "validation", "test")) for item in (flag, str(tmp_path / f"{split}.csv"))]
+    with pytest.warns(UserWarning, match=REDUCED):
+        code, _, err = run_cli("train", "--model", str(model_dir), "--method", "prompt", "--option", "prompt_length=8",
+                               "--name", "task", "--max-length", "32", "--epochs", "1", "--batch-size", "8",
+                               "--output-dir", str(tmp_path / "run"), "--quiet", *argv)
+    assert code == 0, err
+    best = str(tmp_path / "run" / "best")
+    with pytest.warns(UserWarning, match=REDUCED):  # eval reads the trained max_length, 32, and fits it again
+        code, out, err = run_cli("eval", "--adapter", best, "--test-file", str(tmp_path / "test.csv"), "--json")
+    assert code == 0 and "accuracy" in json.loads(out), err
+    monkeypatch.setattr("sys.stdin", io.StringIO(" ".join(["the movie was good"] * 12) + "\n"))
+    with pytest.warns(UserWarning, match=REDUCED):
+        code, out, err = run_cli("predict", "--adapter", best)
+    assert code == 0 and out.strip() in LABELS, err

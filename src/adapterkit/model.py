@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,7 +43,7 @@ from .heads import CausalLMHead, HeadConfig, build_head, head_loss
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
 from .registry import MethodConfig, config_from_dict, make_config, method_spec, methods_with
-from .sequence import PromptHooks
+from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -346,6 +347,39 @@ class AdapterModel(nn.Module):
         if len(self._bound) > _BOUND_CACHE:
             self._bound.popitem(last=False)
         return bound
+
+    def token_budget(self, adapters: str | Setup | list[str] | None, max_length: int | None = None) -> int | None:
+        """The most tokens one input may have in a pass with ``adapters`` (None: the plain base):
+        the positions the model reads (``sequence.max_positions``) less those the setup's prompts
+        take in front of the text (``BoundSetup.prompt_length``), and at most ``max_length`` when
+        given. The trainer, ``predict``/``evaluate`` and the CLI truncate every input to it
+        before the first step.
+
+        Returns None when neither the model nor ``max_length`` sets a limit. A ``max_length`` above
+        the budget is reduced to it with a ``UserWarning`` saying what was reduced and why.
+
+        Raises:
+            ValueError: the prompts take every position the model reads.
+        """
+        positions = max_positions(self.parts)
+        if positions is None:
+            return max_length
+        bound = self._bind(adapters)
+        budget = positions - bound.prompt_length
+        taken = f"; the prompts of {bound.setup!r} take {bound.prompt_length}" if bound.prompt_length else ""
+        if budget < 1:
+            raise ValueError(
+                f"this {self.parts.model_type!r} model reads {positions} positions{taken}, which leaves no room "
+                "for text; use shorter prompts"
+            )
+        if max_length is None or max_length <= budget:
+            return budget if max_length is None else max_length
+        warnings.warn(
+            f"max_length {max_length} reduced to {budget} tokens per input: this {self.parts.model_type!r} model "
+            f"reads {positions} positions{taken}",
+            stacklevel=2,
+        )
+        return budget
 
     def _changed(self) -> None:
         """Adapters, merges or fusions changed: bound setups must be checked and compiled anew."""

@@ -134,7 +134,8 @@ class PromptHooks:
         if self.limit is not None and length + k > self.limit:
             raise ValueError(
                 f"an input of {length} tokens plus {k} prompt positions exceeds the {self.limit} positions this "
-                f"model reads; truncate inputs to at most {self.limit - k} tokens"
+                f"model reads; truncate inputs to at most {self.limit - k} tokens (AdapterModel.token_budget tells it "
+                "for a setup; the trainer, predict and evaluate truncate to it)"
             )
         prompt = torch.cat([p.prompt for p in prompts]).to(embeds.dtype)
         kwargs["inputs_embeds"] = torch.cat([prompt.expand(batch, -1, -1), embeds], dim=1)

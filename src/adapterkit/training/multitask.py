@@ -41,6 +41,7 @@ def mixture_batches(
     """
 
     rows: list[tuple[str, dict]] = []
+    max_length = model.token_budget(Routed(list(tasks)), max_length)
     for name, task in tasks.items():
         encoded = encode_examples(model.tokenizer, getattr(task, split), max_length)
         rows += [(name, encoded[i]) for i in range(len(encoded))]

@@ -138,9 +138,10 @@ class Trainer:
         model.train_adapter(self.adapter)
         model.train()
         collator = Collator(model.tokenizer, task.kind)
+        max_length = model.token_budget(self.setup, cfg.max_length)  # prompts take positions too
 
         def loader(examples, batch_size, shuffle_seed=None):
-            return make_loader(encode_examples(model.tokenizer, examples, cfg.max_length), collator, batch_size, shuffle_seed)
+            return make_loader(encode_examples(model.tokenizer, examples, max_length), collator, batch_size, shuffle_seed)
 
         train_loader = loader(task.train, cfg.batch_size, cfg.seed)
         eval_batch = -(-cfg.eval_batch_size // acc.num_processes) * acc.num_processes  # splits evenly
