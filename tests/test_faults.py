@@ -92,7 +92,8 @@ def test_one_adapter_is_merged_at_a_time():
     add_lora(model, "second", seed=2)
     original = lora_weights(model, "first")
     model.merge_adapter("first")
-    with pytest.raises(ValueError, match=r"adapter 'first' is merged already \(one merged adapter at a time\); call model\.unmerge_adapter\('first'\) first"):
+    merged_already = r"adapter 'first' is merged already \(one merged adapter at a time\); call model\.unmerge_adapter\('first'\) first"
+    with pytest.raises(ValueError, match=merged_already):
         model.merge_adapter("second")
     assert not model.adapters["second"].merged
     model.unmerge_adapter("first")
@@ -420,7 +421,7 @@ def test_a_merged_lora_leaves_the_plain_base_and_every_other_adapter_bit_identic
     before = outputs(model, batch, OTHER_SETUPS)
     with torch.no_grad():
         own = {s: model(**batch, adapters=s).logits for s in ("l", ("l", "pf"))}
-        dropped = {robust: model(**batch, adapters=AdapterDrop("l", first=1, robust=robust)).logits for robust in (False, True)}
+        dropped = {r: model(**batch, adapters=AdapterDrop("l", first=1, robust=r)).logits for r in (False, True)}
         routed = model(**batch, adapters=Routed(["l", "pf", None]))
     model.merge_adapter("l")
     after = outputs(model, batch, OTHER_SETUPS)
@@ -484,7 +485,8 @@ def test_adapters_saved_while_a_lora_is_merged_reload_with_identical_logits(tmp_
     # a merged model loads adapters saved before fingerprint version 2, computed on the unmerged base
     meta_file = tmp_path / "pf" / "adapter_config.json"
     meta = json.loads(meta_file.read_text())
-    meta["base_model"] = {key: meta["base_model"][key] for key in ("model_type", "name_or_path", "num_layers", "hidden_size")}
+    old_keys = ("model_type", "name_or_path", "num_layers", "hidden_size")
+    meta["base_model"] = {key: meta["base_model"][key] for key in old_keys}
     meta["base_model"]["fingerprint"] = fingerprint_before_version_2(fresh.base)
     meta_file.write_text(json.dumps(meta))
     assert model.load_adapter(tmp_path / "pf", name="pf_again") == "pf_again"
@@ -527,7 +529,8 @@ def test_adding_and_loading_adapters_while_a_lora_is_merged(tmp_path):
         if merged:
             model.merge_adapter("l")
         torch.manual_seed(3)
-        model.add_adapter("vocab_prefix", "prefix", HeadConfig(num_labels=3, dropout=0.0), prefix_length=4, reparameterize=False, init="vocab")
+        model.add_adapter("vocab_prefix", "prefix", HeadConfig(num_labels=3, dropout=0.0), prefix_length=4,
+                          reparameterize=False, init="vocab")
         torch.manual_seed(4)
         model.add_adapter("deep", "deep_prompt", HeadConfig(num_labels=3, dropout=0.0), prompt_length=3)
         model.add_adapter("more", "lora", HeadConfig(num_labels=3, dropout=0.0), r=2, targets=ALL_ROLES)
@@ -652,6 +655,32 @@ def test_fusion_over_houlsby_adapters_trains_saves_and_loads(tmp_path):
         assert torch.equal(fresh(**batch, adapters="f").logits, model(**batch, adapters="f").logits)
 
 
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_fusion_over_houlsby_adapters_trains_the_same_with_gradient_checkpointing(arch):
+    """A pre-norm decoder mixes a layer's first norm with the attention of the layer before; the
+    recomputed layer must see that attention as the forward pass did, not the last layer's."""
+    batch, labels = tiny_batch(), torch.tensor([0, 1, 1])
+    grads = []
+    for checkpointed in (False, True):
+        model = AdapterModel(tiny_base(arch))
+        for k, name in enumerate("ab"):
+            torch.manual_seed(k)
+            model.add_adapter(name, "houlsby", HeadConfig(num_labels=3, dropout=0.0, pooling="last"), bottleneck_size=4)
+            randomized(model.adapters[name], seed=20 + k)
+        torch.manual_seed(9)
+        model.add_adapter("f", "fusion", HeadConfig(num_labels=2, dropout=0.0, pooling="last"), adapters=("a", "b"))
+        randomized(model.adapters["f"], seed=99)
+        model.train_adapter("f")
+        model.train()  # checkpointing acts in training mode only
+        if checkpointed:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(0)  # the same dropout masks (BERT) in both runs; recomputation replays them
+        model(**batch, labels=labels).loss.backward()
+        grads.append({k: p.grad for k, p in model.adapter_parameters("f").items()})
+    for key, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][key], grad, rtol=0, atol=1e-6)
+
 FUSABLE = "The methods that can be fused are houlsby, parallel, pfeiffer, scaled_parallel"
 UNFUSABLE = [
     ("lora", {"r": 2}, "changes projections"),
@@ -744,11 +773,14 @@ def test_advice_in_composition_errors_is_something_the_api_can_do():
     model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("r", "bare"))
     # nesting: each refusal says what to write instead, and that runs
     for build, fix, instead in [
-        (lambda: Parallel("r", AdapterDrop("bare", first=1)), r"AdapterDrop wraps the whole setup: AdapterDrop\(Parallel\(\.\.\.\), first=n\)",
+        (lambda: Parallel("r", AdapterDrop("bare", first=1)),
+         r"AdapterDrop wraps the whole setup: AdapterDrop\(Parallel\(\.\.\.\), first=n\)",
          lambda: AdapterDrop(Parallel("r", "s"), first=1)),
-        (lambda: Stack("r", Routed(["r"])), r"Routed chooses the adapter of each row of the whole batch: use it alone, or inside AdapterDrop",
+        (lambda: Stack("r", Routed(["r"])),
+         r"Routed chooses the adapter of each row of the whole batch: use it alone, or inside AdapterDrop",
          lambda: AdapterDrop(Routed(["r", None, "r"]), first=1)),
-        (lambda: Fuse("r", Parallel("r", "bare")), r"put the Fuse inside the Parallel instead, e.g\. Parallel\(Fuse\(\.\.\.\), \.\.\.\)",
+        (lambda: Fuse("r", Parallel("r", "bare")),
+         r"put the Fuse inside the Parallel instead, e.g\. Parallel\(Fuse\(\.\.\.\), \.\.\.\)",
          lambda: Parallel(Fuse("r", "bare", fusion="f"), "s")),
         (lambda: Parallel("r", Parallel("s", "f")), r"list the elements in one Parallel", lambda: Parallel("r", "s", "f")),
         (lambda: Stack("r", None), r"None \(no adapter\) is only a row of Routed", lambda: Routed(["r", None, "r"])),
@@ -876,8 +908,14 @@ def test_generation_from_a_left_padded_batch_gives_each_row_its_own_tokens(name)
 
 # ---------------------------------------------------------------- fault 7: Parallel and Routed run adapters of different options
 MIXED_OPTIONS = {
-    "lora dropouts": {"d1": ("lora", {"r": 2, "dropout": 0.1, "targets": ALL_ROLES}), "d0": ("lora", {"r": 4, "dropout": 0.0})},
-    "activations": {"relu": ("pfeiffer", {"bottleneck_size": 4}), "gelu": ("pfeiffer", {"bottleneck_size": 8, "non_linearity": "gelu"})},
+    "lora dropouts": {
+        "d1": ("lora", {"r": 2, "dropout": 0.1, "targets": ALL_ROLES}),
+        "d0": ("lora", {"r": 4, "dropout": 0.0}),
+    },
+    "activations": {
+        "relu": ("pfeiffer", {"bottleneck_size": 4}),
+        "gelu": ("pfeiffer", {"bottleneck_size": 8, "non_linearity": "gelu"}),
+    },
 }
 
 
@@ -900,7 +938,8 @@ def test_parallel_and_routed_in_eval_mode_equal_each_adapter_alone(kind):
         routed = model(**batch, adapters=Routed([first, second, first]))
     for name in (first, second):  # one gathered bmm against one matmul: float32 rounding apart
         torch.testing.assert_close(parallel[name].logits, alone[name], rtol=0, atol=1e-5)
-    torch.testing.assert_close(routed.logits, torch.stack([alone[first][0], alone[second][1], alone[first][2]]), rtol=0, atol=1e-5)
+    by_row = torch.stack([alone[first][0], alone[second][1], alone[first][2]])
+    torch.testing.assert_close(routed.logits, by_row, rtol=0, atol=1e-5)
 
 
 def test_parallel_and_routed_train_loras_with_different_dropouts():
@@ -1011,7 +1050,10 @@ def long_examples(count: int, seed: int) -> list[Example]:
     return examples
 
 
-REDUCED = r"max_length 32 reduced to 24 tokens per input: this 'bert' model reads 32 positions; the prompts of Stack\('task'\) take 8"
+REDUCED = (
+    r"max_length 32 reduced to 24 tokens per input: this 'bert' model reads 32 positions; "
+    r"the prompts of Stack\('task'\) take 8"
+)
 
 
 def test_training_with_a_prompt_fits_inputs_to_the_positions_left_before_the_first_step(tmp_path):
@@ -1019,7 +1061,8 @@ def test_training_with_a_prompt_fits_inputs_to_the_positions_left_before_the_fir
     from adapterkit.training import Trainer, TrainingConfig, add_task_adapter
 
     model = AdapterModel.from_pretrained(str(short_bert_dir(tmp_path / "bert32")))
-    task = TaskData("long", "classification", ("text",), LABELS, long_examples(24, 1), long_examples(8, 2), long_examples(8, 3))
+    splits = long_examples(24, 1), long_examples(8, 2), long_examples(8, 3)
+    task = TaskData("long", "classification", ("text",), LABELS, *splits)
     assert max(len(model.tokenizer(e.texts[0])["input_ids"]) for e in task.train) > 32
     add_task_adapter(model, "task", "prompt", task, {"prompt_length": 8})
     assert model.token_budget("task") == 24 and model.token_budget(None) == 32 and model.token_budget("task", 16) == 16
@@ -1048,8 +1091,7 @@ def test_cli_train_eval_and_predict_with_a_prompt_fit_inputs_to_the_positions_le
             writer = csv.writer(stream)
             writer.writerow(["text", "label"])
             writer.writerows([e.texts[0], LABELS[e.label]] for e in long_examples(16, seed))
-    files = [f"--{split}-file" if split != "train" else "--train-file" for split in ("train", "validation", "test")]
-    argv = [item for flag, split in zip(files, ("train", "validation", "test")) for item in (flag, str(tmp_path / f"{split}.csv"))]
+    argv = [item for split in ("train", "validation", "test") for item in (f"--{split}-file", str(tmp_path / f"{split}.csv"))]
     with pytest.warns(UserWarning, match=REDUCED):
         code, _, err = run_cli("train", "--model", str(model_dir), "--method", "prompt", "--option", "prompt_length=8",
                                "--name", "task", "--max-length", "32", "--epochs", "1", "--batch-size", "8",
