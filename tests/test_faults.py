@@ -1098,10 +1098,12 @@ def test_cli_train_eval_and_predict_with_a_prompt_fit_inputs_to_the_positions_le
                                "--output-dir", str(tmp_path / "run"), "--quiet", *argv)
     assert code == 0, err
     best = str(tmp_path / "run" / "best")
-    with pytest.warns(UserWarning, match=REDUCED):  # eval reads the trained max_length, 32, and fits it again
+    assert json.loads((tmp_path / "run" / "best" / "adapter_config.json").read_text())["training"]["max_length"] == 24
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # eval reads the length the adapter was trained with: 24
         code, out, err = run_cli("eval", "--adapter", best, "--test-file", str(tmp_path / "test.csv"), "--json")
     assert code == 0 and "accuracy" in json.loads(out), err
     monkeypatch.setattr("sys.stdin", io.StringIO(" ".join(["the movie was good"] * 12) + "\n"))
-    with pytest.warns(UserWarning, match=REDUCED):
-        code, out, err = run_cli("predict", "--adapter", best)
+    with pytest.warns(UserWarning, match=REDUCED):  # a longer --max-length is fitted again
+        code, out, err = run_cli("predict", "--adapter", best, "--max-length", "32")
     assert code == 0 and out.strip() in LABELS, err

@@ -77,6 +77,10 @@ class Trainer:
             ``Stack("lang", adapter)`` to train a task adapter on top of a frozen one.
         accelerator: an ``accelerate.Accelerator`` to use instead of a new one.
         on_epoch_end: called with each epoch's record (after its checkpoint is written).
+
+    Inputs are truncated to ``config.max_length`` tokens, or to fewer when the model's positions
+    less the setup's prompt positions leave fewer (``AdapterModel.token_budget``, which warns when
+    it reduces the length); the length used is saved with the adapter for ``eval`` and ``predict``.
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class Trainer:
         self.config = config or TrainingConfig()
         self.setup = setup if setup is not None else adapter
         self._check_head()
+        # tokens per input as trained (saved with the adapter): the setup's prompts take positions too
+        self.max_length = model.token_budget(self.setup, self.config.max_length)
         self.accelerator = accelerator
         self.on_epoch_end = on_epoch_end
         self.method = model.adapters[adapter].config.method
@@ -138,10 +144,10 @@ class Trainer:
         model.train_adapter(self.adapter)
         model.train()
         collator = Collator(model.tokenizer, task.kind)
-        max_length = model.token_budget(self.setup, cfg.max_length)  # prompts take positions too
 
         def loader(examples, batch_size, shuffle_seed=None):
-            return make_loader(encode_examples(model.tokenizer, examples, max_length), collator, batch_size, shuffle_seed)
+            encoded = encode_examples(model.tokenizer, examples, self.max_length)
+            return make_loader(encoded, collator, batch_size, shuffle_seed)
 
         train_loader = loader(task.train, cfg.batch_size, cfg.seed)
         eval_batch = -(-cfg.eval_batch_size // acc.num_processes) * acc.num_processes  # splits evenly
@@ -304,7 +310,7 @@ class Trainer:
             "training": {
                 "epoch": epoch,
                 "validation": metrics,
-                "max_length": self.config.max_length,
+                "max_length": self.max_length,
                 "learning_rate": self.learning_rate,
                 "seed": self.config.seed,
             },
