@@ -1,5 +1,9 @@
-"""Regression tests for reported faults: LoRA merging in half precision (2), the base-model check
-across dtypes (6), empty inputs (9b) and regression labels shaped (batch, 1) (10).
+"""Regression tests for reported faults (issue 15): a merged LoRA leaking into other passes (1),
+LoRA merging in half precision (2), AdapterFusion over Houlsby adapters and what cannot be fused
+(3), a frozen fusion's regulariser (4), padding and sequence-level methods on decoders (5), the
+base-model check across dtypes (6), Parallel/Routed over adapters of different options (7),
+per-row adapters through beam search and sampling (8), the length budget of prompts (9a), empty
+inputs (9b) and regression labels shaped (batch, 1) (10).
 
 Tiny random models (``tiny_models``) and the word-level tokenizer of ``test_training``; no network.
 """
