@@ -329,10 +329,11 @@ def test_blocks_without_a_meaning_for_prefixes_and_prompts_are_refused():
         model(**batch, adapters=Routed(["q", "r", "q"]))
     with pytest.raises(ValueError, match="adapters \\['p'\\] are prefix or prompt adapters.*cannot run inside Parallel"):
         model(**batch, adapters=Parallel("p", "r"))
-    with pytest.raises(ValueError, match="p \\(prefix\\) do not act on sublayer outputs.*fuse bottleneck adapters"):
-        model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("p", "r"))
-    model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("p", "r"), sublayers=("ffn",))
-    with pytest.raises(ValueError, match="cannot run inside Fuse"):
+    for sublayers in (None, ("ffn",)):  # refused when the fusion is added, sublayers given or not
+        with pytest.raises(ValueError, match="adapter 'p' \\(prefix\\) cannot be fused.*changes attention keys and values"):
+            model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("p", "r"), sublayers=sublayers)
+    model.add_adapter("f", "fusion", HeadConfig(num_labels=2), adapters=("r",))
+    with pytest.raises(ValueError, match="^Fuse: adapter 'p' \\(prefix\\) cannot be fused"):
         model(**batch, adapters=Fuse("p", "r", fusion="f"))
 
 

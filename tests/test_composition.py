@@ -324,11 +324,11 @@ def test_robust_adapter_drop_samples_a_depth_per_batch():
         (lambda: Stack(Parallel("a", "b"), "c"), "only be the last"),
         (lambda: Stack("a", Routed(["a"])), "Stack cannot contain"),
         (lambda: Parallel("a", AdapterDrop("b", first=1)), "Parallel cannot contain"),
-        (lambda: AdapterDrop(AdapterDrop("a"), first=1), "AdapterDrop cannot contain AdapterDrop.*give one depth"),
+        (lambda: AdapterDrop(AdapterDrop("a"), first=1), "AdapterDrop cannot contain AdapterDrop.*give one depth: AdapterDrop\\(setup, first=n\\)"),
         (lambda: Parallel("a"), "at least two branches"),
         (lambda: Stack("a", "a"), "names an adapter twice"),
         (lambda: Fuse(Stack("a", Fuse("b", "c")), "c"), "may only stack adapter names"),
-        (lambda: Routed(["a", Stack("b")]), "Routed cannot contain Stack.*one adapter name \\(or None\\) per row"),
+        (lambda: Routed(["a", Stack("b")]), "Routed cannot contain Stack.*Routed takes one adapter name \\(or None\\) per row"),
         (lambda: AdapterDrop("a", first=-1), "first must be an integer >= 0"),
     ],
 )

@@ -248,10 +248,11 @@ def test_pruned_fusion_equals_fusion_over_the_kept_adapters(tmp_path):
 def test_fusion_misuse_is_a_clear_error():
     model = fused_model()
     model.add_adapter("h", "houlsby", head=default_head(2), bottleneck_size=4)
-    model.add_adapter("fh", "fusion", adapters=("a", "h"), sublayers=("ffn",))
+    with pytest.raises(ValueError, match="fusion 'fh' has no fusion layer at 0.attn, 1.attn, where 'h' acts; add a fusion without sublayers="):
+        model.add_adapter("fh", "fusion", adapters=("a", "h"), sublayers=("ffn",))
+    assert "fh" not in model.adapters
+    model.add_adapter("fh", "fusion", adapters=("a", "h"))
     batch = tiny_batch()
-    with pytest.raises(ValueError, match="fusion 'fh' has no fusion layer at 0.attn, 1.attn, where 'h' acts; add the fusion again without sublayers="):
-        model(**batch, adapters="fh")
     with pytest.raises(ValueError, match="is itself a fusion"):
         model(**batch, adapters=Fuse("a", "f", fusion="fh"))
     with pytest.raises(ValueError, match=r"\['h'\] are not among them"):

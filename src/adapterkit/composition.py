@@ -88,14 +88,31 @@ def _kind(item: Any) -> str:
     return "None" if item is None else "str" if isinstance(item, str) else type(item).__name__
 
 
-def _check_children(block: str, items: Sequence[Any], hint: str = "") -> tuple:
+def _nesting_fix(block: str, kind: str) -> str:
+    """What to write instead of a ``kind`` element inside a ``block``."""
+    if block == "Routed":
+        return "Routed takes one adapter name (or None) per row"
+    if block == kind == "AdapterDrop":
+        return "give one depth: AdapterDrop(setup, first=n)"
+    if kind == "AdapterDrop":
+        return f"AdapterDrop wraps the whole setup: AdapterDrop({block}(...), first=n)"
+    if kind == "Routed":
+        return "Routed chooses the adapter of each row of the whole batch: use it alone, or inside AdapterDrop"
+    if kind == "None":
+        return "None (no adapter) is only a row of Routed"
+    if kind == block:
+        return f"list the elements in one {block}"
+    return f"put the {block} inside the {kind} instead, e.g. {kind}({block}(...), ...)"
+
+
+def _check_children(block: str, items: Sequence[Any]) -> tuple:
     if not items:
         raise ValueError(f"{block}() needs at least one adapter")
     allowed = NESTING[block]
     for item in items:
         if _kind(item) not in allowed:
             kinds = ", ".join("adapter names" if k == "str" else k for k in allowed)
-            raise ValueError(f"{block} cannot contain {item!r}: its elements are {kinds}. {hint}".rstrip())
+            raise ValueError(f"{block} cannot contain {item!r}: its elements are {kinds}; {_nesting_fix(block, _kind(item))}")
     names = [i for i in items if isinstance(i, str)]
     if block != "Routed" and len(set(names)) != len(names):
         raise ValueError(f"{block}{tuple(items)} names an adapter twice")
@@ -144,7 +161,7 @@ class Fuse(Setup):
     fusion: str | None = None
 
     def __init__(self, *items: str | Stack, fusion: str | None = None):
-        items = _check_children("Fuse", items, "Fuse each adapter (or Stack of adapters) once.")
+        items = _check_children("Fuse", items)
         for item in items:
             if isinstance(item, Stack) and not all(isinstance(i, str) for i in item.items):
                 raise ValueError(f"Fuse: a stacked child may only stack adapter names, got {item!r}")
@@ -187,7 +204,7 @@ class Parallel(Setup):
     branches: tuple[str | Stack | Fuse, ...]
 
     def __init__(self, *branches: str | Stack | Fuse):
-        branches = _check_children("Parallel", branches, "Wrap the Parallel in AdapterDrop instead.")
+        branches = _check_children("Parallel", branches)
         if len(branches) < 2:
             raise ValueError("Parallel() needs at least two branches; use the adapter alone for one task")
         for branch in branches:
@@ -227,7 +244,7 @@ class Routed(Setup):
             raise ValueError(f"Routed takes one adapter name (or None) per row, got the string {rows!r}")
         if not rows:
             raise ValueError("Routed() needs one entry (an adapter name or None) per row of the batch")
-        rows = _check_children("Routed", tuple(rows), "Routing takes one adapter name (or None) per row.")
+        rows = _check_children("Routed", tuple(rows))
         object.__setattr__(self, "rows", rows)
         object.__setattr__(self, "names", tuple(dict.fromkeys(r for r in rows if r is not None)))
 
@@ -268,7 +285,7 @@ class AdapterDrop(Setup):
 
     def __init__(self, setup: str | Setup | Sequence[str], first: int = 0, robust: bool = False):
         inner = as_setup(setup)
-        (inner,) = _check_children("AdapterDrop", (inner,), "AdapterDrop wraps the whole setup once: give one depth.")
+        (inner,) = _check_children("AdapterDrop", (inner,))
         if not isinstance(first, int) or isinstance(first, bool) or first < 0:
             raise ValueError(f"AdapterDrop: first must be an integer >= 0, got {first!r}")
         object.__setattr__(self, "inner", inner)
@@ -397,39 +414,70 @@ def _check_stack(block: Stack, view: ModelView) -> Setup:
     return block if items == block.items else Stack(*items)
 
 
-def _check_fuse(block: Fuse, view: ModelView) -> Setup:
-    view.require(block.adapter_names())
-    _refuse_sequence_methods(view, block.adapter_names(), "Fuse", "fuse bottleneck adapters")
-    children = [n for item in block.items for n in ([item] if isinstance(item, str) else item.items)]
-    for name in children:
+_KIND_WORDS = {
+    "linear": "projections",
+    "attention": "attention keys and values",
+    "input": "the input sequence",
+    "layer_input": "layer inputs",
+}
+
+
+def check_fusable(view: ModelView, names: Sequence[str], where: str) -> None:
+    """Refuse adapters AdapterFusion cannot fuse: fusions, and adapters acting anywhere but on
+    sublayer outputs and their layer norms (LoRA, BitFit, prefixes, prompts, probes, ...). Called
+    when a fusion is added (``methods/fusion.py``) and when a ``Fuse`` is checked.
+
+    Raises:
+        ValueError: naming the adapter and its method, the methods that can be fused and what
+            to do with this one instead (``where`` starts the message).
+    """
+    for name in names:
         adapter = view.adapters[name]
         if adapter.fuses is not None:
-            raise ValueError(f"Fuse: {name!r} is itself a fusion; fusions cannot be fused")
+            raise ValueError(f"{where}: {name!r} is itself a fusion; fusions cannot be fused. Fuse the adapters it fuses instead")
         if not adapter.kinds <= FUSABLE_KINDS or not adapter.sublayer_sites:
+            changed = [_KIND_WORDS[k] for k in sorted(adapter.kinds - FUSABLE_KINDS) if k in _KIND_WORDS]
+            acts = f"changes {' and '.join(changed)}" if changed else "acts on no sublayer output"
             raise ValueError(
-                f"Fuse: adapter {name!r} ({adapter.method}) does not act on sublayer outputs, where AdapterFusion's "
-                f"layers sit; the methods that can be fused are {', '.join(methods_with('fuse'))}. Combine {name!r} with "
-                "Stack or Parallel instead"
+                f"{where}: adapter {name!r} ({adapter.method}) cannot be fused: AdapterFusion combines adapters' "
+                f"sublayer outputs, and {name!r} {acts}. The methods that can be fused are "
+                f"{', '.join(methods_with('fuse'))}; stack {name!r} with the fusion instead: Stack({name!r}, Fuse(...))"
             )
+
+
+def check_covered(view: ModelView, names: Sequence[str], fusion: str, covered: frozenset[str]) -> None:
+    """Refuse adapters acting at a sublayer site where fusion ``fusion`` has no layer (``covered``:
+    the site keys of its layers, e.g. ``0.ffn``). Called when a fusion is added and when a ``Fuse``
+    is checked.
+
+    Raises:
+        ValueError: naming the sites and how to add a fusion that covers them.
+    """
+    for name in names:
+        uncovered = sorted(view.adapters[name].sublayer_sites - covered)
+        if uncovered:
+            raise ValueError(
+                f"fusion {fusion!r} has no fusion layer at {', '.join(uncovered[:4])}, where {name!r} acts; add a "
+                "fusion without sublayers= or layers= (its layers then sit wherever the fused adapters act)"
+            )
+
+
+def _check_fuse(block: Fuse, view: ModelView) -> Setup:
+    view.require(block.adapter_names())
+    children = [n for item in block.items for n in ([item] if isinstance(item, str) else item.items)]
+    check_fusable(view, children, "Fuse")
     fusion = block.fusion or _find_fusion(block, view)
     view.require([fusion])
     if not view.is_fusion(fusion):
         raise ValueError(
-            f"Fuse(fusion={fusion!r}): {fusion!r} is a {view.adapters[fusion].method} adapter; "
-            f"add a fusion with model.add_adapter({fusion!r}, 'fusion', adapters=(...))"
+            f"Fuse(fusion={fusion!r}): {fusion!r} is a {view.adapters[fusion].method} adapter, not a fusion; name a "
+            "fusion with fusion=..., or add one with model.add_adapter(<new name>, 'fusion', adapters=(...))"
         )
     trained_on = view.adapters[fusion].fuses
     foreign = [i for i in block.items if isinstance(i, str) and i not in trained_on]
     if foreign:
         raise ValueError(f"fusion {fusion!r} fuses {trained_on}; {foreign} are not among them")
-    covered = view.adapters[fusion].sublayer_sites
-    for name in children:
-        uncovered = sorted(view.adapters[name].sublayer_sites - covered)
-        if uncovered:
-            raise ValueError(
-                f"fusion {fusion!r} has no fusion layer at {', '.join(uncovered[:4])}, where {name!r} acts; "
-                "add the fusion again without sublayers= (its layers then sit wherever the fused adapters act)"
-            )
+    check_covered(view, children, fusion, view.adapters[fusion].sublayer_sites)
     return block if fusion == block.fusion else Fuse(*block.items, fusion=fusion)
 
 
@@ -449,26 +497,35 @@ def _task_head(view: ModelView, block: str, branch: Any, name: str | None) -> st
     head = view.adapters[name].head if name is not None else None
     if head is None:
         raise ValueError(
-            f"{block}: {branch!r} has no head, but {block} gives every task its own head output; "
-            f"add the adapter with head=HeadConfig(...) (or use a fusion with a head)"
+            f"{block}: {branch!r} has no head, but {block} gives every task its own head output; end the branch "
+            f"with an adapter that has a head (Stack({branch!r}, <adapter with a head>)); an adapter gets its head "
+            "when added: model.add_adapter(name, method, HeadConfig(...))"
         )
     if head == "causal_lm":
-        raise ValueError(f"{block}: {branch!r} has a causal_lm head; {block} outputs need pooled heads")
+        raise ValueError(
+            f"{block}: {branch!r} has a causal_lm head; {block} outputs need pooled heads. Run causal-LM adapters "
+            "per row with Routed([...]), or one at a time"
+        )
     return name
 
 
-def _refuse_sequence_methods(view: ModelView, names: Sequence[str], block: str, instead: str) -> None:
+def _refuse_sequence_methods(view: ModelView, names: Sequence[str]) -> None:
+    """Parallel replicates the batch at the first adapted layer: prefixes and prompts, which
+    change the attention or the input sequence of every layer, cannot run there."""
     found = [n for n in names if view.adapters[n].kinds & SEQUENCE_KINDS]
     if found:
+        prompts = any(view.adapters[n].kinds & {"input", "layer_input"} for n in found)
+        per_row = ", or per row with Routed([...]) over the batch repeated once per task"
+        instead = "run them one pass per task (alone or in a Stack)" + ("" if prompts else per_row)
         raise ValueError(
             f"adapters {found} are prefix or prompt adapters, which change what attention sees or the input "
-            f"sequence rather than a sublayer's output, so they cannot run inside {block}; {instead}"
+            f"sequence rather than a sublayer's output, so they cannot run inside Parallel; {instead}"
         )
 
 
 def _check_parallel(block: Parallel, view: ModelView) -> Setup:
     branches = tuple(_check(b, view) for b in block.branches)
-    _refuse_sequence_methods(view, block.adapter_names(), "Parallel", "use them in a Stack, Routed or AdapterDrop")
+    _refuse_sequence_methods(view, block.adapter_names())
     tasks = [_task_head(view, "Parallel", b, b if isinstance(b, str) else b.head_name()) for b in branches]
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"Parallel: two branches answer with the same head ({tasks}); each task needs its own")
@@ -490,8 +547,8 @@ def _check_routed(block: Routed, view: ModelView) -> Setup:
     if pooled and len(pooled) != len(block.names):
         missing = [n for n in block.names if n not in pooled]
         raise ValueError(
-            f"Routed: adapters {missing} have no task head while {pooled} do; every routed adapter "
-            f"needs a head (add it with head=HeadConfig(...)) or none of them may have one"
+            f"Routed: adapters {missing} have no task head while {pooled} do; route only adapters with heads, or "
+            "only adapters without (an adapter gets its head when added: model.add_adapter(name, method, HeadConfig(...)))"
         )
     return block
 

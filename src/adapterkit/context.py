@@ -16,8 +16,10 @@ outer one until it returns.
 
 **Recomputation.** Gradient checkpointing reruns a layer during the backward pass, which may run
 in autograd's worker threads where context variables do not follow. :class:`Replay` wraps a
-checkpoint function: it captures the state when the layer first runs and re-enters that same
-state while the layer is recomputed, so the recomputation sees exactly what the forward saw.
+checkpoint function: it takes a copy of the state when the layer first runs and re-enters a copy
+of that copy while the layer is recomputed, so the recomputation sees exactly what the forward
+saw, not what later layers wrote into the state since (the fusion attention that mixes the next
+layer norm, values cached for the rest of the pass).
 
 **Taps.** Callers that want to observe passes (the fusion-attention recorder of
 :mod:`adapterkit.inference.fusion`) set them with :func:`tapping` around the passes; each new
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +76,11 @@ class ForwardState:
     captured: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     taps: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self) -> ForwardState:
+        """A copy whose per-pass dicts (``captured``, ``cache``) are its own: what a layer saw
+        when it started, kept apart from what later layers write."""
+        return dataclasses.replace(self, captured=dict(self.captured), cache=dict(self.cache))
 
     def cached(self, key: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``compute()`` once per pass under ``key``: later calls in the same pass reuse it."""
@@ -127,8 +135,9 @@ class Replay:
 
     ``checkpoint_fn(function, *args)`` (``torch.utils.checkpoint.checkpoint`` with its options,
     as transformers' layers call it) runs ``function`` once in the forward pass and again in the
-    backward pass. The wrapper notes the current state at the first call and re-enters it for
-    every later call; dropout masks are replayed by checkpointing itself (``preserve_rng_state``).
+    backward pass. The wrapper takes a snapshot of the current state at the first call and
+    re-enters a fresh copy of it for every later call; dropout masks are replayed by checkpointing
+    itself (``preserve_rng_state``).
 
     Reentrant checkpointing runs the layer under ``no_grad`` and backpropagates each layer on its
     own, so a value computed once per pass outside the layer (``state.cache``) must not enter
@@ -141,15 +150,17 @@ class Replay:
 
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         state = _STATE.get()
+        seen = state.snapshot() if state is not None else None
         calls = []
 
         def replay(*inner_args: Any, **inner_kwargs: Any) -> Any:
             calls.append(None)
             with contextlib.ExitStack() as stack:
-                if state is not None and len(calls) > 1:  # a recomputation: re-enter the forward's state
-                    stack.enter_context(entered(state))
-                if state is not None and self.reentrant:
-                    stack.enter_context(_own_cache(state))
+                current = state
+                if seen is not None and len(calls) > 1:  # a recomputation: what the layer saw
+                    current = stack.enter_context(entered(seen.snapshot()))
+                if current is not None and self.reentrant:
+                    stack.enter_context(_own_cache(current))
                 return function(*inner_args, **inner_kwargs)
 
         return self.checkpoint_fn(replay, *args, **kwargs)

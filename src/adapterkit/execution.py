@@ -16,10 +16,12 @@ per-pass values (sampled drop depth, row index, replication) live in the pass's
 :class:`~adapterkit.context.ForwardState`.
 
 **Merged LoRA.** A merged adapter is part of the base weights. A pass whose setup is a stack that
-names it uses the merged weights as they are (its modules are left out); any other pass computes
-the merged projections from the kept original weights (``base_output``) and, if the setup uses
-the adapter elsewhere (routed, parallel, fused), applies its update like an unmerged adapter. So
-``adapters=None`` is the plain base and every other adapter runs on the real base.
+names it uses the merged weights as they are (its modules are left out), in the layers where the
+stack acts (not below a fixed AdapterDrop depth; nowhere under robust AdapterDrop); every other
+projection it adapts is computed from the kept original weights (``base_output``) and, where the
+setup runs the adapter (routed, parallel, under robust AdapterDrop), its update is applied like an
+unmerged adapter's. So ``adapters=None`` is the plain base and every other adapter runs on the
+real base.
 """
 
 from __future__ import annotations
@@ -103,7 +105,11 @@ class BoundSetup:
         self.fusions = tuple(b.fusion for b in setup.walk() if isinstance(b, Fuse)) if setup is not None else ()
         self.index = torch.tensor(self.routed.slots()) if self.routed is not None else None
         self.merged = merged
-        self.merge_in_use = merged is not None and isinstance(inner, Stack) and merged in inner.items
+        # the merged weights stand for the adapter where a stack runs it in every pass; a robust
+        # AdapterDrop skips it below a depth drawn per pass, so it runs unmerged there
+        self.merge_in_use = (
+            merged is not None and isinstance(inner, Stack) and merged in inner.items and not self.drop_robust
+        )
 
         self._ops: dict[Site, Op] = {}
         self._prefixes: dict[nn.Module, tuple[Site, list[tuple[nn.Module, int | None]]]] = {}
@@ -166,9 +172,9 @@ class BoundSetup:
         index = self.rows(state, batch, device) if self.routed is not None else None
         return [(prefix, None if slot is None else index == slot) for prefix, slot in entries]
 
-    def has_prefixes(self, module: nn.Module) -> bool:
-        """Whether ``module`` (an attention module) prepends prefixes under this setup."""
-        return module in self._prefixes
+    def has_prefixes(self, module: nn.Module | None = None) -> bool:
+        """Whether ``module`` (an attention module; None: any) prepends prefixes under this setup."""
+        return bool(self._prefixes) if module is None else module in self._prefixes
 
     def prompts_at(self, layer: int, state: ForwardState) -> tuple[nn.Module | None, ...]:
         """Layer ``layer``'s own prompt vectors for each prompt of the pass (None: the prompt
@@ -251,10 +257,11 @@ class BoundSetup:
     # ----------------------------------------------------------------- compiling output sites
     def _site_op(self, site: Site, attached: Mapping[str, nn.Module]) -> Op | None:
         merged = attached.get(self.merged) if self.merged is not None else None
-        if self.merge_in_use:
+        merge_here = self.merge_in_use and site.layer >= self.drop_first  # AdapterDrop: not below its depth
+        if merge_here:
             attached = {n: m for n, m in attached.items() if n != self.merged}
         op = self._compile(self.setup, site, attached) if self.setup is not None else None
-        if merged is None or self.merge_in_use:
+        if merged is None or merge_here:
             return op
         base = merged.base_output  # the unmerged projection, from the kept original weights
         if op is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,7 +43,7 @@ from .heads import CausalLMHead, HeadConfig, build_head, head_loss
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
 from .registry import MethodConfig, config_from_dict, make_config, method_spec, methods_with
-from .sequence import PromptHooks
+from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -74,7 +75,7 @@ class AdapterModel(nn.Module):
         self.merged_adapter: str | None = None
         self.router = SiteRouter()
         self._bound: OrderedDict[Any, BoundSetup] = OrderedDict()
-        self._hooks: dict[str, Any] = {}  # model-wide hooks by what needs them: prefixes, prompts, parallel
+        self._hooks: dict[str, Any] = {}  # model-wide hooks by what needs them: prefixes, sequence, parallel
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -176,7 +177,9 @@ class AdapterModel(nn.Module):
         """Make ``name`` (and its head) the only trainable parameters, and activate it."""
         self.view().require([name])
         if self.merged_adapter == name:
-            raise ValueError(f"adapter {name!r} is merged into the base weights; unmerge it before training")
+            raise ValueError(
+                f"adapter {name!r} is merged into the base weights; call model.unmerge_adapter({name!r}) before training it"
+            )
         self.requires_grad_(False)
         for param in self.adapter_state(name).parameters.values():
             param.requires_grad_(True)
@@ -226,7 +229,10 @@ class AdapterModel(nn.Module):
         """
         adapter = self._capable(name, "merge")
         if self.merged_adapter not in (None, name):
-            raise ValueError(f"adapter {self.merged_adapter!r} is merged already; unmerge it first (one at a time)")
+            raise ValueError(
+                f"adapter {self.merged_adapter!r} is merged already (one merged adapter at a time); "
+                f"call model.unmerge_adapter({self.merged_adapter!r}) first"
+            )
         adapter.merge()
         self.merged_adapter = name
         self._changed()
@@ -259,6 +265,20 @@ class AdapterModel(nn.Module):
         if changed:
             self._changed()
         return changed
+
+    @contextlib.contextmanager
+    def _unmerged(self) -> Iterator[None]:
+        """The base weights as loaded for the enclosed code: the merged adapter (if any) is
+        unmerged and merged again after, which gives the same weights bit for bit."""
+        merged = self.adapters[self.merged_adapter] if self.merged_adapter is not None else None
+        if merged is None:
+            yield
+            return
+        merged.unmerge()
+        try:
+            yield
+        finally:
+            merged.merge()
 
     def _capable(self, name: str, capability: str) -> AdapterMethod:
         self.view().require([name])
@@ -328,14 +348,49 @@ class AdapterModel(nn.Module):
             self._bound.popitem(last=False)
         return bound
 
+    def token_budget(self, adapters: str | Setup | list[str] | None, max_length: int | None = None) -> int | None:
+        """The most tokens one input may have in a pass with ``adapters`` (None: the plain base):
+        the positions the model reads (``sequence.max_positions``) less those the setup's prompts
+        take in front of the text (``BoundSetup.prompt_length``), and at most ``max_length`` when
+        given. The trainer, ``predict``/``evaluate`` and the CLI truncate every input to it
+        before the first step.
+
+        Returns None when neither the model nor ``max_length`` sets a limit. A ``max_length`` above
+        the budget is reduced to it with a ``UserWarning`` saying what was reduced and why.
+
+        Raises:
+            ValueError: the prompts take every position the model reads.
+        """
+        positions = max_positions(self.parts)
+        if positions is None:
+            return max_length
+        bound = self._bind(adapters)
+        budget = positions - bound.prompt_length
+        taken = f"; the prompts of {bound.setup!r} take {bound.prompt_length}" if bound.prompt_length else ""
+        if budget < 1:
+            raise ValueError(
+                f"this {self.parts.model_type!r} model reads {positions} positions{taken}, which leaves no room "
+                "for text; use shorter prompts"
+            )
+        if max_length is None or max_length <= budget:
+            return budget if max_length is None else max_length
+        warnings.warn(
+            f"max_length {max_length} reduced to {budget} tokens per input: this {self.parts.model_type!r} model "
+            f"reads {positions} positions{taken}",
+            stacklevel=2,
+        )
+        return budget
+
     def _changed(self) -> None:
         """Adapters, merges or fusions changed: bound setups must be checked and compiled anew."""
         self._bound.clear()
 
     def _sync_hooks(self) -> None:
-        """Install or remove the model-wide hooks that attached prefixes and prompts need."""
+        """Install or remove the model-wide hooks that attached prefixes and prompts need (the
+        sequence hooks also number a decoder's positions from the mask for prefixes)."""
         kinds = self.router.kinds()
-        wanted = {"prefixes": "attention" in kinds, "prompts": bool(kinds & {"input", "layer_input"})}
+        sequence = bool(kinds & {"input", "layer_input"}) or (self.is_decoder and "attention" in kinds)
+        wanted = {"prefixes": "attention" in kinds, "sequence": sequence}
         for key, needed in wanted.items():
             if needed and key not in self._hooks:
                 if key == "prefixes":
@@ -484,7 +539,8 @@ class AdapterModel(nn.Module):
         here = self.base_identity()
         version = saved.get("fingerprint_version", 1)
         if version != here["fingerprint_version"]:
-            here.update(fingerprint=base_fingerprint(self.base, version), fingerprint_version=version)
+            with self._unmerged():  # the base's identity, not the merged adapter's
+                here.update(fingerprint=base_fingerprint(self.base, version), fingerprint_version=version)
         difference = compare_bases(saved, here)
         if difference is not None:
             raise ValueError(refusal(saved, here, difference, where))

@@ -14,10 +14,13 @@ decoders, for ``forward`` and ``generate``:
 
 **Positions on decoders.** A causal decoder given no ``position_ids`` numbers positions
 ``0, 1, ...`` across padding; with rotary embeddings only distances matter, so a left-padded row
-still computes what it computes alone, until a prompt is prepended: the prompt's distance to the
-tokens then grows with the padding. So on decoders the hooks number the tokens from the attention
-mask (each row's first real token right after the prompt), as ``generate`` does, and every row
-gets the result it gets alone whatever the padding side.
+still computes what it computes alone, until something without those positions enters: a
+prompt's distance to the tokens grows with the padding, and a prefix's keys carry no rotation, so
+a query's score against them depends on its absolute position. So in every pass with prompts or
+prefixes on a decoder the hook numbers each row's tokens from its first real token (at 0, or
+right after the prompt), as ``generate`` does, and every row gets the result it gets alone
+whatever the padding side. Rows without left padding keep the model's own numbering, and passes
+without prompts or prefixes are left alone.
 
 During cached generation the prompt enters the cache with the first step; later steps only
 extend the mask and shift positions, so cached and uncached generation agree. What was prepended
@@ -51,12 +54,17 @@ def max_positions(parts: ResolvedModel) -> int | None:
 
 
 def _mask_positions(mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions of the last ``length`` tokens numbered by the mask: ``(batch, length)``."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+    """Positions of the last ``length`` tokens, each row numbered from its first real token (left
+    padding takes no positions): ``(batch, length)`` from ``mask (batch, total)``. A row without
+    left padding keeps the model's own ``0, 1, ...``, its right padding included."""
+    first = mask.long().argmax(-1, keepdim=True)  # where each row's tokens start
+    return (torch.arange(mask.shape[-1], device=mask.device) - first).clamp(min=0)[:, -length:]
 
 
 class PromptHooks:
-    """The hooks of one model's body and layers that put the pass's prompts in place.
+    """The hooks of one model's body and layers that put the pass's prompts in place and, on a
+    decoder, number positions from the mask in passes with prompts or prefixes (see the module
+    docstring).
 
     Args:
         parts: the resolved model.
@@ -92,12 +100,13 @@ class PromptHooks:
             return None
         prompts = state.setup.prompts
         state.prompts, state.prompt_length = (), 0
-        if not prompts:
+        numbered = self.decoder and (bool(prompts) or state.setup.has_prefixes())
+        if not numbered and not prompts:
             return None
         kwargs = {**dict(zip(self.names, args)), **kwargs}
         k = sum(p.length for p in prompts)
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() != 2:
+        if prompts and mask is not None and mask.dim() != 2:
             raise ValueError(
                 f"prompt tuning extends 2-D attention masks (batch, seq); got a {mask.dim()}-D mask: "
                 "pass the tokenizer's attention_mask"
@@ -106,8 +115,12 @@ class PromptHooks:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         embeds = kwargs.get("inputs_embeds")
         length = (embeds if embeds is not None else kwargs["input_ids"]).shape[1]
-        if positions is None and mask is not None and self.decoder:
+        if positions is None and mask is not None and mask.dim() == 2 and self.decoder:
             positions = _mask_positions(mask, length)
+        if not prompts:  # prefixes only: the tokens numbered from the mask, nothing prepended
+            if positions is None or kwargs.get("position_ids") is not None:
+                return None
+            return (), {**kwargs, "position_ids": positions}
         if cache is not None and cache.get_seq_length() > 0:
             # a later generation step: the prompt is in the cache already
             if mask is not None:
@@ -121,7 +134,8 @@ class PromptHooks:
         if self.limit is not None and length + k > self.limit:
             raise ValueError(
                 f"an input of {length} tokens plus {k} prompt positions exceeds the {self.limit} positions this "
-                f"model reads; truncate inputs to at most {self.limit - k} tokens"
+                f"model reads; truncate inputs to at most {self.limit - k} tokens (AdapterModel.token_budget tells it "
+                "for a setup; the trainer, predict and evaluate truncate to it)"
             )
         prompt = torch.cat([p.prompt for p in prompts]).to(embeds.dtype)
         kwargs["inputs_embeds"] = torch.cat([prompt.expand(batch, -1, -1), embeds], dim=1)

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([result]))
 
     collator = Collator(model.tokenizer, task.kind)
-    validation = make_loader(encode_examples(model.tokenizer, task.validation, args.max_length), collator, 64)
+    length = model.token_budget(name, args.max_length)
+    validation = make_loader(encode_examples(model.tokenizer, task.validation, length), collator, 64)
     print("\nfusion attention per layer (validation split):")
     print(fusion_attention(model, name, validation).format())
     if args.prune is not None:

@@ -60,7 +60,8 @@ def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str)
             row.fields,
             (*text_columns, label_column),
             where,
-            "Name the file's columns with text_columns= and label_column=.",
+            "Name the file's columns with text_columns= and label_column= (--text-column and --label-column "
+            "on the command line).",
         )
         texts = tuple(field_text(row.fields[column]) for column in text_columns)
         require_text(texts, where, text_columns)
@@ -120,6 +121,6 @@ def load_files(
         if not examples:  # a given file is never empty, so this split was carved from train
             raise ValueError(
                 f"{train_path} has too few examples per label ({len(train_raw)} in all) to split "
-                f"off a {split} set; add examples or pass {split}_file="
+                f"off a {split} set; add examples or pass {split}_file= (--{split}-file on the command line)"
             )
     return TaskData(train_path.stem, codec.kind, columns, codec.names, train, validation, test)

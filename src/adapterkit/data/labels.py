@@ -68,7 +68,7 @@ class LabelCodec:
             if number is None:
                 raise ValueError(
                     f"label {label!r} in {where} is not a number, but the task is a regression; "
-                    "fix the label or load the data with kind='classification'"
+                    "fix the label or load the data with kind='classification' (--kind classification on the command line)"
                 )
             return number
         name = class_name(label)

@@ -26,7 +26,9 @@ def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], mod
     """
     reference = model or metas[0].get("base_model", {}).get("name_or_path")
     if not reference:
-        raise ValueError(f"{folders[0]} does not record its base model; pass --model")
+        raise ValueError(
+            f"{folders[0]} does not record its base model; name it (--model on the command line, model= in Python)"
+        )
     return AdapterModel.from_pretrained(reference)
 
 

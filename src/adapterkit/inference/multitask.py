@@ -29,7 +29,7 @@ def predict_tasks(
     returns, per task, one prediction per input: the class name (or id) or the regression score.
     """
     inputs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
-    dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, max_length), None)
+    dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, model.token_budget(adapters, max_length)), None)
     loader = make_loader(dataset, Collator(model.tokenizer, "classification"), batch_size)
     device = next(model.parameters()).device
     predictions: dict[str, list[str | float]] = {}

@@ -28,8 +28,8 @@ def head_config(model: AdapterModel, adapters: str | Setup):
     name = as_setup(adapters).head_name()
     if name not in model.heads:
         raise ValueError(
-            f"adapter {name!r} has no prediction head; add it with head=HeadConfig(...) "
-            "(adapterkit.training.task_head(task) builds one for a task)"
+            f"adapter {name!r} has no prediction head; an adapter gets its head when added: "
+            "model.add_adapter(name, method, HeadConfig(...)) (adapterkit.training.add_task_adapter builds one for a task)"
         )
     return model.heads[name].config
 
@@ -73,11 +73,13 @@ def evaluate(
     max_length: int = 128,
     batch_size: int = 64,
 ) -> dict[str, float]:
-    """Metrics of ``adapters`` on labelled examples (accuracy/macro-F1 or Pearson/MSE)."""
+    """Metrics of ``adapters`` on labelled examples (accuracy/macro-F1 or Pearson/MSE); inputs are
+    truncated to ``max_length`` tokens, or fewer if the model and the setup's prompts leave fewer
+    (``AdapterModel.token_budget``)."""
     if not examples:
         raise ValueError("no examples to evaluate")
     kind = head_config(model, adapters).kind
-    dataset = encode_examples(model.tokenizer, examples, max_length)
+    dataset = encode_examples(model.tokenizer, examples, model.token_budget(adapters, max_length))
     loader = make_loader(dataset, Collator(model.tokenizer, kind), batch_size)
     predictions, labels = predict_loader(model, loader, adapters, kind)
     return compute_metrics(kind, predictions, labels)
@@ -90,10 +92,11 @@ def predict(
     max_length: int = 128,
     batch_size: int = 64,
 ) -> list[str | float]:
-    """One prediction per input: the class name (or id, if the head has no names) or a score."""
+    """One prediction per input: the class name (or id, if the head has no names) or a score.
+    Inputs are truncated as in :func:`evaluate`."""
     config = head_config(model, adapters)
     inputs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
-    dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, max_length), None)
+    dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, model.token_budget(adapters, max_length)), None)
     loader = make_loader(dataset, Collator(model.tokenizer, config.kind), batch_size)
     predictions, _ = predict_loader(model, loader, adapters, config.kind)
     if config.kind == REGRESSION:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..composition import check_covered, check_fusable
 from ..placement import SUBLAYERS
 from ..registry import MethodConfig
 from ..sites import SiteModule
@@ -135,15 +136,23 @@ class FusionLayer(SiteModule):
 class FusionAdapter(AdapterMethod):
     """The fusion layers of one fusion, saved and loaded like any adapter.
 
+    The fused adapters already on the model are checked here, when the fusion is added, as a
+    ``Fuse`` over them would be (``composition.check_fusable`` and ``check_covered``); adapters
+    loaded later are checked when a ``Fuse`` runs.
+
     Raises:
-        ValueError: a fused adapter that cannot be fused (it does not act on sublayer outputs),
-            or ``sublayers=None`` while the fused adapters are not on the model to read them from.
+        ValueError: a fused adapter that cannot be fused (a fusion, or an adapter acting elsewhere
+            than on sublayer outputs and their norms: LoRA, BitFit, prefix, prompt, ...), one
+            acting where the fusion has no layer, or ``sublayers=None`` while the fused adapters
+            are not on the model to read them from.
     """
 
     capabilities = frozenset({"fusion"})
 
     def __init__(self, config: FusionConfig, ctx: BindContext):
         super().__init__(config, ctx)
+        present = [a for a in config.adapters if ctx.view is not None and a in ctx.view.adapters]
+        check_fusable(ctx.view, present, f"fusion {ctx.name!r}")
         if config.sublayers is None:
             config = self.config = dataclasses.replace(config, sublayers=_sublayers_of(config.adapters, ctx))
         for layer in select_layers(config.layers, ctx.parts.num_layers, "fusion"):
@@ -151,6 +160,7 @@ class FusionAdapter(AdapterMethod):
                 site = ctx.sites.get(f"{layer}.{sublayer}")
                 if site is not None:
                     self.attach(site, FusionLayer(site.width, config))
+        check_covered(ctx.view, present, ctx.name, frozenset(site.key for site, _ in self.attachments()))
 
     def fusion_layers(self) -> list[FusionLayer]:
         return [module for _, module in self.attachments()]
@@ -161,20 +171,14 @@ class FusionAdapter(AdapterMethod):
 
 
 def _sublayers_of(adapters: tuple[str, ...], ctx: BindContext) -> tuple[str, ...]:
-    """The sublayers where the fused adapters act, from the model's view of them."""
+    """The sublayers where the fused adapters act, from the model's view of them (checked to be
+    fusable already)."""
     view = ctx.view
     missing = [a for a in adapters if view is None or a not in view.adapters]
     if missing:
         raise ValueError(
             f"fusion: adapters {missing} are not on the model, so where to put the fusion layers is unknown; "
             "add (or load) the adapters to fuse first, or give sublayers=('ffn',) explicitly"
-        )
-    refused = [f"{a} ({view.adapters[a].method})" for a in adapters if not view.adapters[a].sublayer_sites]
-    if refused:
-        raise ValueError(
-            f"fusion: {', '.join(refused)} do not act on sublayer outputs, where AdapterFusion's layers sit; "
-            "fuse bottleneck adapters (houlsby, pfeiffer, parallel, scaled_parallel) and combine the others "
-            "with Stack or Parallel"
         )
     acting = {key.split(".", 1)[1] for a in adapters for key in view.adapters[a].sublayer_sites}
     return tuple(s for s in SUBLAYERS if s in acting)

@@ -65,7 +65,10 @@ def init_token_ids(ctx: BindContext, init: str, init_text: str | None, length: i
             )
         text = " ".join(ctx.head.label_names)
     if tokenizer is None:
-        raise ValueError(f"{method}: init='text' needs the model's tokenizer to read {text!r}; this model has none")
+        raise ValueError(
+            f"{method}: init='text' needs the model's tokenizer to read {text!r}; this model has none: give it "
+            "one (AdapterModel(base, tokenizer=...)) or use init='vocab'"
+        )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"{method}: init_text {text!r} tokenises to no tokens; give a text with at least one word")

@@ -103,7 +103,8 @@ class PromptAdapter(AdapterMethod):
         if limit is not None and self.length >= limit:
             raise ValueError(
                 f"{config.method}: prompt_length {self.length} leaves no room for the input: this "
-                f"{parts.model_type!r} model reads at most {limit} positions, prompt included"
+                f"{parts.model_type!r} model reads at most {limit} positions, prompt included; choose a prompt_length "
+                "well below that"
             )
         self._input_site = ctx.sites["input"]
         self.prompt = nn.Parameter(torch.zeros(self.length, parts.hidden_size))

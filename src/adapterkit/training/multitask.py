@@ -41,6 +41,7 @@ def mixture_batches(
     """
 
     rows: list[tuple[str, dict]] = []
+    max_length = model.token_budget(Routed(list(tasks)), max_length)
     for name, task in tasks.items():
         encoded = encode_examples(model.tokenizer, getattr(task, split), max_length)
         rows += [(name, encoded[i]) for i in range(len(encoded))]
@@ -73,7 +74,10 @@ def train_multitask(
     model.view().require(list(tasks))
     missing = [n for n in tasks if n not in model.heads]
     if missing:
-        raise ValueError(f"train_multitask: adapters {missing} have no head; add them with head=task_head(task)")
+        raise ValueError(
+            f"train_multitask: adapters {missing} have no head; an adapter gets its head when added: "
+            "model.add_adapter(name, method, task_head(task)) (or add_task_adapter)"
+        )
     model.requires_grad_(False)
     for name in tasks:
         model.adapters[name].requires_grad_(True)

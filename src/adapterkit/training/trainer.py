@@ -77,6 +77,10 @@ class Trainer:
             ``Stack("lang", adapter)`` to train a task adapter on top of a frozen one.
         accelerator: an ``accelerate.Accelerator`` to use instead of a new one.
         on_epoch_end: called with each epoch's record (after its checkpoint is written).
+
+    Inputs are truncated to ``config.max_length`` tokens, or to fewer when the model's positions
+    less the setup's prompt positions leave fewer (``AdapterModel.token_budget``, which warns when
+    it reduces the length); the length used is saved with the adapter for ``eval`` and ``predict``.
     """
 
     def __init__(
@@ -94,16 +98,23 @@ class Trainer:
             known = ", ".join(model.adapters) or "none"
             raise ValueError(f"no adapter named {adapter!r} on this model (adapters: {known})")
         if model.tokenizer is None:
-            raise ValueError("the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer=")
+            raise ValueError(
+                "the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer= to AdapterModel"
+            )
         for split in ("train", "validation", "test"):
             if not getattr(task, split):
-                raise ValueError(f"task {task.name!r} has no {split} examples; add data or lower the held-out share")
+                raise ValueError(
+                    f"task {task.name!r} has no {split} examples; give it some (load_files: a {split}_file=, "
+                    "or a train file large enough to split them off)"
+                )
         self.model = model
         self.adapter = adapter
         self.task = task
         self.config = config or TrainingConfig()
         self.setup = setup if setup is not None else adapter
         self._check_head()
+        # tokens per input as trained (saved with the adapter): the setup's prompts take positions too
+        self.max_length = model.token_budget(self.setup, self.config.max_length)
         self.accelerator = accelerator
         self.on_epoch_end = on_epoch_end
         self.method = model.adapters[adapter].config.method
@@ -135,7 +146,8 @@ class Trainer:
         collator = Collator(model.tokenizer, task.kind)
 
         def loader(examples, batch_size, shuffle_seed=None):
-            return make_loader(encode_examples(model.tokenizer, examples, cfg.max_length), collator, batch_size, shuffle_seed)
+            encoded = encode_examples(model.tokenizer, examples, self.max_length)
+            return make_loader(encoded, collator, batch_size, shuffle_seed)
 
         train_loader = loader(task.train, cfg.batch_size, cfg.seed)
         eval_batch = -(-cfg.eval_batch_size // acc.num_processes) * acc.num_processes  # splits evenly
@@ -277,7 +289,7 @@ class Trainer:
         if head.outputs != task.num_labels:
             raise ValueError(
                 f"adapter {self.adapter!r} has a head with {head.outputs} outputs, but task {task.name!r} has "
-                f"{task.num_labels} labels; build the head with task_head(task)"
+                f"{task.num_labels} labels; add the adapter with head=task_head(task) (or add_task_adapter)"
             )
         if head.label_names and tuple(head.label_names) != tuple(task.label_names):
             raise ValueError(
@@ -298,7 +310,7 @@ class Trainer:
             "training": {
                 "epoch": epoch,
                 "validation": metrics,
-                "max_length": self.config.max_length,
+                "max_length": self.max_length,
                 "learning_rate": self.learning_rate,
                 "seed": self.config.seed,
             },
