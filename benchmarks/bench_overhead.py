@@ -1,7 +1,8 @@
 """Python overhead of one adapted forward pass at batch 1, optionally against another checkout.
 
-What it times on ``minilm`` (one thread, batch 1, a 16-token input, eval mode, no grad), each as
-the median of ``--rounds`` rounds of ``--calls`` calls:
+What it times on ``minilm`` (one thread, batch 1, a ``--tokens``-token input, eval mode, no
+grad), each as the median of ``--rounds`` rounds of ``--calls`` calls, and how many Python
+function calls one pass makes (counted by ``cProfile``: the same on a busy or a quiet machine):
 
 * ``base``: the base model's body called directly (no adapter machinery in the pass);
 * ``none``: ``model(**batch, adapters=None)``: the facade with no adapter, its head skipped;
@@ -30,8 +31,12 @@ from pathlib import Path
 SETUPS = ("base", "none", "pfeiffer", "lora")
 
 
-def worker(calls: int) -> dict[str, float]:
-    """One round in this process: microseconds per call for every setup."""
+def worker(calls: int, tokens: int) -> dict[str, float]:
+    """One round in this process: microseconds per call for every setup, and (``<setup>_calls``)
+    the Python function calls of one pass."""
+    import cProfile
+    import pstats
+
     import torch
 
     from adapterkit import AdapterModel, HeadConfig
@@ -41,7 +46,8 @@ def worker(calls: int) -> dict[str, float]:
     model.add_adapter("pfeiffer", "pfeiffer", HeadConfig(num_labels=2))
     model.add_adapter("lora", "lora", HeadConfig(num_labels=2))
     model.eval()
-    batch = dict(model.tokenizer(["a gorgeous, witty and moving film about the sea"], return_tensors="pt", padding="max_length", max_length=16))
+    text = "a gorgeous, witty and moving film about the sea and the sky"
+    batch = dict(model.tokenizer([text], return_tensors="pt", truncation=True, padding="max_length", max_length=tokens))
     calls_of = {
         "base": lambda: model.body(**batch),
         "none": lambda: model(**batch, adapters=None),
@@ -57,12 +63,18 @@ def worker(calls: int) -> dict[str, float]:
             for _ in range(calls):
                 call()
             result[name] = (time.perf_counter() - started) / calls * 1e6
+            profile = cProfile.Profile()
+            profile.runcall(call)
+            result[f"{name}_calls"] = pstats.Stats(profile).total_calls
     return result
 
 
-def run_round(src: Path, calls: int) -> dict[str, float]:
+def run_round(src: Path, calls: int, tokens: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_overhead as b; print(json.dumps(b.worker({calls})))"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_overhead as b; "
+        f"print(json.dumps(b.worker({calls}, {tokens})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -71,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=16, help="input length (default 16)")
     parser.add_argument("--compare", type=Path, metavar="SRC", help="another checkout's src folder, measured alongside")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1] / "src"
@@ -78,10 +91,14 @@ def main() -> None:
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     for _ in range(args.rounds):
         for name, src in checkouts.items():  # interleaved: both see the same machine load
-            rounds[name].append(run_round(src, args.calls))
-    medians = {name: {s: statistics.median(r[s] for r in runs) for s in SETUPS} for name, runs in rounds.items()}
-    print(f"minilm, batch 1 x 16 tokens, 1 thread, median of {args.rounds} rounds x {args.calls} calls (microseconds per call)")
-    header = f"{'setup':<10}" + "".join(f"{name:>12}{'overhead':>12}" for name in checkouts)
+            rounds[name].append(run_round(src, args.calls, args.tokens))
+    keys = [*SETUPS, *(f"{s}_calls" for s in SETUPS)]
+    medians = {name: {k: statistics.median(r[k] for r in runs) for k in keys} for name, runs in rounds.items()}
+    print(
+        f"minilm, batch 1 x {args.tokens} tokens, 1 thread, median of {args.rounds} rounds x {args.calls} calls "
+        "(microseconds per call; Python calls per pass)"
+    )
+    header = f"{'setup':<10}" + "".join(f"{name:>12}{'overhead':>12}{'py calls':>10}" for name in checkouts)
     if args.compare:
         header += f"{'time this/other':>18}{'overhead this/other':>22}"
     print(header)
@@ -89,7 +106,7 @@ def main() -> None:
         line = f"{setup:<10}"
         for name in checkouts:
             overhead = medians[name][setup] - medians[name]["base"]
-            line += f"{medians[name][setup]:>12.0f}{overhead:>12.0f}"
+            line += f"{medians[name][setup]:>12.0f}{overhead:>12.0f}{medians[name][setup + '_calls']:>10.0f}"
         if args.compare:
             this, other = medians["this"], medians["other"]
             line += f"{this[setup] / other[setup]:>18.3f}"
