@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from tiny_models import LAYERS, tiny_base, tiny_batch
+from tiny_models import LAYERS, randomize, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack, setup_from_dict
@@ -29,13 +29,6 @@ ATOL = 1e-5
 def head(num_labels: int = 3, pooling: str = "mean") -> HeadConfig:
     return HeadConfig(num_labels=num_labels, dropout=0.0, pooling=pooling)
 
-
-def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    """Give an adapter non-trivial weights (bottleneck up-projections start at zero)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * std)
 
 
 def model_with(arch: str = "bert", adapters: dict | None = None, pooling: str = "mean") -> AdapterModel:

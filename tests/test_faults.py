@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from test_cli import run_cli, write_csv
 from test_data import bundled
 from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
-from tiny_models import tiny_base, tiny_batch
+from tiny_models import randomize, tiny_base, tiny_batch
 from transformers import AutoConfig, BertConfig, BertModel
 
 from adapterkit import AdapterDrop, AdapterModel, Fuse, HeadConfig, Parallel, Routed, Stack
@@ -377,12 +377,6 @@ def test_every_setup_gives_the_mean_squared_error_for_a_column_of_scores():
 MERGE_ATOL = 1e-5
 
 
-def randomized(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * std)
-
 
 def merge_model(seed: int = 0) -> AdapterModel:
     """A tiny BERT with LoRA ``l`` (non-zero B on every projection) and, to check for leaks, other
@@ -399,7 +393,7 @@ def merge_model(seed: int = 0) -> AdapterModel:
     for k, (name, (method, options)) in enumerate(others.items()):
         torch.manual_seed(k)
         model.add_adapter(name, method, HeadConfig(num_labels=3, dropout=0.0), **options)
-        randomized(model.adapters[name], seed=10 + k)
+        randomize(model.adapters[name], seed=10 + k)
     add_lora(model, "l2", seed=seed + 1)
     return model.eval()
 
@@ -560,10 +554,10 @@ def houlsby_fusion(seed: int = 0) -> AdapterModel:
     for k, name in enumerate("ab"):
         torch.manual_seed(seed + k)
         model.add_adapter(name, "houlsby", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
-        randomized(model.adapters[name], seed=seed + 20 + k)
+        randomize(model.adapters[name], seed=seed + 20 + k)
     torch.manual_seed(seed + 9)
     model.add_adapter("f", "fusion", HeadConfig(num_labels=2, dropout=0.0), adapters=("a", "b"))
-    randomized(model.adapters["f"], seed=seed + 99)
+    randomize(model.adapters["f"], seed=seed + 99)
     return model.eval()
 
 
@@ -671,10 +665,10 @@ def test_fusion_over_houlsby_adapters_trains_the_same_with_gradient_checkpointin
         for k, name in enumerate("ab"):
             torch.manual_seed(k)
             model.add_adapter(name, "houlsby", HeadConfig(num_labels=3, dropout=0.0, pooling="last"), bottleneck_size=4)
-            randomized(model.adapters[name], seed=20 + k)
+            randomize(model.adapters[name], seed=20 + k)
         torch.manual_seed(9)
         model.add_adapter("f", "fusion", HeadConfig(num_labels=2, dropout=0.0, pooling="last"), adapters=("a", "b"))
-        randomized(model.adapters["f"], seed=99)
+        randomize(model.adapters["f"], seed=99)
         model.train_adapter("f")
         model.train()  # checkpointing acts in training mode only
         if checkpointed:
@@ -799,7 +793,7 @@ def test_a_frozen_fusion_adds_no_regulariser_and_a_training_one_does():
     model = AdapterModel(tiny_base("bert"))
     for k, name in enumerate("ab"):
         model.add_adapter(name, "pfeiffer", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
-        randomized(model.adapters[name], seed=k)
+        randomize(model.adapters[name], seed=k)
     model.add_adapter("fz", "fusion", HeadConfig(num_labels=3, dropout=0.0), adapters=("a", "b"))
     model.add_adapter("task", "pfeiffer", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
     fusion = model.adapters["fz"]
@@ -837,8 +831,8 @@ def decoder_with(method: str, options: dict, head: HeadConfig) -> AdapterModel:
     model = AdapterModel(tiny_base("llama"))
     torch.manual_seed(0)
     model.add_adapter("task", method, head, **options)
-    randomized(model.adapters["task"], seed=4, std=0.1)
-    randomized(model.heads["task"], seed=5, std=0.1)
+    randomize(model.adapters["task"], seed=4, std=0.1)
+    randomize(model.heads["task"], seed=5, std=0.1)
     return model.eval()
 
 
@@ -928,7 +922,7 @@ def mixed_model(adapters: dict) -> AdapterModel:
     for k, (name, (method, options)) in enumerate(adapters.items()):
         torch.manual_seed(k)
         model.add_adapter(name, method, HeadConfig(num_labels=3, dropout=0.0), **options)
-        randomized(model.adapters[name], seed=30 + k)
+        randomize(model.adapters[name], seed=30 + k)
     return model.eval()
 
 
@@ -996,7 +990,7 @@ def routed_decoder(method: str, options: dict) -> AdapterModel:
     for k, name in enumerate(("u1", "u2")):
         torch.manual_seed(k)
         model.add_adapter(name, method, HeadConfig(kind="causal_lm"), **options)
-        randomized(model.adapters[name], seed=40 + k, std=1.0)
+        randomize(model.adapters[name], seed=40 + k, std=1.0)
     return model.eval()
 
 

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 from method_table import default_head, hidden
-from tiny_models import LAYERS, VOCAB, tiny_base, tiny_batch
+from tiny_models import LAYERS, VOCAB, randomize, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.composition import AdapterDrop, Fuse, Parallel, Routed, Stack
@@ -19,12 +19,6 @@ from adapterkit.training.multitask import mixture_batches, train_multitask
 
 ATOL = 1e-5
 
-
-def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * std)
 
 
 def fused_model(arch: str = "bert", names=("a", "b", "c"), temperature: float = 1.0, tokenizer=None) -> AdapterModel:

@@ -55,3 +55,11 @@ def tiny_batch(batch: int = 3, seq: int = 7, seed: int = 1) -> dict[str, torch.T
     attention_mask[-1, seq - 2 :] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+
+
+def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    """Give a module non-trivial weights (adapters start mostly at zero): add seeded N(0, std²) noise."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
