@@ -7,9 +7,10 @@ A *site* is one spot of one layer. Three kinds transform a module's output,
 from the site's output ``out`` and its input ``x``:
 
 * ``linear``: a projection (``3.q``, ``3.ffn_out``); ``x`` is its input.
-* ``sublayer``: the output of a sublayer's last projection, before the residual add (``3.attn``,
-  ``3.ffn``, ``3.cross_attn``); ``x`` is the input of its *first* projection, which is what
-  parallel adapters read.
+* ``sublayer``: a sublayer's output after its output dropout, before the residual add (``3.attn``,
+  ``3.ffn``, ``3.cross_attn``): the output of the dropout module the placement names
+  (``Placement.ffn_dropout``), or of the last projection where the family has none. ``x`` is
+  the input of its *first* projection, which is what parallel adapters read.
 * ``norm``: a layer norm's output (``3.attn_norm``); ``x`` is the norm's input.
 
 and three kinds change what the sequence or the attention holds, read by the hooks of
@@ -136,9 +137,11 @@ def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
         for role in LINEAR_ROLES:
             for k, module in enumerate(layer.role(role)):
                 add(i, role if k == 0 else f"{role}_{k}", "linear", module, module, role)
-        for sublayer, (first, last, norm) in SUBLAYERS.items():
+        for sublayer, (first, last, norm, dropout) in SUBLAYERS.items():
             if layer.has(first) and layer.has(last):
-                add(i, sublayer, "sublayer", layer.role(last)[0], layer.role(first)[0])
+                last_module = layer.role(last)[0]
+                output = (layer.role(dropout) or (last_module,))[0]
+                add(i, sublayer, "sublayer", output, layer.role(first)[0], width=_width(last_module))
             if layer.has(norm):
                 add(i, norm, "norm", layer.role(norm)[0], layer.role(norm)[0], width=parts.hidden_size)
         q = layer.role("q")[0]
