@@ -17,11 +17,17 @@ simply by its name, which expands to ``Fuse(*config.adapters, fusion=name)``. Wh
 adapters also change a layer norm (Houlsby's trainable norms), their norm outputs are mixed with
 the attention weights the fusion gave them at the sublayer before (``execution.py``).
 
-Per layer ``l``, with ``h`` the sublayer output (the query) and ``z_n = A_n(h)`` the output of
-adapter ``n`` (its skip connection included), Sec. 3.2:
+Per layer ``l``, with ``h`` the sublayer output (after its dropout) as the fused adapters read
+it, the query, and ``z_n`` the output of adapter ``n`` (its skip connection included), Sec. 3.2:
 
     s_n = softmax_n( (Q h) · (K z_n) / T )
     o   = Σ_n s_n · V z_n
+
+Pfeiffer adapters with ``original_ln_before`` read the output of the FFN's Add & Norm, and that
+is the query (the paper's Fig. 2; AdapterHub's ``query_before_ln: False``, its default): ``h =
+LN(x + r)`` (``x + r`` on pre-LN models) with ``r`` the sublayer output; for other adapters
+``h = r``. Where the fused adapters read different things, the last fused adapter acting at the
+site decides, as in AdapterHub.
 
 ``V`` starts as the identity, so at initialisation the fusion returns an attention-weighted mean
 of the adapter outputs; an L2 penalty ``λ ‖V - I‖²`` (plus ``λ ‖b_V‖²``) keeps it near the identity
