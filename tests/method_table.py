@@ -206,6 +206,10 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     "fusion": Row("fusion", {"adapters": [p.name for p in _FUSED]}, ARCHITECTURES,
                   lambda arch, model: LAYERS * (3 * HIDDEN * HIDDEN + 2 * HIDDEN),
                   identity_at_init=False, prerequisites=_FUSED),
+    # AdapterHub's default form: the residual added after the value matrix (the same parameters)
+    "fusion_residual_after": Row("fusion", {"adapters": [p.name for p in _FUSED], "residual_before": False}, ATTENTION_ARCHS,
+                                 lambda arch, model: LAYERS * (3 * HIDDEN * HIDDEN + 2 * HIDDEN),
+                                 identity_at_init=False, prerequisites=_FUSED),
 })
 
 COMBOS = [(arch, name) for name, row in ROWS.items() for arch in row.archs]

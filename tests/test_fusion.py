@@ -1,5 +1,6 @@
-"""AdapterFusion: the fusion layer against the paper's formula, both training stages, the value
-regulariser, the saved artefact, attention reports and pruning."""
+"""AdapterFusion: the fusion layer against the paper's formula and AdapterHub's residual-after-value
+form, both training stages, the value regulariser, the saved artefact, attention reports and
+pruning."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
             param.add_(torch.randn(param.shape, generator=generator) * std)
 
 
-def fused_model(arch="bert", names=("a", "b", "c"), temperature=1.0) -> AdapterModel:
+def fused_model(arch="bert", names=("a", "b", "c"), temperature=1.0, residual_before=True) -> AdapterModel:
     model = AdapterModel(tiny_base(arch))
     for k, name in enumerate(names):
         model.add_adapter(name, "pfeiffer", head=default_head(), reduction_factor=4)
         randomize(model.adapters[name], seed=k)
-    model.add_adapter("f", "fusion", head=default_head(2), adapters=tuple(names), temperature=temperature)
+    model.add_adapter(
+        "f", "fusion", head=default_head(2), adapters=tuple(names), temperature=temperature, residual_before=residual_before
+    )
     randomize(model.adapters["f"], seed=99)
     return model.eval()
 
@@ -56,6 +59,12 @@ def paper_fusion(layer: FusionLayer, h: torch.Tensor, zs: list[torch.Tensor]) ->
     return sum(weights[..., n : n + 1] * values[n] for n in range(len(zs)))
 
 
+def adapterhub_fusion(layer: FusionLayer, h: torch.Tensor, us: list[torch.Tensor], r: torch.Tensor) -> torch.Tensor:
+    """AdapterHub's ``BertFusion`` with ``residual_before: False``, term by term: keys and values of
+    the adapters' own contributions ``u_n``, the residual ``r`` added after the value matrix."""
+    return r + paper_fusion(layer, h, us)
+
+
 def by_hand(model, batch, names, fusion="f", under=None):
     """Hidden states with, at every FFN site, the paper's fusion over ``names`` (after ``under``)."""
 
@@ -77,6 +86,34 @@ def test_fuse_equals_the_papers_formula(arch):
     expected = by_hand(model, batch, "abc")
     assert torch.allclose(hidden(model, batch, Fuse("a", "b", "c", fusion="f")), expected, atol=ATOL)
     assert torch.allclose(hidden(model, batch, "f"), expected, atol=ATOL)  # a fusion's name means its Fuse
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])
+def test_residual_after_the_value_matrix_equals_adapterhubs_formula(arch):
+    model = fused_model(arch, temperature=2.0, residual_before=False)
+    batch = tiny_batch()
+
+    def compute(layer, inputs, out):
+        us = [run(ffn(model, n, layer), inputs, out) - out for n in "abc"]  # A_n(LN(x + h))
+        return adapterhub_fusion(ffn(model, "f", layer), add_norm(model, layer, inputs, out), us, out)
+
+    with sublayer_hooks(model, compute):
+        expected = hidden(model, batch, None)
+    torch.testing.assert_close(hidden(model, batch, "f"), expected, rtol=0, atol=ATOL)
+    paper = by_hand(model, batch, "abc")
+    assert not torch.allclose(paper, expected, atol=1e-3)  # V transforms the residual in the paper's form only
+
+
+def test_both_fusion_forms_give_the_same_attention_and_agree_with_identity_values():
+    paper, adapterhub = fused_model(), fused_model(residual_before=False)
+    batch = tiny_batch()
+    first = fusion_attention(paper, "f", [batch]).per_layer["0.ffn"]  # both see the same input there
+    assert fusion_attention(adapterhub, "f", [batch]).per_layer["0.ffn"] == pytest.approx(first, abs=1e-6)
+    for model in (paper, adapterhub):
+        for layer in model.adapters["f"].fusion_layers():
+            with torch.no_grad():
+                layer.value.weight.copy_(torch.eye(layer.value.weight.shape[0])), layer.value.bias.zero_()
+    torch.testing.assert_close(hidden(adapterhub, batch, "f"), hidden(paper, batch, "f"), rtol=0, atol=ATOL)
 
 
 def test_zero_query_and_key_with_identity_value_average_the_adapters():

@@ -302,7 +302,7 @@ class BoundSetup:
 
             def fuse(x, out, state):
                 query = out if reader is None else reader.fusion_query(site_input(reader, x), out)
-                fused, attention = layer.fuse(query, [op(x, out, state) for op in ops])
+                fused, attention = layer.fuse(query, [op(x, out, state) for op in ops], out)
                 state.cache[key] = (labels, attention)
                 sink = state.taps.get("fusion_attention")
                 if sink is not None:
