@@ -10,12 +10,15 @@ capabilities its method's module class declares (``REGISTRY[method].capabilities
 
 Method-specific checks stay in their own files and use these rows and helpers:
 ``test_attention_methods.py`` builds its models with :func:`make` from the rows and shares
-:func:`perturb` and :func:`hidden`; ``test_fusion.py`` shares :func:`hidden` and :func:`default_head`.
+:func:`perturb` and :func:`hidden`; ``test_fusion.py`` shares :func:`hidden` and :func:`default_head`;
+the hand computations of ``test_fusion.py``, ``test_composition.py`` and ``test_bottleneck.py``
+share :func:`sublayer_hooks` and :func:`run`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -26,6 +29,7 @@ from tiny_models import ARCHITECTURES, DECODERS, ENCODERS, HIDDEN, LAYERS, tiny_
 import adapterkit.methods  # noqa: F401  (registers every built-in method)
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.registry import REGISTRY
+from adapterkit.sites import SiteInputs, SiteModule, site_input
 
 FFN = 64  # intermediate size of the tiny models (tiny_models._ENCODER / _DECODER)
 M = 4  # bottleneck width used by the bottleneck rows
@@ -159,7 +163,10 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     # --- bottleneck adapters, LoRA, BitFit and the baselines: every tiny architecture
     "houlsby": Row("houlsby", {"bottleneck_size": M}, ARCHITECTURES,
                    lambda arch, model: LAYERS * 2 * (bottleneck_params() + norm_params(arch))),
+    # Pfeiffer et al. 2020's adapter reads the FFN's Add & Norm output with that (frozen) norm: no parameters more
     "pfeiffer": Row("pfeiffer", {"bottleneck_size": M}, ARCHITECTURES, lambda arch, model: LAYERS * bottleneck_params()),
+    "pfeiffer_houlsby_form": Row("pfeiffer", {"bottleneck_size": M, "original_ln_before": False}, ARCHITECTURES,
+                                 lambda arch, model: LAYERS * bottleneck_params()),
     "parallel": Row("parallel", {"bottleneck_size": M}, ARCHITECTURES, lambda arch, model: LAYERS * bottleneck_params()),
     # a learned scaling is one more parameter per bottleneck
     "scaled_parallel": Row("scaled_parallel", {"bottleneck_size": M, "scaling": "learned"}, ARCHITECTURES,
@@ -199,6 +206,10 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     "fusion": Row("fusion", {"adapters": [p.name for p in _FUSED]}, ARCHITECTURES,
                   lambda arch, model: LAYERS * (3 * HIDDEN * HIDDEN + 2 * HIDDEN),
                   identity_at_init=False, prerequisites=_FUSED),
+    # AdapterHub's default form: the residual added after the value matrix (the same parameters)
+    "fusion_residual_after": Row("fusion", {"adapters": [p.name for p in _FUSED], "residual_before": False}, ATTENTION_ARCHS,
+                                 lambda arch, model: LAYERS * (3 * HIDDEN * HIDDEN + 2 * HIDDEN),
+                                 identity_at_init=False, prerequisites=_FUSED),
 })
 
 COMBOS = [(arch, name) for name, row in ROWS.items() for arch in row.archs]
@@ -259,6 +270,34 @@ def hidden(model: AdapterModel, batch: Mapping[str, torch.Tensor], adapters: Any
     """The last hidden states of the model's body with ``adapters`` (None: the plain base)."""
     with model.using(adapters):
         return model.body(**batch).last_hidden_state
+
+
+@contextlib.contextmanager
+def sublayer_hooks(model: AdapterModel, compute: Callable[[int, SiteInputs, torch.Tensor], torch.Tensor],
+                   position: str = "ffn") -> Iterator[None]:
+    """Plain hooks that replace every layer's ``position`` sublayer output (after its dropout) by
+    ``compute(layer, inputs, out)``, with ``inputs`` the sublayer's input and residual input: a
+    computation by hand, for passes without adapters."""
+    handles = []
+    for layer in range(model.parts.num_layers):
+        site, seen = model.sites[f"{layer}.{position}"], {}
+        handles += [
+            site.input_module.register_forward_pre_hook(lambda m, args, seen=seen: seen.update(input=args[0])),
+            site.residual_module.register_forward_pre_hook(lambda m, args, seen=seen: seen.update(residual=args[0])),
+            site.output_module.register_forward_hook(
+                lambda m, args, out, layer=layer, seen=seen: compute(layer, SiteInputs(seen["input"], seen["residual"]), out)
+            ),
+        ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run(module: SiteModule, inputs: SiteInputs, out: torch.Tensor) -> torch.Tensor:
+    """``module``'s output at its site, given the site's inputs as the model would give them."""
+    return module(site_input(module, inputs), out)
 
 
 def add_bystanders(model: AdapterModel, arch: str) -> list[str]:

@@ -6,13 +6,13 @@ adapters' own site modules) or against separate single-adapter runs, row by row.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
 
 import pytest
 import torch
+from method_table import run, sublayer_hooks
 from tiny_models import LAYERS, randomize, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
@@ -42,20 +42,6 @@ def model_with(arch: str = "bert", adapters: dict | None = None, pooling: str = 
     return model.eval()
 
 
-@contextlib.contextmanager
-def hand_hooks(model: AdapterModel, compute):
-    """Plain forward hooks on the FFN output projections calling ``compute(layer, out)``."""
-    handles = [
-        model.sites[f"{layer}.ffn"].output_module.register_forward_hook(lambda m, a, out, layer=layer: compute(layer, out))
-        for layer in range(model.parts.num_layers)
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def ffn_module(model: AdapterModel, name: str, layer: int) -> SiteModule:
     return model.adapters[name].layers[str(layer)]["ffn"]
 
@@ -79,7 +65,10 @@ def row(batch: dict, r: int) -> dict:
 def test_stack_equals_hand_composition():
     model = model_with()
     batch = tiny_batch()
-    with torch.no_grad(), hand_hooks(model, lambda l, out: ffn_module(model, "b", l)(None, ffn_module(model, "a", l)(None, out))):
+    def a_then_b(layer, inputs, out):  # each Pfeiffer adapter reads LN(x + its input)
+        return run(ffn_module(model, "b", layer), inputs, run(ffn_module(model, "a", layer), inputs, out))
+
+    with torch.no_grad(), sublayer_hooks(model, a_then_b):
         expected = base_hidden(model, batch)
     assert torch.allclose(hidden(model, batch, Stack("a", "b")), expected, atol=ATOL)
     assert not torch.allclose(hidden(model, batch, Stack("b", "a")), expected, atol=ATOL)  # order matters
@@ -182,6 +171,7 @@ MIXED = {
     "b": ("pfeiffer", {"bottleneck_size": 3, "non_linearity": "relu"}),  # another width: zero-padded
     "c": ("houlsby", {"bottleneck_size": 5}),  # attention + FFN adapters and norm deltas
     "d": ("parallel", {"reduction_factor": 8}),  # reads the sublayer input
+    "h": ("pfeiffer", {"reduction_factor": 4, "original_ln_before": False}),  # reads the sublayer output
     "e": ("lora", {"r": 2, "targets": ("q", "v", "ffn_out")}),
     "f": ("lora", {"r": 4, "targets": ("v", "o")}),
     "g": ("bitfit", {}),  # bias deltas on the same projections as e's LoRA
@@ -192,7 +182,7 @@ MIXED = {
 def test_routed_rows_equal_each_row_alone(arch):
     pooling = "last" if arch == "llama" else "mean"
     model = model_with(arch, MIXED, pooling)
-    rows = ["a", None, "c", "e", "g", "b", "d", "a", "f", "g", None, "c"]
+    rows = ["a", None, "c", "e", "g", "b", "d", "a", "f", "g", None, "c", "h"]
     batch = tiny_batch(batch=len(rows), seq=6)
     with torch.no_grad():
         out = model(**batch, adapters=Routed(rows))
@@ -285,7 +275,7 @@ def test_adapter_drop_all_layers_gives_base_hidden_states():
 def test_adapter_drop_skips_exactly_the_lower_layers():
     model = model_with()
     batch = tiny_batch()
-    with torch.no_grad(), hand_hooks(model, lambda l, out: out if l < 1 else ffn_module(model, "a", l)(None, out)):
+    with torch.no_grad(), sublayer_hooks(model, lambda l, inputs, out: out if l < 1 else run(ffn_module(model, "a", l), inputs, out)):
         expected = base_hidden(model, batch)
     assert torch.allclose(hidden(model, batch, AdapterDrop("a", first=1)), expected, atol=ATOL)
 

@@ -547,7 +547,7 @@ def test_adding_and_loading_adapters_while_a_lora_is_merged(tmp_path):
 
 
 # ---------------------------------------------------------------- fault 3: AdapterFusion over Houlsby adapters
-def houlsby_fusion(seed: int = 0) -> AdapterModel:
+def houlsby_fusion(seed: int = 0, residual_before: bool = True) -> AdapterModel:
     """A tiny BERT with Houlsby adapters ``a`` and ``b`` (bottlenecks after attention and FFN and
     layer-norm deltas, all non-zero) and fusion ``f`` over them with the default sublayers."""
     model = AdapterModel(tiny_base("bert"))
@@ -556,7 +556,7 @@ def houlsby_fusion(seed: int = 0) -> AdapterModel:
         model.add_adapter(name, "houlsby", HeadConfig(num_labels=3, dropout=0.0), bottleneck_size=4)
         randomize(model.adapters[name], seed=seed + 20 + k)
     torch.manual_seed(seed + 9)
-    model.add_adapter("f", "fusion", HeadConfig(num_labels=2, dropout=0.0), adapters=("a", "b"))
+    model.add_adapter("f", "fusion", HeadConfig(num_labels=2, dropout=0.0), adapters=("a", "b"), residual_before=residual_before)
     randomize(model.adapters["f"], seed=seed + 99)
     return model.eval()
 
@@ -593,11 +593,13 @@ def fused_hidden(model: AdapterModel, batch, setup="f") -> torch.Tensor:
         return model.body(**batch).last_hidden_state
 
 
-def test_fusion_over_houlsby_adapters_equals_the_hand_computation_at_every_site():
+@pytest.mark.parametrize("residual_before", [True, False])
+def test_fusion_over_houlsby_adapters_equals_the_hand_computation_at_every_site(residual_before):
     """At ``attn`` and ``ffn`` the paper's fusion (Pfeiffer et al. 2021, Sec. 3.2) over the two
-    adapters' outputs; at the following layer norm the adapters' norm outputs mixed with the
+    adapters' outputs (or AdapterHub's: over their own contributions, the sublayer output added
+    after the value matrix); at the following layer norm the adapters' norm outputs mixed with the
     attention the fusion gave them at that sublayer (post-norm BERT: the sublayer just before)."""
-    model, batch = houlsby_fusion(), tiny_batch()
+    model, batch = houlsby_fusion(residual_before=residual_before), tiny_batch()
     attention = {}
 
     def paper(layer, position, x, out, adapted):
@@ -609,7 +611,9 @@ def test_fusion_over_houlsby_adapters_equals_the_hand_computation_at_every_site(
         scores = torch.stack([(q * (z @ fusion.key.weight.T)).sum(-1) for z in adapted], dim=-1)
         weights = torch.softmax(scores / fusion.temperature, dim=-1)
         attention[(layer, position)] = weights
-        return sum(weights[..., n : n + 1] * fusion.value(adapted[n]) for n in range(len(adapted)))
+        if residual_before:
+            return sum(weights[..., n : n + 1] * fusion.value(adapted[n]) for n in range(len(adapted)))
+        return out + sum(weights[..., n : n + 1] * fusion.value(adapted[n] - out) for n in range(len(adapted)))
 
     expected = fused_by_hand(model, batch, paper)
     assert len(attention) == 2 * model.parts.num_layers

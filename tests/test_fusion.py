@@ -1,13 +1,12 @@
-"""AdapterFusion: the fusion layer against the paper's formula, both training stages, the value
-regulariser, the saved artefact, attention reports and pruning."""
+"""AdapterFusion: the fusion layer against the paper's formula and AdapterHub's residual-after-value
+form, both training stages, the value regulariser, the saved artefact, attention reports and
+pruning."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from method_table import default_head, hidden
+from method_table import default_head, hidden, run, sublayer_hooks
 from tiny_models import LAYERS, VOCAB, randomize, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
@@ -21,18 +20,27 @@ ATOL = 1e-5
 
 
 
-def fused_model(arch: str = "bert", names=("a", "b", "c"), temperature: float = 1.0, tokenizer=None) -> AdapterModel:
-    model = AdapterModel(tiny_base(arch), tokenizer=tokenizer)
+def fused_model(arch="bert", names=("a", "b", "c"), temperature=1.0, residual_before=True) -> AdapterModel:
+    model = AdapterModel(tiny_base(arch))
     for k, name in enumerate(names):
         model.add_adapter(name, "pfeiffer", head=default_head(), reduction_factor=4)
         randomize(model.adapters[name], seed=k)
-    model.add_adapter("f", "fusion", head=default_head(2), adapters=tuple(names), temperature=temperature)
+    model.add_adapter(
+        "f", "fusion", head=default_head(2), adapters=tuple(names), temperature=temperature, residual_before=residual_before
+    )
     randomize(model.adapters["f"], seed=99)
     return model.eval()
 
 
 def ffn(model, name, layer):
     return model.adapters[name].layers[str(layer)]["ffn"]
+
+
+def add_norm(model, layer, inputs, out):
+    """``LN(x + h)``: the FFN's Add & Norm output, which Pfeiffer adapters read, and so the query
+    (``x + h`` on pre-LN models, which have no norm there)."""
+    norm = model.sites[f"{layer}.ffn"].norm
+    return inputs.residual + out if norm is None else norm(inputs.residual + out)
 
 
 def paper_fusion(layer: FusionLayer, h: torch.Tensor, zs: list[torch.Tensor]) -> torch.Tensor:
@@ -45,39 +53,61 @@ def paper_fusion(layer: FusionLayer, h: torch.Tensor, zs: list[torch.Tensor]) ->
     return sum(weights[..., n : n + 1] * values[n] for n in range(len(zs)))
 
 
-@contextlib.contextmanager
-def hand_hooks(model, compute):
-    handles = [
-        model.sites[f"{layer}.ffn"].output_module.register_forward_hook(lambda m, a, out, layer=layer: compute(layer, out))
-        for layer in range(LAYERS)
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def adapterhub_fusion(layer: FusionLayer, h: torch.Tensor, us: list[torch.Tensor], r: torch.Tensor) -> torch.Tensor:
+    """AdapterHub's ``BertFusion`` with ``residual_before: False``, term by term: keys and values of
+    the adapters' own contributions ``u_n``, the residual ``r`` added after the value matrix."""
+    return r + paper_fusion(layer, h, us)
 
 
 def by_hand(model, batch, names, fusion="f", under=None):
     """Hidden states with, at every FFN site, the paper's fusion over ``names`` (after ``under``)."""
 
-    def compute(layer, out):
+    def compute(layer, inputs, out):
         if under is not None:
-            out = ffn(model, under, layer)(None, out)
-        return paper_fusion(ffn(model, fusion, layer), out, [ffn(model, n, layer)(None, out) for n in names])
+            out = run(ffn(model, under, layer), inputs, out)
+        zs = [run(ffn(model, n, layer), inputs, out) for n in names]
+        return paper_fusion(ffn(model, fusion, layer), add_norm(model, layer, inputs, out), zs)
 
-    with hand_hooks(model, compute):
+    with sublayer_hooks(model, compute):
         return hidden(model, batch, None)
 
 
 # ----------------------------------------------------------------------------- the fusion layer
-@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])
 def test_fuse_equals_the_papers_formula(arch):
     model = fused_model(arch, temperature=2.0)
     batch = tiny_batch()
     expected = by_hand(model, batch, "abc")
     assert torch.allclose(hidden(model, batch, Fuse("a", "b", "c", fusion="f")), expected, atol=ATOL)
     assert torch.allclose(hidden(model, batch, "f"), expected, atol=ATOL)  # a fusion's name means its Fuse
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])
+def test_residual_after_the_value_matrix_equals_adapterhubs_formula(arch):
+    model = fused_model(arch, temperature=2.0, residual_before=False)
+    batch = tiny_batch()
+
+    def compute(layer, inputs, out):
+        us = [run(ffn(model, n, layer), inputs, out) - out for n in "abc"]  # A_n(LN(x + h))
+        return adapterhub_fusion(ffn(model, "f", layer), add_norm(model, layer, inputs, out), us, out)
+
+    with sublayer_hooks(model, compute):
+        expected = hidden(model, batch, None)
+    torch.testing.assert_close(hidden(model, batch, "f"), expected, rtol=0, atol=ATOL)
+    paper = by_hand(model, batch, "abc")
+    assert not torch.allclose(paper, expected, atol=1e-3)  # V transforms the residual in the paper's form only
+
+
+def test_both_fusion_forms_give_the_same_attention_and_agree_with_identity_values():
+    paper, adapterhub = fused_model(), fused_model(residual_before=False)
+    batch = tiny_batch()
+    first = fusion_attention(paper, "f", [batch]).per_layer["0.ffn"]  # both see the same input there
+    assert fusion_attention(adapterhub, "f", [batch]).per_layer["0.ffn"] == pytest.approx(first, abs=1e-6)
+    for model in (paper, adapterhub):
+        for layer in model.adapters["f"].fusion_layers():
+            with torch.no_grad():
+                layer.value.weight.copy_(torch.eye(layer.value.weight.shape[0])), layer.value.bias.zero_()
+    torch.testing.assert_close(hidden(adapterhub, batch, "f"), hidden(paper, batch, "f"), rtol=0, atol=ATOL)
 
 
 def test_zero_query_and_key_with_identity_value_average_the_adapters():
@@ -88,10 +118,10 @@ def test_zero_query_and_key_with_identity_value_average_the_adapters():
             layer.value.weight.copy_(torch.eye(layer.value.weight.shape[0])), layer.value.bias.zero_()
     batch = tiny_batch()
 
-    def mean_of_adapters(layer, out):
-        return torch.stack([ffn(model, n, layer)(None, out) for n in "abc"]).mean(0)
+    def mean_of_adapters(layer, inputs, out):
+        return torch.stack([run(ffn(model, n, layer), inputs, out) for n in "abc"]).mean(0)
 
-    with hand_hooks(model, mean_of_adapters):
+    with sublayer_hooks(model, mean_of_adapters):
         expected = hidden(model, batch, None)
     assert torch.allclose(hidden(model, batch, "f"), expected, atol=ATOL)
     report = fusion_attention(model, "f", [batch])
@@ -115,11 +145,12 @@ def test_fusion_over_stacked_children_and_under_a_stack():
     model = fused_model(names=("a", "b", "lang"))
     batch = tiny_batch()
 
-    def lang_under_a(layer, out):
-        zs = [ffn(model, "a", layer)(None, ffn(model, "lang", layer)(None, out)), ffn(model, "b", layer)(None, out)]
-        return paper_fusion(ffn(model, "f", layer), out, zs)
+    def lang_under_a(layer, inputs, out):  # the query: what "b", the last fused adapter, reads
+        lang = run(ffn(model, "lang", layer), inputs, out)
+        zs = [run(ffn(model, "a", layer), inputs, lang), run(ffn(model, "b", layer), inputs, out)]
+        return paper_fusion(ffn(model, "f", layer), add_norm(model, layer, inputs, out), zs)
 
-    with hand_hooks(model, lang_under_a):
+    with sublayer_hooks(model, lang_under_a):
         expected = hidden(model, batch, None)
     assert torch.allclose(hidden(model, batch, Fuse(Stack("lang", "a"), "b", fusion="f")), expected, atol=ATOL)
     under = by_hand(model, batch, ("a", "b"), under="lang")
@@ -206,14 +237,14 @@ def test_attention_report_per_layer_ignores_padding():
         assert sum(weights.values()) == pytest.approx(1.0)
     probs = {}  # the attention at layer 0 by hand (its input does not depend on the fusion)
 
-    def capture(layer, out):
+    def capture(layer, inputs, out):
         fl = ffn(model, "f", layer)
-        zs = torch.stack([ffn(model, n, layer)(None, out) for n in "abc"], dim=-2)
-        q = fl.query(out) @ fl.key.weight
+        zs = torch.stack([run(ffn(model, n, layer), inputs, out) for n in "abc"], dim=-2)
+        q = fl.query(add_norm(model, layer, inputs, out)) @ fl.key.weight
         probs[layer] = torch.softmax((zs @ q.unsqueeze(-1)).squeeze(-1) / fl.temperature, -1)
         return None
 
-    with hand_hooks(model, capture):
+    with sublayer_hooks(model, capture):
         hidden(model, batch, None)
     mask = batch["attention_mask"].float().unsqueeze(-1)
     first = (probs[0] * mask).sum((0, 1)) / mask.sum()

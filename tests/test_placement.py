@@ -107,3 +107,29 @@ def test_a_placement_is_checked_when_built():
         Placement(**{**PLACEMENTS["bert"].__dict__, "layout": "grid"})
     with pytest.raises(ValueError, match="need non-empty module paths"):
         Placement(**{**PLACEMENTS["bert"].__dict__, "q": ""})
+
+
+@pytest.mark.parametrize(
+    "arch, attn, ffn",
+    [
+        ("bert", "attention.output.dropout", "output.dropout"),
+        ("mpnet", "attention.dropout", "output.dropout"),
+        ("distilbert", "attention.out_lin", "ffn.dropout"),  # no dropout on DistilBERT's attention output
+        ("llama", "self_attn.o_proj", "mlp.down_proj"),  # no dropout at all
+    ],
+)
+def test_sublayer_sites_sit_after_the_output_dropout_and_linear_sites_stay_on_the_projections(arch, attn, ffn):
+    model = AdapterModel(tiny_base(arch))
+    layer = model.parts.layers[0].layer
+    for position, path in (("attn", attn), ("ffn", ffn)):
+        site = model.sites[f"0.{position}"]
+        assert site.output_module is layer.get_submodule(path) and site.width == 32
+    for role in ("o", "ffn_out"):
+        assert isinstance(model.sites[f"0.{role}"].output_module, torch.nn.Linear)
+
+
+def test_a_seq2seq_model_with_functional_dropout_keeps_its_sublayer_sites_on_the_projections():
+    model = AdapterModel(tiny_bart())
+    layer = model.parts.layers[LAYERS].layer
+    assert model.sites[f"{LAYERS}.cross_attn"].output_module is layer.encoder_attn.out_proj
+    assert model.sites[f"{LAYERS}.ffn"].output_module is layer.fc2

@@ -58,7 +58,8 @@ class ForwardState:
         parallel_from: ``Parallel``: the first layer whose input is replicated in this pass.
         prompt_length: prompt positions prepended to the input in this pass (0: none).
         prompts: the prompt modules prepended in this pass, in order.
-        captured: sublayer inputs captured for sites whose modules read them (site -> tensor).
+        captured: sublayer inputs captured for sites whose modules read them (``site`` -> the
+            sublayer input, ``(site, "residual")`` -> its residual input).
         cache: per-pass values (key -> tensor), e.g. a prefix MLP's output.
         taps: observers set with :func:`tapping` (name -> object).
     """

@@ -40,10 +40,11 @@ from .context import ForwardState
 from .heads import head_loss
 from .placement import ResolvedModel
 from .routing import apply_batched, has_batched_form
-from .sites import OUTPUT_KINDS, Site, SiteRouter
+from .sites import OUTPUT_KINDS, Site, SiteInputs, SiteRouter, site_input
 
-Op = Callable[[torch.Tensor | None, torch.Tensor, ForwardState], torch.Tensor]
-"""``op(x, out, state) -> out'``: what runs at one output site in one pass."""
+Op = Callable[[SiteInputs, torch.Tensor, ForwardState], torch.Tensor]
+"""``op(x, out, state) -> out'``: what runs at one output site in one pass (``x``: the site's
+inputs, :class:`~adapterkit.sites.SiteInputs`)."""
 
 
 @dataclass
@@ -155,7 +156,7 @@ class BoundSetup:
             owner, self, training, depth, expand_rows, parallel_from=start, cache=cache, taps=context.taps()
         )
 
-    def apply(self, site: Site, x: torch.Tensor | None, out: torch.Tensor, state: ForwardState) -> torch.Tensor:
+    def apply(self, site: Site, x: SiteInputs, out: torch.Tensor, state: ForwardState) -> torch.Tensor:
         """The output of ``site`` in this pass (called by the router's hooks)."""
         op = self._ops.get(site)
         return out if op is None else op(x, out, state)
@@ -265,13 +266,13 @@ class BoundSetup:
             return op
         base = merged.base_output  # the unmerged projection, from the kept original weights
         if op is None:
-            return lambda x, out, state: base(x)
-        return lambda x, out, state: op(x, base(x), state)
+            return lambda x, out, state: base(x.input)
+        return lambda x, out, state: op(x, base(x.input), state)
 
     def _compile(self, item: str | Setup, site: Site, attached: Mapping[str, nn.Module]) -> Op | None:
         if isinstance(item, str):
             module = attached.get(item)
-            return None if module is None else (lambda x, out, state: module(x, out))
+            return None if module is None else (lambda x, out, state: module(site_input(module, x), out))
         return _COMPILERS[type(item)](self, item, site, attached)
 
     def _compile_stack(self, block: Stack, site, attached) -> Op | None:
@@ -295,9 +296,13 @@ class BoundSetup:
         key = ("fusion", block.fusion)
         layer = attached.get(block.fusion)
         if layer is not None:
+            # the query is the sublayer output as the fused adapters read it; where they differ,
+            # the last fused adapter acting here decides, as in AdapterHub (bottleneck.compose_fuse)
+            reader = next((attached[i] for i in reversed(block.items) if isinstance(i, str) and i in attached), None)
 
             def fuse(x, out, state):
-                fused, attention = layer.fuse(out, [op(x, out, state) for op in ops])
+                query = out if reader is None else reader.fusion_query(site_input(reader, x), out)
+                fused, attention = layer.fuse(query, [op(x, out, state) for op in ops], out)
                 state.cache[key] = (labels, attention)
                 sink = state.taps.get("fusion_attention")
                 if sink is not None:
@@ -327,7 +332,7 @@ class BoundSetup:
             blocks = []
             for k, op in enumerate(ops):
                 part = slice(k * rows, (k + 1) * rows)
-                blocks.append(out[part] if op is None else op(None if x is None else x[part], out[part], state))
+                blocks.append(out[part] if op is None else op(x.rows(part), out[part], state))
             return torch.cat(blocks)
 
         return _replicated(per_branch)

@@ -42,7 +42,7 @@ from .formats.native import read_adapter_config, read_adapter_weights, write_ada
 from .heads import CausalLMHead, HeadConfig, build_head, head_loss
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
-from .registry import MethodConfig, config_from_dict, make_config, method_spec, methods_with
+from .registry import MethodConfig, config_from_saved, make_config, method_spec, methods_with
 from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
 
@@ -569,7 +569,7 @@ class AdapterModel(nn.Module):
         self.check_base(meta["base_model"], directory)
         name = name or meta["name"]
         head = HeadConfig(**meta["head"]) if meta["head"] else None
-        self.add_adapter(name, config_from_dict(meta["config"]), head)
+        self.add_adapter(name, config_from_saved(meta["config"]), head)
         try:
             self.load_adapter_state(name, read_adapter_weights(directory), directory)
         except Exception:

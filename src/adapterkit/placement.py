@@ -10,9 +10,10 @@ an error that names the model type and says how to supply a placement.
 
 Two facts about a family matter beyond the paths:
 
-* ``norm_first``: post-LN models (BERT) compute ``LN(x + sublayer(x))``; pre-LN models (Llama)
-  compute ``x + sublayer(LN(x))``. Adapters placed "after the sublayer's output projection, before
-  the residual add" land in the right spot in both cases when hooked on the output projection.
+* ``norm_first``: post-LN models (BERT) compute ``LN(x + dropout(sublayer(x)))``; pre-LN models
+  (Llama) compute ``x + sublayer(LN(x))``. Adapters placed "after the sublayer, before the residual
+  add" land in the right spot in both cases when hooked on the sublayer's output dropout (or, where
+  a family has no dropout module there, on its output projection).
 * ``decoder``: causal decoders get a causal-LM head and are loaded with their LM head.
 
 A placement can name several stacks of layers (a seq2seq model's encoder and decoder layers,
@@ -24,6 +25,7 @@ out: ``sequence`` (``(batch, seq, d)``, transformers) or ``image`` (``(batch, C,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import nn
 
@@ -34,11 +36,31 @@ LINEAR_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out", *CROSS_ROLES)
 """Roles of the linear projections inside a layer that methods such as LoRA can target."""
 
 NORM_ROLES = ("attn_norm", "ffn_norm", "cross_norm")
-OPTIONAL_ROLES = (*CROSS_ROLES, "cross_norm")
+DROPOUT_ROLES = ("attn_dropout", "ffn_dropout", "cross_dropout")
+"""Roles of the dropout modules applied to a sublayer's output before the residual add."""
+OPTIONAL_ROLES = (*CROSS_ROLES, "cross_norm", "cross_dropout")
 """Roles that only some layers have (the decoder layers of a seq2seq model)."""
 
-SUBLAYERS = {"attn": ("q", "o", "attn_norm"), "ffn": ("ffn_in", "ffn_out", "ffn_norm"), "cross_attn": ("cross_q", "cross_o", "cross_norm")}
-"""Sublayer -> (role of its first projection, role of its last projection, role of its norm)."""
+
+class Sublayer(NamedTuple):
+    """The roles of one sublayer's modules."""
+
+    first: str
+    """its first projection (whose input is the sublayer's input)"""
+    last: str
+    """its last projection"""
+    norm: str
+    """its layer norm"""
+    dropout: str
+    """the dropout on its output, before the residual add"""
+
+
+SUBLAYERS = {
+    "attn": Sublayer("q", "o", "attn_norm", "attn_dropout"),
+    "ffn": Sublayer("ffn_in", "ffn_out", "ffn_norm", "ffn_dropout"),
+    "cross_attn": Sublayer("cross_q", "cross_o", "cross_norm", "cross_dropout"),
+}
+"""Sublayer name -> the roles of its modules."""
 
 LAYOUTS = {"sequence": "(batch, seq, d)", "image": "(batch, C, H, W)"}
 """How the features at a site are laid out, by layout name."""
@@ -60,9 +82,15 @@ class Placement:
         embeddings: the token embedding module, matched as a suffix like ``layers``.
         norm_first: True for pre-LN layers (norm before the sublayer).
         decoder: True for causal decoders.
-        cross_q, cross_k, cross_v, cross_o, cross_norm: the cross-attention sublayer of a
-            seq2seq decoder layer (None: the family has none); layers without it get no cross sites.
+        cross_q, cross_k, cross_v, cross_o, cross_norm, cross_dropout: the cross-attention
+            sublayer of a seq2seq decoder layer (None: the family has none); layers without it
+            get no cross sites.
         layout: ``sequence`` or ``image`` (see :data:`LAYOUTS`).
+        attn_dropout, ffn_dropout: the dropout module applied to the attention / feed-forward
+            sublayer's output before the residual add, relative to one layer (BERT's
+            ``attention.output.dropout``); each must be called exactly once per layer call, on
+            that output. None: the family has no such module (Llama has no dropout there; BART
+            calls ``nn.functional.dropout``), and sublayer sites then sit on the last projection.
 
     Raises:
         ValueError: an empty path or an unknown layout.
@@ -86,6 +114,9 @@ class Placement:
     cross_o: str | None = None
     cross_norm: str | None = None
     layout: str = "sequence"
+    attn_dropout: str | None = None
+    ffn_dropout: str | None = None
+    cross_dropout: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -122,6 +153,8 @@ _BERT = Placement(
     attn_norm="attention.output.LayerNorm",
     ffn_norm="output.LayerNorm",
     embeddings="embeddings.word_embeddings",
+    attn_dropout="attention.output.dropout",
+    ffn_dropout="output.dropout",
 )
 _DISTILBERT = Placement(
     layers="transformer.layer",
@@ -134,6 +167,7 @@ _DISTILBERT = Placement(
     attn_norm="sa_layer_norm",
     ffn_norm="output_layer_norm",
     embeddings="embeddings.word_embeddings",
+    ffn_dropout="ffn.dropout",  # the attention output has no dropout in DistilBERT
 )
 _MPNET = Placement(
     layers="encoder.layer",
@@ -146,6 +180,8 @@ _MPNET = Placement(
     attn_norm="attention.LayerNorm",
     ffn_norm="output.LayerNorm",
     embeddings="embeddings.word_embeddings",
+    attn_dropout="attention.dropout",
+    ffn_dropout="output.dropout",
 )
 _LLAMA = Placement(
     layers="layers",
@@ -178,7 +214,7 @@ _BART = Placement(
     cross_v="encoder_attn.v_proj",
     cross_o="encoder_attn.out_proj",
     cross_norm="encoder_attn_layer_norm",
-)
+)  # BART's dropouts are nn.functional calls: no module to name
 
 PLACEMENTS: dict[str, Placement] = {
     "bert": _BERT,
@@ -293,7 +329,7 @@ def resolve(model: nn.Module, placement: Placement | None = None) -> ResolvedMod
             raise ValueError(f"placement path {path!r} is a {type(layer_list).__name__}, not a ModuleList")
         for layer in layer_list:
             parts = LayerParts(index=len(layers), layer=layer, stack=stack)
-            for role in LINEAR_ROLES + NORM_ROLES:
+            for role in LINEAR_ROLES + NORM_ROLES + DROPOUT_ROLES:
                 optional = role in OPTIONAL_ROLES
                 found = tuple(
                     module

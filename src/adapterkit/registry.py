@@ -31,6 +31,9 @@ class MethodConfig:
     """Peak learning rate (AdamW, linear decay with warmup) when a run does not set one."""
     learning_rate_source: ClassVar[str] = "a few fresh parameters on a frozen model: 1e-3 is the usual start"
     """Where :attr:`default_learning_rate` comes from (paper, peer library, our measurement)."""
+    options_added_later: ClassVar[dict[str, Any]] = {}
+    """Options added after adapters of this method had been saved without them, each with the value
+    that keeps what such an adapter computes (read by :func:`config_from_saved`)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -167,3 +170,20 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     if method is None:
         raise ValueError("adapter config has no 'method' field; was it written by adapterkit?")
     return make_config(method, **data)
+
+
+def config_from_saved(data: dict[str, Any]) -> MethodConfig:
+    """:func:`config_from_dict` for the config of a saved adapter, which may have been written
+    before some options existed: those take their :attr:`MethodConfig.options_added_later` value
+    (in a union's member configs too), so the adapter computes what it did when it was saved."""
+    return config_from_dict(_fill_added_options(data))
+
+
+def _fill_added_options(data: dict[str, Any]) -> dict[str, Any]:
+    members = {
+        key: [_fill_added_options(m) if isinstance(m, dict) and "method" in m else m for m in value]
+        for key, value in data.items()
+        if isinstance(value, list)
+    }
+    later = method_spec(data["method"]).config_cls.options_added_later if "method" in data else {}
+    return {**later, **data, **members}

@@ -39,10 +39,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .sites import SiteModule
+from .sites import SiteInputs, SiteModule
 
-BatchedForward = Callable[[torch.Tensor | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
-"""``forward(x, out, index) -> out'`` of a batched form (see the module docstring for ``index``)."""
+BatchedForward = Callable[[torch.Tensor | SiteInputs | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""``forward(x, out, index) -> out'`` of a batched form (see the module docstring for ``index``;
+``x`` as the modules take it, see :func:`~adapterkit.sites.site_input`)."""
 
 
 def has_batched_form(module: SiteModule) -> bool:
@@ -87,17 +88,22 @@ def groups(t: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
 
 
 def apply_batched(
-    modules: Sequence[SiteModule | None], x: torch.Tensor | None, out: torch.Tensor, index: torch.Tensor | None
+    modules: Sequence[SiteModule | None], x: SiteInputs, out: torch.Tensor, index: torch.Tensor | None
 ) -> torch.Tensor:
     """Apply ``modules[index[r]]`` to row ``r`` of ``out`` (or module ``k`` to block ``k``).
 
     A site may hold modules of several classes (a LoRA delta and a BitFit bias on one projection)
     and, within a class, modules whose options one batched operation cannot mix; each group
-    (class and :meth:`SiteModule.batch_key`) runs its batched form once with the other groups'
-    rows as identity. Rows are disjoint between groups, so the order does not matter.
+    (class, :meth:`SiteModule.batch_key` and whether it reads the residual input) runs its batched
+    form once with the other groups' rows as identity, given ``x`` as its modules take it
+    (:func:`~adapterkit.sites.site_input`). Rows are disjoint between groups, so the order does
+    not matter.
     """
-    keys = dict.fromkeys((type(m), m.batch_key()) for m in modules if m is not None)
-    for kind, key in keys:
-        group = [m if m is not None and type(m) is kind and m.batch_key() == key else None for m in modules]
-        out = kind.batched(group)(x, out, index)
+
+    def key(m: SiteModule) -> tuple:
+        return type(m), m.batch_key(), m.needs_residual
+
+    for kind, batch_key, residual in dict.fromkeys(key(m) for m in modules if m is not None):
+        group = [m if m is not None and key(m) == (kind, batch_key, residual) else None for m in modules]
+        out = kind.batched(group)(x if residual else x.input, out, index)
     return out

@@ -7,9 +7,13 @@ A *site* is one spot of one layer. Three kinds transform a module's output,
 from the site's output ``out`` and its input ``x``:
 
 * ``linear``: a projection (``3.q``, ``3.ffn_out``); ``x`` is its input.
-* ``sublayer``: the output of a sublayer's last projection, before the residual add (``3.attn``,
-  ``3.ffn``, ``3.cross_attn``); ``x`` is the input of its *first* projection, which is what
-  parallel adapters read.
+* ``sublayer``: a sublayer's output after its output dropout, before the residual add (``3.attn``,
+  ``3.ffn``, ``3.cross_attn``): the output of the dropout module the placement names
+  (``Placement.ffn_dropout``), or of the last projection where the family has none. ``x`` is
+  the input of its *first* projection, which is what parallel adapters read; the sublayer's
+  *residual input* (the ``x`` of ``x + h``) is there too for the modules that read it
+  (``needs_residual``): the same tensor on post-LN models, the input of the sublayer's norm on
+  pre-LN ones.
 * ``norm``: a layer norm's output (``3.attn_norm``); ``x`` is the norm's input.
 
 and three kinds change what the sequence or the attention holds, read by the hooks of
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -62,6 +67,10 @@ class Site:
         role: for linear sites, the role of the projection (``ffn_in`` for ``ffn_in_1`` too).
         width: features at the site (the last dimension of ``out``; channels for images).
         layout: ``sequence`` (``(batch, seq, width)``) or ``image`` (``(batch, width, H, W)``).
+        residual_module: sublayer sites: the base module whose input is the sublayer's residual
+            input (its first projection on post-LN models, its norm on pre-LN ones).
+        norm: sublayer sites of post-LN models: the norm of the sublayer's Add & Norm, which
+            follows the residual add (None on pre-LN models, whose norm precedes the sublayer).
     """
 
     layer: int
@@ -72,6 +81,8 @@ class Site:
     role: str = ""
     width: int = 0
     layout: str = "sequence"
+    residual_module: nn.Module | None = None
+    norm: nn.Module | None = None
 
     @property
     def key(self) -> str:
@@ -82,17 +93,42 @@ class Site:
         return _PRIORITY[self.kind]
 
 
+class SiteInputs(NamedTuple):
+    """What an output site's ops receive besides ``out``.
+
+    Shapes: each ``(batch, seq, d_in)`` like the site's input, or None where no attached module
+    reads it (then it is not captured).
+    """
+
+    input: torch.Tensor | None
+    """``x``: the site module's input (a sublayer's first projection's input)."""
+    residual: torch.Tensor | None = None
+    """sublayer sites: the sublayer's residual input (the ``x`` of ``x + h``)."""
+
+    def rows(self, part: slice) -> SiteInputs:
+        """The same inputs for the rows ``part`` only."""
+        return SiteInputs(*(None if t is None else t[part] for t in self))
+
+
 class SiteModule(nn.Module):
     """A module attached at an output site: ``forward(x, out) -> out'``.
 
-    ``needs_input`` says whether ``x`` is read; sublayer sites only capture the sublayer input
-    when some attached module needs it.
+    ``needs_input`` says whether ``x`` (the site's input tensor) is read; ``needs_residual``
+    (sublayer sites) whether the sublayer's residual input is read, and then ``x`` is the
+    :class:`SiteInputs` pair instead (see :func:`site_input`). Sublayer sites capture only what
+    some attached module reads.
     """
 
     needs_input: bool = False
+    needs_residual: bool = False
 
-    def forward(self, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def forward(self, x: torch.Tensor | SiteInputs | None, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def fusion_query(self, x: torch.Tensor | SiteInputs | None, out: torch.Tensor) -> torch.Tensor:
+        """The query of an AdapterFusion over this module at its site (``x`` as for ``forward``):
+        the sublayer output as this module reads it. Default: ``out``."""
+        return out
 
     def batch_key(self) -> object:
         """What must agree between modules of this class for one batched form to run them
@@ -109,6 +145,11 @@ class SiteModule(nn.Module):
         )
 
 
+def site_input(module: SiteModule, x: SiteInputs) -> torch.Tensor | SiteInputs | None:
+    """What ``module`` receives as ``x``: both inputs if it reads the residual, else the input."""
+    return x if module.needs_residual else x.input
+
+
 def _width(module: nn.Module) -> int:
     for name in ("out_features", "normalized_shape", "weight"):
         value = getattr(module, name, None)
@@ -123,11 +164,13 @@ def _width(module: nn.Module) -> int:
 
 def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
     """All sites of a resolved model, keyed by :attr:`Site.key`."""
-    layout = parts.placement.layout
+    layout, norm_first = parts.placement.layout, parts.placement.norm_first
     sites: dict[str, Site] = {}
 
-    def add(layer: int, position: str, kind: str, output: nn.Module, inputs: nn.Module, role: str = "", width: int = 0) -> None:
-        site = Site(layer, position, kind, output, inputs, role, width or _width(output), layout)
+    def add(
+        layer: int, position: str, kind: str, output: nn.Module, inputs: nn.Module, role: str = "", width: int = 0, **more
+    ) -> None:
+        site = Site(layer, position, kind, output, inputs, role, width or _width(output), layout, **more)
         sites[site.key] = site
 
     add(-1, "input", "input", parts.embeddings, parts.embeddings, width=parts.hidden_size)
@@ -136,11 +179,18 @@ def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
         for role in LINEAR_ROLES:
             for k, module in enumerate(layer.role(role)):
                 add(i, role if k == 0 else f"{role}_{k}", "linear", module, module, role)
-        for sublayer, (first, last, norm) in SUBLAYERS.items():
+        for sublayer, (first, last, norm, dropout) in SUBLAYERS.items():
+            norm_module = layer.role(norm)[0] if layer.has(norm) else None
             if layer.has(first) and layer.has(last):
-                add(i, sublayer, "sublayer", layer.role(last)[0], layer.role(first)[0])
-            if layer.has(norm):
-                add(i, norm, "norm", layer.role(norm)[0], layer.role(norm)[0], width=parts.hidden_size)
+                first_module, last_module = layer.role(first)[0], layer.role(last)[0]
+                add(
+                    i, sublayer, "sublayer", (layer.role(dropout) or (last_module,))[0], first_module,
+                    width=_width(last_module),
+                    residual_module=norm_module if norm_first else first_module,
+                    norm=None if norm_first else norm_module,
+                )  # fmt: skip
+            if norm_module is not None:
+                add(i, norm, "norm", norm_module, norm_module, width=parts.hidden_size)
         q = layer.role("q")[0]
         attention = next(m for m in layer.layer.modules() if any(c is q for c in m.children()))
         add(i, "attention", "attention", attention, attention, width=layer.role("k")[0].out_features)
@@ -200,33 +250,38 @@ class SiteRouter:
 
     def _rehook(self, site: Site) -> None:
         """(Re)register the hooks of the modules ``site`` touches to match what is attached."""
-        for module in {site.output_module, site.input_module}:
+        for module in {site.output_module, site.input_module, site.residual_module} - {None}:
             for handle in self._handles.pop(module, []):
                 handle.remove()
             handles = []
             if self._sites_by_output.get(module):
                 handles.append(module.register_forward_hook(self._output_hook))
-            capture = [s for s in self._capturing_sites() if s.input_module is module]
-            if capture:
-                handles.append(module.register_forward_pre_hook(self._make_capture_hook(capture)))
+            keys = [key for key, source in self._captures() if source is module]
+            if keys:
+                handles.append(module.register_forward_pre_hook(self._make_capture_hook(keys)))
             if handles:
                 self._handles[module] = handles
 
-    def _capturing_sites(self) -> list[Site]:
-        return [
-            s
-            for s, modules in self._attached.items()
-            if s.kind in OUTPUT_KINDS
-            and s.input_module is not s.output_module
-            and any(getattr(m, "needs_input", False) for m in modules.values())
-        ]
+    def _captures(self) -> list[tuple[object, nn.Module]]:
+        """(key in ``state.captured``, the module whose input it is) for every input some attached
+        module reads that its site's output hook does not see: ``site`` for a sublayer's input,
+        ``(site, "residual")`` for its residual input."""
+        captures = []
+        for site, modules in self._attached.items():
+            if site.kind not in OUTPUT_KINDS:
+                continue
+            if site.input_module is not site.output_module and any(getattr(m, "needs_input", False) for m in modules.values()):
+                captures.append((site, site.input_module))
+            if site.residual_module is not None and any(getattr(m, "needs_residual", False) for m in modules.values()):
+                captures.append(((site, "residual"), site.residual_module))
+        return captures
 
-    def _make_capture_hook(self, sites: list[Site]):
+    def _make_capture_hook(self, keys: list[object]):
         def capture(module: nn.Module, args: tuple) -> None:
             state = context.current(self)
             if state is not None:
-                for site in sites:
-                    state.captured[site] = args[0]
+                for key in keys:
+                    state.captured[key] = args[0]
 
         return capture
 
@@ -236,5 +291,6 @@ class SiteRouter:
             return None
         for site in self._sites_by_output[module]:
             x = args[0] if site.input_module is module else state.captured.pop(site, None)
-            output = state.setup.apply(site, x, output, state)
+            inputs = SiteInputs(x, state.captured.pop((site, "residual"), None))
+            output = state.setup.apply(site, inputs, output, state)
         return output

@@ -17,22 +17,42 @@ simply by its name, which expands to ``Fuse(*config.adapters, fusion=name)``. Wh
 adapters also change a layer norm (Houlsby's trainable norms), their norm outputs are mixed with
 the attention weights the fusion gave them at the sublayer before (``execution.py``).
 
-Per layer ``l``, with ``h`` the sublayer output (the query) and ``z_n = A_n(h)`` the output of
-adapter ``n`` (its skip connection included), Sec. 3.2:
+Per layer ``l``, with ``h`` the sublayer output (after its dropout) as the fused adapters read
+it, the query, and ``z_n`` the output of adapter ``n`` (its skip connection included: ``z_n = r +
+u_n`` with ``r`` the sublayer output and ``u_n`` the adapter's own contribution), Sec. 3.2:
 
     s_n = softmax_n( (Q h) · (K z_n) / T )
-    o   = Σ_n s_n · V z_n
+    o   = Σ_n s_n · V z_n                        (residual_before=True: the paper)
+
+Pfeiffer adapters with ``original_ln_before`` read the output of the FFN's Add & Norm, and that
+is the query (the paper's Fig. 2; AdapterHub's ``query_before_ln: False``, its default): ``h =
+LN(x + r)`` (``x + r`` on pre-LN models); for other adapters ``h = r``. Where the fused adapters
+read different things, the last fused adapter acting at the site decides, as in AdapterHub.
+
+AdapterHub's default fusion (``residual_before: False``; its ``BertFusion`` given the residual the
+bottleneck layer keeps, ``adapter_residual``, which is ``r``) feeds the adapters' own
+contributions ``u_n`` to the key and the value and adds the residual after the value matrix:
+
+    s_n = softmax_n( (Q h) · (K u_n) / T )      (the same weights: K r adds Q h · K r to every score)
+    o   = r + Σ_n s_n · V u_n                    (residual_before=False)
+
+The two differ only in whether ``V`` transforms ``r``. Either way the fused output ``o`` goes on
+to the layer's Add & Norm. AdapterHub's value matrix has no bias (``b_V = 0`` here) and its key
+one does (it cancels, see below). AdapterHub's fusion also drops attention scores out in training (at the
+model's attention dropout rate) and can anneal its temperature from 50; neither is done here.
 
 ``V`` starts as the identity, so at initialisation the fusion returns an attention-weighted mean
-of the adapter outputs; an L2 penalty ``λ ‖V - I‖²`` (plus ``λ ‖b_V‖²``) keeps it near the identity
-and is added to the training loss by ``AdapterModel.forward`` while the fusion's parameters train.
+of the adapter outputs (both forms agree there); an L2 penalty ``λ ‖V - I‖²`` (plus ``λ ‖b_V‖²``)
+keeps it near the identity and is added to the training loss by ``AdapterModel.forward`` while
+the fusion's parameters train.
 
 The computation is re-associated without changing its value: ``(Q h) · (K z_n) = (Kᵀ Q h) · z_n``
 (a key bias would add the same ``Q h · b_K`` to every score and cancel in the softmax, so there is
-none), and because the weights sum to one, ``Σ s_n V z_n = V (Σ s_n z_n)``. One ``d × d`` product
-each for Q, Kᵀ and V per token instead of ``1 + 2N``: an 8-adapter fusion costs about the same as a
-2-adapter one. The attention weights each adapter receives are recorded on request and drive
-AdapterDrop's fusion pruning (``adapterkit.inference.fusion``).
+none), and because the weights sum to one, ``Σ s_n V z_n = V (Σ s_n z_n)`` (likewise for ``u_n``,
+the value bias included). One ``d × d`` product each for Q, Kᵀ and V per token instead of
+``1 + 2N``: an 8-adapter fusion costs about the same as a 2-adapter one. The attention weights
+each adapter receives are recorded on request and drive AdapterDrop's fusion pruning
+(``adapterkit.inference.fusion``).
 """
 
 from __future__ import annotations
@@ -64,6 +84,13 @@ class FusionConfig(MethodConfig):
         temperature: softmax temperature ``T`` (> 1 flattens the attention over adapters).
         regularization: ``λ`` of the penalty ``λ ‖V - I‖²`` added to the training loss.
         init_scale: standard deviation of the query and key weights at initialisation.
+        residual_before: True: the value matrix transforms the adapters' whole outputs (the
+            paper's Sec. 3.2); False: their own contributions, with the sublayer output added
+            after it (AdapterHub's default; see the module docstring).
+
+    Raises:
+        ValueError: no adapters, a bad name or a repeated one, unknown sublayers, a temperature
+            that is not positive or a negative regularization.
     """
 
     method = "fusion"
@@ -73,6 +100,7 @@ class FusionConfig(MethodConfig):
     temperature: float = 1.0
     regularization: float = 0.01
     init_scale: float = 0.02
+    residual_before: bool = True
     default_learning_rate = 1e-3
     learning_rate_source = (
         "Pfeiffer et al. 2021 train fusion at 5e-5 for 10 epochs on large targets; from identity values and "
@@ -114,18 +142,29 @@ class FusionLayer(SiteModule):
             self.value.weight.copy_(torch.eye(hidden_size))
         nn.init.zeros_(self.value.bias)
         self.temperature = config.temperature
+        self.residual_before = config.residual_before
 
     def forward(self, x, out):
         raise TypeError("a fusion layer combines several adapters' outputs: use it through Fuse(...), not in a Stack")
 
-    def fuse(self, h: torch.Tensor, outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(o, s)``: the fused output ``(..., d)`` and the attention over adapters ``(..., N)``."""
+    def fuse(self, h: torch.Tensor, outputs: list[torch.Tensor], residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(o, s)``: the fused output ``(..., d)`` and the attention over adapters ``(..., N)``.
+
+        Args:
+            h: the query ``(..., d)``.
+            outputs: the adapters' outputs ``z_n`` ``(..., d)`` each, skip connection included.
+            residual: ``r`` ``(..., d)``, the sublayer output the adapters added to (read only
+                when ``residual_before`` is False).
+        """
         z = torch.stack(outputs, dim=-2)  # (..., N, d)
+        if not self.residual_before:
+            z = z - residual.unsqueeze(-2)  # u_n: the adapters' own contributions
         q = self.query(h) @ self.key.weight  # (..., d): Kᵀ Q h, so that score_n = q · z_n
         scores = (z @ q.unsqueeze(-1)).squeeze(-1)  # (..., N)
         attention = torch.softmax(scores / self.temperature, dim=-1)
         mixed = (attention.unsqueeze(-2) @ z).squeeze(-2)  # (..., d): Σ_n s_n z_n
-        return self.value(mixed), attention
+        fused = self.value(mixed)
+        return (fused if self.residual_before else residual + fused), attention
 
     def value_penalty(self) -> torch.Tensor:
         """``‖V - I‖² + ‖b_V‖²``."""

@@ -15,6 +15,8 @@ bottleneck 512 on a 768-wide model; the FFN being where added capacity pays), i.
     FFN:        h' = FFN(x) + 4 · W_up ReLU(W_down x)
 
 Here the bottleneck scales with the model: ``d / 1.5`` (512 for d = 768, 256 for MiniLM's 384).
+``FFN(x)`` is the FFN's output after its dropout, as for every bottleneck adapter
+(``methods/bottleneck.py``): the parallel adapter's output is never dropped by the base.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from ..registry import MethodConfig, config_from_dict, method_spec
-from ..sites import OUTPUT_KINDS, SiteModule
+from ..sites import OUTPUT_KINDS, SiteInputs, SiteModule, site_input
 from .base import AdapterMethod, BindContext
 from .bottleneck import ScaledParallelConfig
 from .prefix import PrefixConfig
@@ -123,17 +125,27 @@ class MamConfig(MethodConfig):
 
 
 class SiteChain(SiteModule):
-    """Several members' modules at one site, applied in order."""
+    """Several members' modules at one site, applied in order, each given ``x`` as it takes it."""
 
     def __init__(self, modules: list[SiteModule]):
         super().__init__()
         self.chain = nn.ModuleList(modules)
         self.needs_input = any(m.needs_input for m in modules)
+        self.needs_residual = any(m.needs_residual for m in modules)
 
     def forward(self, x, out):
         for module in self.chain:
-            out = module(x, out)
+            out = module(self._given(module, x), out)
         return out
+
+    def fusion_query(self, x, out):
+        """The first member's query: it reads the sublayer output first."""
+        return self.chain[0].fusion_query(self._given(self.chain[0], x), out)
+
+    def _given(self, module: SiteModule, x):
+        """What ``module`` takes as ``x`` out of what this chain took (the pair if any member reads
+        the residual input, else the input)."""
+        return site_input(module, x if self.needs_residual else SiteInputs(x))
 
 
 class UnionAdapter(AdapterMethod):
