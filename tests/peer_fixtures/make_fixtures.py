@@ -17,7 +17,11 @@ then move the finished case folder into place. A case the peer is expected to re
 from __future__ import annotations
 
 import os
+import sys
 
+if os.environ.get("PYTHONHASHSEED") != "0":
+    # peft writes target_modules from a set, in string-hash order: fix the hash so reruns match
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing here may reach a hub
 
 import argparse
