@@ -67,6 +67,25 @@ def lora_params(arch: str, targets: Sequence[str], r: int = R) -> int:
     return LAYERS * sum(per_role[t] for t in targets)
 
 
+def out_features(arch: str, targets: Sequence[str]) -> int:
+    """Output features of the adapted projections of one layer (one DoRA magnitude or IA3 scale each)."""
+    d, kv = HIDDEN, kv_width(arch)
+    per_role = {"q": d, "k": kv, "v": kv, "o": d, "ffn_in": ffn_in_count(arch) * FFN, "ffn_out": d}
+    return sum(per_role[t] for t in targets)
+
+
+def in_features(arch: str, targets: Sequence[str]) -> int:
+    """Input features of the adapted projections of one layer (one IA3 input scale each)."""
+    d = HIDDEN
+    per_role = {"q": d, "k": d, "v": d, "o": d, "ffn_in": ffn_in_count(arch) * d, "ffn_out": FFN}
+    return sum(per_role[t] for t in targets)
+
+
+def dora_params(arch: str, targets: Sequence[str], r: int = R) -> int:
+    """LoRA's ``r (d_in + d_out)`` plus DoRA's magnitude ``m`` (``d_out``) per adapted projection."""
+    return lora_params(arch, targets, r) + LAYERS * out_features(arch, targets)
+
+
 def bitfit_params(arch: str) -> int:
     """A bias delta on every projection and on every LayerNorm (the decoders' RMSNorms have none)."""
     d, kv = HIDDEN, kv_width(arch)
@@ -166,6 +185,9 @@ ROWS: Mapping[str, Row] = MappingProxyType({
                            lambda arch, model: LAYERS * (bottleneck_params() + 1)),
     "lora": Row("lora", {"r": R, "targets": ["q", "k", "v", "o", "ffn_in", "ffn_out"]}, ARCHITECTURES,
                 lambda arch, model: lora_params(arch, ("q", "k", "v", "o", "ffn_in", "ffn_out"))),
+    # DoRA: LoRA's factors plus a magnitude per output feature; rsLoRA changes only the scaling
+    "dora": Row("lora", {"r": R, "targets": ["q", "v", "ffn_in", "ffn_out"], "use_dora": True, "use_rslora": True},
+                ARCHITECTURES, lambda arch, model: dora_params(arch, ("q", "v", "ffn_in", "ffn_out"))),
     "bitfit": Row("bitfit", {}, ARCHITECTURES, lambda arch, model: bitfit_params(arch)),
     "probe": Row("probe", {}, ARCHITECTURES, lambda arch, model: 0),  # only the head trains
     "partial": Row("partial", {"top_layers": 1}, ARCHITECTURES, lambda arch, model: layer_params(arch),

@@ -257,6 +257,8 @@ class BoundSetup:
     # ----------------------------------------------------------------- compiling output sites
     def _site_op(self, site: Site, attached: Mapping[str, nn.Module]) -> Op | None:
         merged = attached.get(self.merged) if self.merged is not None else None
+        if merged is not None and self.setup is not None:
+            _refuse_weight_readers(site, attached, self.merged, self.setup.adapter_names())
         merge_here = self.merge_in_use and site.layer >= self.drop_first  # AdapterDrop: not below its depth
         if merge_here:
             attached = {n: m for n, m in attached.items() if n != self.merged}
@@ -367,6 +369,18 @@ class BoundSetup:
         if isinstance(item, (Stack, AdapterDrop)):
             return [n for child in item.children() if isinstance(child, (str, Stack)) for n in BoundSetup._sequence_order(child)]
         return []
+
+
+def _refuse_weight_readers(site: Site, attached: Mapping[str, nn.Module], merged: str, names: Sequence[str]) -> None:
+    """Refuse a pass that runs, at ``site``, a module computing with the base weight (DoRA, IA3 on
+    an input) of another adapter than ``merged``, which holds that weight merged: it would read
+    the merged weight instead of the base one."""
+    readers = [n for n in names if n != merged and getattr(attached.get(n), "reads_base_weight", False)]
+    if readers:
+        raise ValueError(
+            f"adapter {readers[0]!r} computes with the base weight of projection {site.key}, which adapter {merged!r} "
+            f"holds merged; call model.unmerge_adapter({merged!r}) before running {readers[0]!r}"
+        )
 
 
 def _replicated(op: Op) -> Op:

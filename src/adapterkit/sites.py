@@ -86,10 +86,13 @@ class SiteModule(nn.Module):
     """A module attached at an output site: ``forward(x, out) -> out'``.
 
     ``needs_input`` says whether ``x`` is read; sublayer sites only capture the sublayer input
-    when some attached module needs it.
+    when some attached module needs it. ``reads_base_weight`` says whether ``forward`` computes
+    with the weight of the base projection at its site (DoRA's norm, IA3 on a projection's
+    input): such a module cannot run beside another adapter merged into that weight.
     """
 
     needs_input: bool = False
+    reads_base_weight: bool = False
 
     def forward(self, x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
