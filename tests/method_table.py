@@ -188,6 +188,12 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     # DoRA: LoRA's factors plus a magnitude per output feature; rsLoRA changes only the scaling
     "dora": Row("lora", {"r": R, "targets": ["q", "v", "ffn_in", "ffn_out"], "use_dora": True, "use_rslora": True},
                 ARCHITECTURES, lambda arch, model: dora_params(arch, ("q", "v", "ffn_in", "ffn_out"))),
+    # IA3: a vector per scaled output (k, v) and per scaled input (the FFN's output projection:
+    # the paper's and peft's l_ff); AdapterHub's placement scales the FFN input projection's output
+    "ia3": Row("ia3", {}, ARCHITECTURES,
+               lambda arch, model: LAYERS * (out_features(arch, ("k", "v")) + in_features(arch, ("ffn_out",)))),
+    "ia3_adapterhub": Row("ia3", {"targets": ["k", "v", "ffn_in"], "input_targets": []}, ARCHITECTURES,
+                          lambda arch, model: LAYERS * out_features(arch, ("k", "v", "ffn_in"))),
     "bitfit": Row("bitfit", {}, ARCHITECTURES, lambda arch, model: bitfit_params(arch)),
     "probe": Row("probe", {}, ARCHITECTURES, lambda arch, model: 0),  # only the head trains
     "partial": Row("partial", {"top_layers": 1}, ARCHITECTURES, lambda arch, model: layer_params(arch),
