@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import ModelOutput
 
 from . import context
 from .composition import AdapterDrop, Fuse, Parallel, Routed, Setup, Stack
 from .context import ForwardState
-from .heads import head_loss
+from .heads import head_loss, head_output
 from .placement import ResolvedModel
 from .routing import apply_batched, has_batched_form
 from .sites import OUTPUT_KINDS, Site, SiteRouter
@@ -51,20 +51,21 @@ class MultiTaskOutput:
     """Head outputs of a :class:`Parallel` or :class:`Routed` forward pass.
 
     Attributes:
-        tasks: per task (head name), its ``SequenceClassifierOutput`` over the rows it answered.
+        tasks: per task (head name), its head's output over the rows it answered (a
+            ``SequenceClassifierOutput``, or a ``TokenClassifierOutput`` for a tagging head).
         rows: per task, the row indices of the input batch it answered (every row for Parallel).
         logits: for Routed batches whose rows all have heads of one width, the logits in row order.
         loss: Parallel: the sum of the tasks' losses; Routed: the mean loss per labelled row.
         last_hidden_state: the final hidden states (``P·B`` rows for Parallel, branch-major).
     """
 
-    tasks: dict[str, SequenceClassifierOutput] = field(default_factory=dict)
+    tasks: dict[str, ModelOutput] = field(default_factory=dict)
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
 
-    def __getitem__(self, task: str) -> SequenceClassifierOutput:
+    def __getitem__(self, task: str) -> ModelOutput:
         return self.tasks[task]
 
 
@@ -87,11 +88,12 @@ class BoundSetup:
         router: the model's site router (what is attached where).
         parts: the resolved model (its number of layers).
         merged: the adapter currently merged into the base weights, if any.
-        pooled_heads: adapter names with a classification or regression head.
+        task_heads: adapter names with a head of their own on the hidden states (classification,
+            regression, tagging).
     """
 
     def __init__(
-        self, setup: Setup | None, router: SiteRouter, parts: ResolvedModel, merged: str | None, pooled_heads: set[str]
+        self, setup: Setup | None, router: SiteRouter, parts: ResolvedModel, merged: str | None, task_heads: set[str]
     ):
         self.setup = setup
         self.num_layers = parts.num_layers
@@ -100,7 +102,7 @@ class BoundSetup:
         self.parallel: Parallel | None = _find(setup, Parallel)
         self.routed: Routed | None = _find(setup, Routed)
         self.multi_output = self.parallel is not None or (
-            self.routed is not None and any(n in pooled_heads for n in self.routed.names)
+            self.routed is not None and any(n in task_heads for n in self.routed.names)
         )
         self.fusions = tuple(b.fusion for b in setup.walk() if isinstance(b, Fuse)) if setup is not None else ()
         self.index = torch.tensor(self.routed.slots()) if self.routed is not None else None
@@ -218,9 +220,9 @@ class BoundSetup:
             logits = head(chunk, attention_mask)
             loss = None
             if labels is not None and labels.get(task) is not None:
-                loss = head_loss(head.config, logits, labels[task])
+                loss = head_loss(head.config, logits, labels[task], attention_mask)
                 result.loss = loss if result.loss is None else result.loss + loss
-            result.tasks[task] = SequenceClassifierOutput(loss=loss, logits=logits)
+            result.tasks[task] = head_output(head.config, logits, loss)
             result.rows[task] = all_rows
         return result
 
@@ -237,10 +239,10 @@ class BoundSetup:
             logits = head(hidden[rows], mask)
             loss = None
             if labels is not None:
-                loss = head_loss(head.config, logits, labels[rows])
+                loss = head_loss(head.config, logits, labels[rows], mask)
                 losses.append(loss * len(rows))
                 labelled += len(rows)
-            result.tasks[name] = SequenceClassifierOutput(loss=loss, logits=logits)
+            result.tasks[name] = head_output(head.config, logits, loss)
             result.rows[name] = rows
             widths.add(tuple(logits.shape[1:]))
             pieces.append((rows, logits))

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput
 
 from . import context, methods  # noqa: F401  (importing methods registers every built-in method)
 from .attention import PrefixHooks
@@ -39,7 +39,7 @@ from .composition import AdapterView, ModelView, Setup, as_setup, check
 from .execution import BoundSetup, replication_hooks
 from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
-from .heads import CausalLMHead, HeadConfig, build_head, head_loss
+from .heads import CausalLMHead, HeadConfig, build_head, head_loss, head_output
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
 from .registry import MethodConfig, config_from_dict, make_config, method_spec, methods_with
@@ -339,8 +339,8 @@ class AdapterModel(nn.Module):
             self._bound.move_to_end(setup)
             return bound
         checked = None if setup is None else check(setup, self.view())
-        pooled = {name for name, head in self.heads.items() if head.config.kind != "causal_lm"}
-        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, pooled)
+        task_heads = {name for name, head in self.heads.items() if head.config.kind != "causal_lm"}
+        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, task_heads)
         if bound.parallel is not None and "parallel" not in self._hooks:
             self._hooks["parallel"] = replication_hooks(self.parts, self.router)
         self._bound[setup] = bound
@@ -429,7 +429,8 @@ class AdapterModel(nn.Module):
         the active setup) and its head.
 
         Returns a ``SequenceClassifierOutput`` (logits, loss if labels are given) for
-        classification/regression heads, the base model's ``CausalLMOutput`` for a causal-LM head
+        classification/regression heads, a ``TokenClassifierOutput`` (logits ``(batch, seq,
+        num_labels)``) for tagging heads, the base model's ``CausalLMOutput`` for a causal-LM head
         or a decoder without head, and a ``BaseModelOutput`` with the hidden states otherwise.
         ``Parallel`` and ``Routed`` setups return an ``execution.MultiTaskOutput`` (one head
         output per task). While a fusion trains, its regulariser is part of ``loss``.
@@ -454,8 +455,8 @@ class AdapterModel(nn.Module):
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
             logits = head(hidden, attention_mask)
-            loss = head_loss(head.config, logits, labels) if labels is not None else None
-            return SequenceClassifierOutput(loss=self._regularized(bound, loss), logits=logits)
+            loss = head_loss(head.config, logits, labels, attention_mask) if labels is not None else None
+            return head_output(head.config, logits, self._regularized(bound, loss))
 
     def _regularized(self, bound: BoundSetup, loss: torch.Tensor | None) -> torch.Tensor | None:
         """``loss`` plus the regularisers of the setup's fusions whose parameters train
