@@ -35,6 +35,9 @@ NUM_LABELS = 3
 NO_PREFIX = {"mpnet": "MPNetSelfAttention .* computes attention in its own forward.*use prompt"}
 """Architectures that refuse a prefix (``attention.check_attention_module``), with the error."""
 
+NO_EMBEDDING_LAYER = "insert_at='embedding_output'.*embedding layer is only the token lookup.*use insert_at='input'"
+"""The error of a prompt after the embedding layer on a model whose embedding layer is the token lookup."""
+
 ATTENTION_ARCHS = ("bert", "distilbert", "llama")  # where the attention-level rows run (keeps the suite fast)
 
 
@@ -213,6 +216,10 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     # the input prompt and one prompt per layer above the first
     "deep_prompt": Row("deep_prompt", {"prompt_length": K_PROMPT}, ATTENTION_ARCHS,
                        lambda arch, model: LAYERS * K_PROMPT * HIDDEN, identity_at_init=False),
+    # AdapterHub's place: after the embedding layer, which a decoder's bare token lookup does not have
+    "deep_prompt_after_embeddings": Row("deep_prompt", {"prompt_length": K_PROMPT, "insert_at": "embedding_output"},
+                                        ("bert", "distilbert"), lambda arch, model: LAYERS * K_PROMPT * HIDDEN,
+                                        identity_at_init=False, refused={"llama": NO_EMBEDDING_LAYER}),
     # prefix + a scaled parallel FFN adapter (scaling 4.0 is a constant, not a parameter)
     "mam": Row("mam", {"prefix_length": L_PREFIX, "reparam_hidden": MLP, "bottleneck_size": M}, ATTENTION_ARCHS,
                lambda arch, model: prefix_mlp_params(arch) + LAYERS * bottleneck_params(),

@@ -123,6 +123,16 @@ class BoundSetup:
         self.prompts: tuple[nn.Module, ...] = tuple(inputs[name] for name in prompt_names)
         """The prompt modules prepended at the input, in stack order."""
         self.prompt_length = sum(p.length for p in self.prompts)
+        places = {name: inputs[name].insert_at for name in prompt_names}
+        if len(set(places.values())) > 1:
+            raise ValueError(
+                f"the prompts of {setup!r} are inserted at different places ({places}); one pass can stack prompts "
+                "with one insert_at only"
+            )
+        self.prompt_insert_at = next(iter(places.values()), "input")
+        """Where the pass's prompts go: before the embedding layer (``input``) or after it."""
+        self.positions_taken = sum(p.positions for p in self.prompts)
+        """Positions of the model the pass's prompts take in front of the text."""
         for site in sites:
             attached = router.attached(site)
             if site.kind in OUTPUT_KINDS:

@@ -351,7 +351,7 @@ class AdapterModel(nn.Module):
     def token_budget(self, adapters: str | Setup | list[str] | None, max_length: int | None = None) -> int | None:
         """The most tokens one input may have in a pass with ``adapters`` (None: the plain base):
         the positions the model reads (``sequence.max_positions``) less those the setup's prompts
-        take in front of the text (``BoundSetup.prompt_length``), and at most ``max_length`` when
+        take in front of the text (``BoundSetup.positions_taken``), and at most ``max_length`` when
         given. The trainer, ``predict``/``evaluate`` and the CLI truncate every input to it
         before the first step.
 
@@ -365,8 +365,8 @@ class AdapterModel(nn.Module):
         if positions is None:
             return max_length
         bound = self._bind(adapters)
-        budget = positions - bound.prompt_length
-        taken = f"; the prompts of {bound.setup!r} take {bound.prompt_length}" if bound.prompt_length else ""
+        budget = positions - bound.positions_taken
+        taken = f"; the prompts of {bound.setup!r} take {bound.positions_taken}" if bound.positions_taken else ""
         if budget < 1:
             raise ValueError(
                 f"this {self.parts.model_type!r} model reads {positions} positions{taken}, which leaves no room "

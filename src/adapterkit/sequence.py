@@ -7,7 +7,9 @@ decoders, for ``forward`` and ``generate``:
 
 * a pre-hook on the transformer body turns ``input_ids`` into embeddings, prepends the prompts of
   the pass (``BoundSetup.prompts``, in stack order), extends a 2-D attention mask, shifts given
-  ``position_ids`` and extends ``token_type_ids``;
+  ``position_ids`` and extends ``token_type_ids``; for prompts inserted after the embedding layer
+  (``insert_at='embedding_output'``) it only extends the mask, and a hook on the embedding layer
+  prepends them to its output;
 * a pre-hook on each layer puts the layer's own prompt vectors in place (deep prompts);
 * a hook on the body's output drops the prompt positions, so heads, pooling and the LM loss see
   exactly the tokens.
@@ -40,17 +42,26 @@ from . import context
 from .placement import ResolvedModel
 
 
+def embedding_layer(parts: ResolvedModel) -> nn.Module | None:
+    """The model's embedding layer around its token lookup, the module whose output enters the
+    first layer (BERT's ``embeddings``: token, position and token-type embeddings, LayerNorm,
+    dropout); None when the token lookup is all there is (Llama: its positions act in attention)."""
+    first_layer = parts.layers[0].layer
+    for module in parts.root.modules():
+        if any(child is parts.embeddings for child in module.children()):
+            holds_layers = any(m is first_layer for m in module.modules())
+            return None if holds_layers else module
+    return None
+
+
 def max_positions(parts: ResolvedModel) -> int | None:
     """How many positions the model reads (None: no fixed limit known). Models that number
     positions from ``padding_idx + 1`` (RoBERTa, MPNet) lose those first ones."""
     limit = getattr(parts.root.config, "max_position_embeddings", None)
     if limit is None:
         return None
-    for module in parts.root.modules():
-        offset = getattr(module, "padding_idx", None)
-        if getattr(module, "word_embeddings", None) is parts.embeddings and offset is not None:
-            return limit - offset - 1
-    return limit
+    offset = getattr(embedding_layer(parts), "padding_idx", None)
+    return limit if offset is None else limit - offset - 1
 
 
 def _mask_positions(mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -59,6 +70,11 @@ def _mask_positions(mask: torch.Tensor, length: int) -> torch.Tensor:
     left padding keeps the model's own ``0, 1, ...``, its right padding included."""
     first = mask.long().argmax(-1, keepdim=True)  # where each row's tokens start
     return (torch.arange(mask.shape[-1], device=mask.device) - first).clamp(min=0)[:, -length:]
+
+
+def _attended_first(mask: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """A 2-D mask ``(batch, seq)`` with ``k`` attended positions in front (None stays None)."""
+    return None if mask is None else torch.cat([mask.new_ones(mask.shape[0], k), mask], dim=1)
 
 
 class PromptHooks:
@@ -87,6 +103,9 @@ class PromptHooks:
             body.register_forward_pre_hook(self._before, with_kwargs=True),
             body.register_forward_hook(self._after),
         ]
+        embedding = embedding_layer(parts)
+        if embedding is not None:
+            self.handles.append(embedding.register_forward_hook(self._after_embeddings))
         for layer in parts.layers[1:]:
             self.handles.append(layer.layer.register_forward_pre_hook(self._layer_hook(layer.index), with_kwargs=True))
 
@@ -104,7 +123,7 @@ class PromptHooks:
         if not numbered and not prompts:
             return None
         kwargs = {**dict(zip(self.names, args)), **kwargs}
-        k = sum(p.length for p in prompts)
+        k = state.setup.prompt_length
         mask = kwargs.get("attention_mask")
         if prompts and mask is not None and mask.dim() != 2:
             raise ValueError(
@@ -123,33 +142,46 @@ class PromptHooks:
             return (), {**kwargs, "position_ids": positions}
         if cache is not None and cache.get_seq_length() > 0:
             # a later generation step: the prompt is in the cache already
-            if mask is not None:
-                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], k), mask], dim=1)
+            kwargs["attention_mask"] = _attended_first(mask, k)
             if positions is not None:
                 kwargs["position_ids"] = positions + k
+            return (), kwargs
+        self._check_length(length, state.setup.positions_taken)
+        state.prompts, state.prompt_length = prompts, k
+        kwargs["attention_mask"] = _attended_first(mask, k)
+        if state.setup.prompt_insert_at == "embedding_output":  # the tokens keep their embeddings and positions
             return (), kwargs
         if embeds is None:
             embeds = self.parts.embeddings(kwargs["input_ids"])
         batch = embeds.shape[0]
-        if self.limit is not None and length + k > self.limit:
-            raise ValueError(
-                f"an input of {length} tokens plus {k} prompt positions exceeds the {self.limit} positions this "
-                f"model reads; truncate inputs to at most {self.limit - k} tokens (AdapterModel.token_budget tells it "
-                "for a setup; the trainer, predict and evaluate truncate to it)"
-            )
         prompt = torch.cat([p.prompt for p in prompts]).to(embeds.dtype)
         kwargs["inputs_embeds"] = torch.cat([prompt.expand(batch, -1, -1), embeds], dim=1)
         kwargs["input_ids"] = None
-        if mask is not None:
-            kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, k), mask], dim=1)
         if positions is not None:
             first = torch.arange(k, device=positions.device, dtype=positions.dtype)
             kwargs["position_ids"] = torch.cat([first.expand(*positions.shape[:-1], k), positions + k], dim=-1)
         types = kwargs.get("token_type_ids")
         if types is not None:
             kwargs["token_type_ids"] = torch.cat([types.new_zeros(*types.shape[:-1], k), types], dim=-1)
-        state.prompts, state.prompt_length = prompts, k
         return (), kwargs
+
+    def _check_length(self, length: int, taken: int) -> None:
+        """Refuse an input of ``length`` tokens that does not fit the model's positions beside the
+        ``taken`` ones."""
+        if self.limit is not None and length + taken > self.limit:
+            raise ValueError(
+                f"an input of {length} tokens plus {taken} prompt positions exceeds the {self.limit} positions this "
+                f"model reads; truncate inputs to at most {self.limit - taken} tokens (AdapterModel.token_budget tells "
+                "it for a setup; the trainer, predict and evaluate truncate to it)"
+            )
+
+    def _after_embeddings(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        """Prompts inserted after the embedding layer (``insert_at='embedding_output'``): in front of its output."""
+        state = context.current(self.owner)
+        if state is None or not state.prompts or state.setup.prompt_insert_at != "embedding_output":
+            return None
+        prompt = torch.cat([p.prompt for p in state.prompts]).to(output.dtype)
+        return torch.cat([prompt.expand(output.shape[0], -1, -1), output], dim=1)
 
     def _layer_hook(self, layer: int):
         def replace_prompts(module: nn.Module, args: tuple, kwargs: dict):
