@@ -89,7 +89,7 @@ def test_a_prompt_after_the_embedding_layer_takes_no_positions_of_the_model():
     assert model.token_budget("before") == 12
     long = {"input_ids": torch.randint(3, 100, (1, 300))}
     assert hidden(model, long, "after").shape == (1, 300, 32)
-    with pytest.raises(ValueError, match="input of 300 tokens plus 500 prompt positions exceeds the 512"):
+    with pytest.raises(ValueError, match="input of 300 tokens plus 500 positions for prompts or shifted prefixes exceeds the 512"):
         hidden(model, long, "before")
 
 

@@ -131,8 +131,7 @@ class BoundSetup:
             )
         self.prompt_insert_at = next(iter(places.values()), "input")
         """Where the pass's prompts go: before the embedding layer (``input``) or after it."""
-        self.positions_taken = sum(p.positions for p in self.prompts)
-        """Positions of the model the pass's prompts take in front of the text."""
+        shifts: dict[tuple[str, int | None], int] = {}  # (prefix adapter, Routed slot) -> its position shift
         for site in sites:
             attached = router.attached(site)
             if site.kind in OUTPUT_KINDS:
@@ -140,15 +139,35 @@ class BoundSetup:
                 if op is not None:
                     self._ops[site] = op
             elif site.kind == "attention":
-                entries = self._prefix_entries(setup, attached)
-                if entries:
+                slots = self._prefix_slots(setup, attached)
+                if slots:
+                    entries = [(attached[name], slot) for name, slot in slots]
                     self._prefixes[site.output_module] = (site, entries)
-                    for prefix, _ in entries:
+                    for (name, slot), (prefix, _) in zip(slots, entries):
                         self._pass_values.update(prefix.pass_values())
+                        shifts[(name, slot)] = prefix.position_shift
             elif site.kind == "layer_input":
                 vectors = tuple(attached.get(name) for name in prompt_names)
                 if any(v is not None for v in vectors):
                     self._layer_prompts[site.layer] = vectors
+        self._shift = sum(shift for (_, slot), shift in shifts.items() if slot is None)
+        self._row_shifts = None  # Routed: the shift of each slot, the last (no adapter) 0
+        if any(shift for (_, slot), shift in shifts.items() if slot is not None):
+            self._row_shifts = torch.zeros(len(self.routed.names) + 1, dtype=torch.long)
+            for (_, slot), shift in shifts.items():
+                if slot is not None:
+                    self._row_shifts[slot] += shift
+        self.shifts_positions = bool(self._shift) or self._row_shifts is not None
+        """Whether prefixes with ``shift_positions`` (peft's numbering) act in this pass."""
+        if self.shifts_positions and self.prompts and self.prompt_insert_at == "input":
+            raise ValueError(
+                f"{setup!r} runs prompts before the embedding layer and prefixes with shift_positions in one pass; "
+                "their positions have no common numbering: use insert_at='embedding_output' for the prompts or "
+                "shift_positions=False for the prefixes"
+            )
+        most = self._shift + (int(self._row_shifts.max()) if self._row_shifts is not None else 0)
+        self.positions_taken = sum(p.positions for p in self.prompts) + most
+        """Positions of the model the pass's prompts and shifted prefixes take in front of the text."""
         self.parallel_layers = sorted({site.layer for site in self._ops}) if self.parallel is not None else []
         self.is_plain = setup is None and not self._ops  # nothing acts (no merged adapter either): no state needed
 
@@ -183,6 +202,14 @@ class BoundSetup:
             return []
         index = self.rows(state, batch, device) if self.routed is not None else None
         return [(prefix, None if slot is None else index == slot) for prefix, slot in entries]
+
+    def position_shift(self, state: ForwardState, batch: int, device: torch.device) -> int | torch.Tensor:
+        """How far this pass moves the tokens' positions for its prefixes with ``shift_positions``
+        (peft numbers the tokens after the prefix; see ``methods/prefix.py``): the sum of their
+        lengths, or, when ``Routed`` rows see different ones, ``(batch,)`` per row."""
+        if self._row_shifts is None:
+            return self._shift
+        return self._shift + self._row_shifts.to(device)[self.rows(state, batch, device)]
 
     def has_prefixes(self, module: nn.Module | None = None) -> bool:
         """Whether ``module`` (an attention module; None: any) prepends prefixes under this setup."""
@@ -361,16 +388,16 @@ class BoundSetup:
         return None if site.layer < block.first else op
 
     # ----------------------------------------------------------------- compiling sequence sites
-    def _prefix_entries(self, item: str | Setup | None, attached) -> list[tuple[nn.Module, int | None]]:
-        """Prefixes in stack order, each with its Routed slot (None: all rows)."""
+    def _prefix_slots(self, item: str | Setup | None, attached) -> list[tuple[str, int | None]]:
+        """The adapters with a prefix here, in stack order, each with its Routed slot (None: all rows)."""
         if item is None:
             return []
         if isinstance(item, str):
-            return [(attached[item], None)] if item in attached else []
+            return [(item, None)] if item in attached else []
         if isinstance(item, Routed):
-            return [(attached[name], k) for k, name in enumerate(item.names) if name in attached]
+            return [(name, k) for k, name in enumerate(item.names) if name in attached]
         if isinstance(item, (Stack, AdapterDrop)):
-            return [entry for child in item.children() for entry in self._prefix_entries(child, attached)]
+            return [entry for child in item.children() for entry in self._prefix_slots(child, attached)]
         return []  # Fuse and Parallel hold no prefix adapters (composition.check refuses them)
 
     @staticmethod

@@ -351,22 +351,24 @@ class AdapterModel(nn.Module):
     def token_budget(self, adapters: str | Setup | list[str] | None, max_length: int | None = None) -> int | None:
         """The most tokens one input may have in a pass with ``adapters`` (None: the plain base):
         the positions the model reads (``sequence.max_positions``) less those the setup's prompts
-        take in front of the text (``BoundSetup.positions_taken``), and at most ``max_length`` when
-        given. The trainer, ``predict``/``evaluate`` and the CLI truncate every input to it
-        before the first step.
+        and shifted prefixes take in front of the text (``BoundSetup.positions_taken``), and at
+        most ``max_length`` when given. The trainer, ``predict``/``evaluate`` and the CLI truncate
+        every input to it before the first step.
 
         Returns None when neither the model nor ``max_length`` sets a limit. A ``max_length`` above
         the budget is reduced to it with a ``UserWarning`` saying what was reduced and why.
 
         Raises:
-            ValueError: the prompts take every position the model reads.
+            ValueError: the prompts (and shifted prefixes) take every position the model reads.
         """
         positions = max_positions(self.parts)
         if positions is None:
             return max_length
         bound = self._bind(adapters)
         budget = positions - bound.positions_taken
-        taken = f"; the prompts of {bound.setup!r} take {bound.positions_taken}" if bound.positions_taken else ""
+        taken = ""
+        if bound.positions_taken:
+            taken = f"; the prompts (and shifted prefixes) of {bound.setup!r} take {bound.positions_taken}"
         if budget < 1:
             raise ValueError(
                 f"this {self.parts.model_type!r} model reads {positions} positions{taken}, which leaves no room "
@@ -387,9 +389,10 @@ class AdapterModel(nn.Module):
 
     def _sync_hooks(self) -> None:
         """Install or remove the model-wide hooks that attached prefixes and prompts need (the
-        sequence hooks also number a decoder's positions from the mask for prefixes)."""
+        sequence hooks also number a decoder's positions from the mask for prefixes, and shift
+        the tokens' positions for prefixes with ``shift_positions``)."""
         kinds = self.router.kinds()
-        sequence = bool(kinds & {"input", "layer_input"}) or (self.is_decoder and "attention" in kinds)
+        sequence = bool(kinds & {"input", "layer_input", "attention"})
         wanted = {"prefixes": "attention" in kinds, "sequence": sequence}
         for key, needed in wanted.items():
             if needed and key not in self._hooks:

@@ -24,6 +24,12 @@ right after the prompt), as ``generate`` does, and every row gets the result it 
 whatever the padding side. Rows without left padding keep the model's own numbering, and passes
 without prompts or prefixes are left alone.
 
+**Positions after a prefix** (``shift_positions``, peft's numbering; ``methods/prefix.py``): in passes
+with such prefixes the hook moves the tokens' positions by their lengths (each ``Routed`` row by
+its own): the positions the model would give the tokens itself (RoBERTa's padding tokens stay at
+its padding index) or those given, as peft moves given ones. They count against the model's
+maximum length like prompts before the embedding layer, and cannot be combined with those.
+
 During cached generation the prompt enters the cache with the first step; later steps only
 extend the mask and shift positions, so cached and uncached generation agree. What was prepended
 is kept in the pass's state (``state.prompts``), so layers recomputed by gradient checkpointing
@@ -103,9 +109,9 @@ class PromptHooks:
             body.register_forward_pre_hook(self._before, with_kwargs=True),
             body.register_forward_hook(self._after),
         ]
-        embedding = embedding_layer(parts)
-        if embedding is not None:
-            self.handles.append(embedding.register_forward_hook(self._after_embeddings))
+        self.embedding = embedding_layer(parts)
+        if self.embedding is not None:
+            self.handles.append(self.embedding.register_forward_hook(self._after_embeddings))
         for layer in parts.layers[1:]:
             self.handles.append(layer.layer.register_forward_pre_hook(self._layer_hook(layer.index), with_kwargs=True))
 
@@ -117,40 +123,53 @@ class PromptHooks:
         state = context.current(self.owner)
         if state is None:
             return None
-        prompts = state.setup.prompts
+        setup = state.setup
+        prompts = setup.prompts
         state.prompts, state.prompt_length = (), 0
-        numbered = self.decoder and (bool(prompts) or state.setup.has_prefixes())
-        if not numbered and not prompts:
+        numbered = self.decoder and (bool(prompts) or setup.has_prefixes())
+        if not numbered and not prompts and not setup.shifts_positions:
             return None
         kwargs = {**dict(zip(self.names, args)), **kwargs}
-        k = state.setup.prompt_length
+        k = setup.prompt_length
         mask = kwargs.get("attention_mask")
         if prompts and mask is not None and mask.dim() != 2:
             raise ValueError(
                 f"prompt tuning extends 2-D attention masks (batch, seq); got a {mask.dim()}-D mask: "
                 "pass the tokenizer's attention_mask"
             )
-        positions = kwargs.get("position_ids")
+        given = kwargs.get("position_ids")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        embeds = kwargs.get("inputs_embeds")
-        length = (embeds if embeds is not None else kwargs["input_ids"]).shape[1]
+        past = cache.get_seq_length() if cache is not None else 0
+        tokens = kwargs.get("inputs_embeds")
+        tokens = tokens if tokens is not None else kwargs["input_ids"]
+        length = tokens.shape[1]
+        positions = given
         if positions is None and mask is not None and mask.dim() == 2 and self.decoder:
             positions = _mask_positions(mask, length)
-        if not prompts:  # prefixes only: the tokens numbered from the mask, nothing prepended
-            if positions is None or kwargs.get("position_ids") is not None:
+        if setup.shifts_positions:  # peft's numbering: the tokens after the prefix
+            shift = setup.position_shift(state, tokens.shape[0], tokens.device)
+            if positions is None:
+                positions = self._own_positions(kwargs.get("input_ids"), length, past, shift, tokens.device)
+            else:
+                positions = positions + (shift[:, None] if isinstance(shift, torch.Tensor) else shift)
+        if (prompts or setup.shifts_positions) and not past:
+            self._check_length(length, setup.positions_taken)
+        if not prompts:  # prefixes only: the tokens numbered from the mask (or shifted), nothing prepended
+            if positions is None or (given is not None and not setup.shifts_positions):
                 return None
             return (), {**kwargs, "position_ids": positions}
-        if cache is not None and cache.get_seq_length() > 0:
-            # a later generation step: the prompt is in the cache already
+        if past:  # a later generation step: the prompt is in the cache already
             kwargs["attention_mask"] = _attended_first(mask, k)
             if positions is not None:
                 kwargs["position_ids"] = positions + k
             return (), kwargs
-        self._check_length(length, state.setup.positions_taken)
         state.prompts, state.prompt_length = prompts, k
         kwargs["attention_mask"] = _attended_first(mask, k)
-        if state.setup.prompt_insert_at == "embedding_output":  # the tokens keep their embeddings and positions
+        if setup.prompt_insert_at == "embedding_output":  # the tokens keep their embeddings and positions
+            if positions is not None:
+                kwargs["position_ids"] = positions
             return (), kwargs
+        embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             embeds = self.parts.embeddings(kwargs["input_ids"])
         batch = embeds.shape[0]
@@ -165,14 +184,31 @@ class PromptHooks:
             kwargs["token_type_ids"] = torch.cat([types.new_zeros(*types.shape[:-1], k), types], dim=-1)
         return (), kwargs
 
+    def _own_positions(
+        self, input_ids: torch.Tensor | None, length: int, past: int, shift: int | torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
+        """The positions the model would give the tokens itself after ``past`` cached ones and
+        ``shift`` more (an int, or ``(batch,)``): ``(batch or 1, length)``. Models numbering from
+        ``padding_idx + 1`` (RoBERTa) keep their padding tokens at ``padding_idx``, as their
+        embedding layer does with a cache."""
+        offset = past + (shift[:, None] if isinstance(shift, torch.Tensor) else shift)
+        steps = torch.arange(length, device=device)[None]
+        pad = getattr(self.embedding, "padding_idx", None)
+        if pad is None:
+            return steps + offset
+        if input_ids is None:
+            return steps + pad + 1 + offset
+        real = input_ids.ne(pad).long()
+        return (real.cumsum(-1) + offset) * real + pad
+
     def _check_length(self, length: int, taken: int) -> None:
         """Refuse an input of ``length`` tokens that does not fit the model's positions beside the
         ``taken`` ones."""
         if self.limit is not None and length + taken > self.limit:
             raise ValueError(
-                f"an input of {length} tokens plus {taken} prompt positions exceeds the {self.limit} positions this "
-                f"model reads; truncate inputs to at most {self.limit - taken} tokens (AdapterModel.token_budget tells "
-                "it for a setup; the trainer, predict and evaluate truncate to it)"
+                f"an input of {length} tokens plus {taken} positions for prompts or shifted prefixes exceeds the "
+                f"{self.limit} positions this model reads; truncate inputs to at most {self.limit - taken} tokens "
+                "(AdapterModel.token_budget tells it for a setup; the trainer, predict and evaluate truncate to it)"
             )
 
     def _after_embeddings(self, module: nn.Module, args: tuple, output: torch.Tensor):
