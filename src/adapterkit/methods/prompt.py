@@ -30,7 +30,11 @@ length. ``"embedding_output"`` (AdapterHub ``adapters`` 1.3, ``PromptTuningConfi
 ``combine="prefix"``): in front of the embedding layer's *output*, so the prompt enters the first
 layer as it is, without position or token-type embeddings or LayerNorm; the tokens keep their
 positions ``0 .. n-1`` (so the prompt takes none of the model's positions) and their token types,
-and the attention mask gains ``k`` attended positions in front, as AdapterHub does. Models whose
+and the attention mask gains ``k`` attended positions in front, as AdapterHub does. Padding tokens
+stay hidden from every query, the prompt's included: AdapterHub's eager BERT attention does the
+same, while its SDPA attention (the default) widens the 4-D mask along the queries with "attend",
+so there the prompt positions also attend to padding and a padded row's outputs depend on its
+padding (unpadded rows agree). Models whose
 embedding layer is only the token lookup (Llama: positions act inside attention) have no such
 place, and refuse it. Either way the prompt positions are dropped before the head, and deep
 prompts replace the same first ``k`` positions at every layer.
@@ -165,7 +169,8 @@ class PromptAdapter(AdapterMethod):
             std = config.init_std if config.init_std is not None else self._token_scale(ctx)
             self.prompt.normal_(0.0, std)
         else:
-            self.prompt.copy_(self._tokens(ctx, init_token_ids(ctx, config.init, config.init_text, self.length, config.method)))
+            ids = init_token_ids(ctx, config.init, config.init_text, self.length, config.method)
+            self.prompt.copy_(self._tokens(ctx, ids))
         if config.deep:
             layers = [parts.layers[i].layer for i in range(1, parts.num_layers)]
             for i, hidden in enumerate(self._layer_inputs(ctx, layers), start=1):
