@@ -39,6 +39,9 @@ NUM_LABELS = 3
 NO_PREFIX = {"mpnet": "MPNetSelfAttention .* computes attention in its own forward.*use prompt"}
 """Architectures that refuse a prefix (``attention.check_attention_module``), with the error."""
 
+NO_EMBEDDING_LAYER = "insert_at='embedding_output'.*embedding layer is only the token lookup.*use insert_at='input'"
+"""The error of a prompt after the embedding layer on a model whose embedding layer is the token lookup."""
+
 ATTENTION_ARCHS = ("bert", "distilbert", "llama")  # where the attention-level rows run (keeps the suite fast)
 
 
@@ -69,6 +72,25 @@ def lora_params(arch: str, targets: Sequence[str], r: int = R) -> int:
     per_role = {"q": r * (d + d), "k": r * (d + kv), "v": r * (d + kv), "o": r * (d + d),
                 "ffn_in": ffn_in_count(arch) * r * (d + FFN), "ffn_out": r * (FFN + d)}
     return LAYERS * sum(per_role[t] for t in targets)
+
+
+def out_features(arch: str, targets: Sequence[str]) -> int:
+    """Output features of the adapted projections of one layer (one DoRA magnitude or IA3 scale each)."""
+    d, kv = HIDDEN, kv_width(arch)
+    per_role = {"q": d, "k": kv, "v": kv, "o": d, "ffn_in": ffn_in_count(arch) * FFN, "ffn_out": d}
+    return sum(per_role[t] for t in targets)
+
+
+def in_features(arch: str, targets: Sequence[str]) -> int:
+    """Input features of the adapted projections of one layer (one IA3 input scale each)."""
+    d = HIDDEN
+    per_role = {"q": d, "k": d, "v": d, "o": d, "ffn_in": ffn_in_count(arch) * d, "ffn_out": FFN}
+    return sum(per_role[t] for t in targets)
+
+
+def dora_params(arch: str, targets: Sequence[str], r: int = R) -> int:
+    """LoRA's ``r (d_in + d_out)`` plus DoRA's magnitude ``m`` (``d_out``) per adapted projection."""
+    return lora_params(arch, targets, r) + LAYERS * out_features(arch, targets)
 
 
 def bitfit_params(arch: str) -> int:
@@ -173,6 +195,15 @@ ROWS: Mapping[str, Row] = MappingProxyType({
                            lambda arch, model: LAYERS * (bottleneck_params() + 1)),
     "lora": Row("lora", {"r": R, "targets": ["q", "k", "v", "o", "ffn_in", "ffn_out"]}, ARCHITECTURES,
                 lambda arch, model: lora_params(arch, ("q", "k", "v", "o", "ffn_in", "ffn_out"))),
+    # DoRA: LoRA's factors plus a magnitude per output feature; rsLoRA changes only the scaling
+    "dora": Row("lora", {"r": R, "targets": ["q", "v", "ffn_in", "ffn_out"], "use_dora": True, "use_rslora": True},
+                ARCHITECTURES, lambda arch, model: dora_params(arch, ("q", "v", "ffn_in", "ffn_out"))),
+    # IA3: a vector per scaled output (k, v) and per scaled input (the FFN's output projection:
+    # the paper's and peft's l_ff); AdapterHub's placement scales the FFN input projection's output
+    "ia3": Row("ia3", {}, ARCHITECTURES,
+               lambda arch, model: LAYERS * (out_features(arch, ("k", "v")) + in_features(arch, ("ffn_out",)))),
+    "ia3_adapterhub": Row("ia3", {"targets": ["k", "v", "ffn_in"], "input_targets": []}, ARCHITECTURES,
+                          lambda arch, model: LAYERS * out_features(arch, ("k", "v", "ffn_in"))),
     "bitfit": Row("bitfit", {}, ARCHITECTURES, lambda arch, model: bitfit_params(arch)),
     "probe": Row("probe", {}, ARCHITECTURES, lambda arch, model: 0),  # only the head trains
     "partial": Row("partial", {"top_layers": 1}, ARCHITECTURES, lambda arch, model: layer_params(arch),
@@ -192,6 +223,10 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     # the input prompt and one prompt per layer above the first
     "deep_prompt": Row("deep_prompt", {"prompt_length": K_PROMPT}, ATTENTION_ARCHS,
                        lambda arch, model: LAYERS * K_PROMPT * HIDDEN, identity_at_init=False),
+    # AdapterHub's place: after the embedding layer, which a decoder's bare token lookup does not have
+    "deep_prompt_after_embeddings": Row("deep_prompt", {"prompt_length": K_PROMPT, "insert_at": "embedding_output"},
+                                        ("bert", "distilbert"), lambda arch, model: LAYERS * K_PROMPT * HIDDEN,
+                                        identity_at_init=False, refused={"llama": NO_EMBEDDING_LAYER}),
     # prefix + a scaled parallel FFN adapter (scaling 4.0 is a constant, not a parameter)
     "mam": Row("mam", {"prefix_length": L_PREFIX, "reparam_hidden": MLP, "bottleneck_size": M}, ATTENTION_ARCHS,
                lambda arch, model: prefix_mlp_params(arch) + LAYERS * bottleneck_params(),

@@ -363,7 +363,7 @@ def test_bad_options_get_clear_errors():
     assert not model.adapters  # nothing half-added
     assert model.base.config._attn_implementation == "sdpa"
     model.add_adapter("long", "prompt", prompt_length=500)
-    with pytest.raises(ValueError, match="input of 20 tokens plus 500 prompt positions exceeds the 512.*at most 12"):
+    with pytest.raises(ValueError, match="input of 20 tokens plus 500 positions for prompts or shifted prefixes exceeds the 512.*at most 12"):
         model(input_ids=torch.randint(3, VOCAB, (1, 20)), adapters="long")
 
 

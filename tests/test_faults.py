@@ -1054,7 +1054,7 @@ def long_examples(count: int, seed: int) -> list[Example]:
 
 REDUCED = (
     r"max_length 32 reduced to 24 tokens per input: this 'bert' model reads 32 positions; "
-    r"the prompts of Stack\('task'\) take 8"
+    r"the prompts \(and shifted prefixes\) of Stack\('task'\) take 8"
 )
 
 

@@ -57,6 +57,9 @@ class Prefix(Protocol):
 
     visible: torch.Tensor | None
     """Optional ``(batch, l)`` bool: which examples of the batch see the prefix (None: all)."""
+    position_shift: int
+    """How far the tokens' positions move in passes with this prefix (peft's numbering; applied
+    by ``sequence.py``, 0: none)."""
 
     def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P_k, P_v)``, each ``(l, d_kv)``."""

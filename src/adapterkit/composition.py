@@ -503,8 +503,8 @@ def _task_head(view: ModelView, block: str, branch: Any, name: str | None) -> st
         )
     if head == "causal_lm":
         raise ValueError(
-            f"{block}: {branch!r} has a causal_lm head; {block} outputs need pooled heads. Run causal-LM adapters "
-            "per row with Routed([...]), or one at a time"
+            f"{block}: {branch!r} has a causal_lm head; {block} outputs need task heads (classification, regression, "
+            "tagging). Run causal-LM adapters per row with Routed([...]), or one at a time"
         )
     return name
 

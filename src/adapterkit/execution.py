@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import ModelOutput
 
 from . import context
 from .composition import AdapterDrop, Fuse, Parallel, Routed, Setup, Stack
 from .context import ForwardState
-from .heads import head_loss
+from .heads import head_loss, head_output
 from .placement import ResolvedModel
 from .routing import apply_batched, has_batched_form
 from .sites import OUTPUT_KINDS, Site, SiteInputs, SiteRouter, site_input
@@ -52,20 +52,21 @@ class MultiTaskOutput:
     """Head outputs of a :class:`Parallel` or :class:`Routed` forward pass.
 
     Attributes:
-        tasks: per task (head name), its ``SequenceClassifierOutput`` over the rows it answered.
+        tasks: per task (head name), its head's output over the rows it answered (a
+            ``SequenceClassifierOutput``, or a ``TokenClassifierOutput`` for a tagging head).
         rows: per task, the row indices of the input batch it answered (every row for Parallel).
         logits: for Routed batches whose rows all have heads of one width, the logits in row order.
         loss: Parallel: the sum of the tasks' losses; Routed: the mean loss per labelled row.
         last_hidden_state: the final hidden states (``P·B`` rows for Parallel, branch-major).
     """
 
-    tasks: dict[str, SequenceClassifierOutput] = field(default_factory=dict)
+    tasks: dict[str, ModelOutput] = field(default_factory=dict)
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
 
-    def __getitem__(self, task: str) -> SequenceClassifierOutput:
+    def __getitem__(self, task: str) -> ModelOutput:
         return self.tasks[task]
 
 
@@ -88,11 +89,12 @@ class BoundSetup:
         router: the model's site router (what is attached where).
         parts: the resolved model (its number of layers).
         merged: the adapter currently merged into the base weights, if any.
-        pooled_heads: adapter names with a classification or regression head.
+        task_heads: adapter names with a head of their own on the hidden states (classification,
+            regression, tagging).
     """
 
     def __init__(
-        self, setup: Setup | None, router: SiteRouter, parts: ResolvedModel, merged: str | None, pooled_heads: set[str]
+        self, setup: Setup | None, router: SiteRouter, parts: ResolvedModel, merged: str | None, task_heads: set[str]
     ):
         self.setup = setup
         self.num_layers = parts.num_layers
@@ -101,7 +103,7 @@ class BoundSetup:
         self.parallel: Parallel | None = _find(setup, Parallel)
         self.routed: Routed | None = _find(setup, Routed)
         self.multi_output = self.parallel is not None or (
-            self.routed is not None and any(n in pooled_heads for n in self.routed.names)
+            self.routed is not None and any(n in task_heads for n in self.routed.names)
         )
         self.fusions = tuple(b.fusion for b in setup.walk() if isinstance(b, Fuse)) if setup is not None else ()
         self.index = torch.tensor(self.routed.slots()) if self.routed is not None else None
@@ -122,6 +124,15 @@ class BoundSetup:
         self.prompts: tuple[nn.Module, ...] = tuple(inputs[name] for name in prompt_names)
         """The prompt modules prepended at the input, in stack order."""
         self.prompt_length = sum(p.length for p in self.prompts)
+        places = {name: inputs[name].insert_at for name in prompt_names}
+        if len(set(places.values())) > 1:
+            raise ValueError(
+                f"the prompts of {setup!r} are inserted at different places ({places}); one pass can stack prompts "
+                "with one insert_at only"
+            )
+        self.prompt_insert_at = next(iter(places.values()), "input")
+        """Where the pass's prompts go: before the embedding layer (``input``) or after it."""
+        shifts: dict[tuple[str, int | None], int] = {}  # (prefix adapter, Routed slot) -> its position shift
         for site in sites:
             attached = router.attached(site)
             if site.kind in OUTPUT_KINDS:
@@ -129,15 +140,35 @@ class BoundSetup:
                 if op is not None:
                     self._ops[site] = op
             elif site.kind == "attention":
-                entries = self._prefix_entries(setup, attached)
-                if entries:
+                slots = self._prefix_slots(setup, attached)
+                if slots:
+                    entries = [(attached[name], slot) for name, slot in slots]
                     self._prefixes[site.output_module] = (site, entries)
-                    for prefix, _ in entries:
+                    for (name, slot), (prefix, _) in zip(slots, entries):
                         self._pass_values.update(prefix.pass_values())
+                        shifts[(name, slot)] = prefix.position_shift
             elif site.kind == "layer_input":
                 vectors = tuple(attached.get(name) for name in prompt_names)
                 if any(v is not None for v in vectors):
                     self._layer_prompts[site.layer] = vectors
+        self._shift = sum(shift for (_, slot), shift in shifts.items() if slot is None)
+        self._row_shifts = None  # Routed: the shift of each slot, the last (no adapter) 0
+        if any(shift for (_, slot), shift in shifts.items() if slot is not None):
+            self._row_shifts = torch.zeros(len(self.routed.names) + 1, dtype=torch.long)
+            for (_, slot), shift in shifts.items():
+                if slot is not None:
+                    self._row_shifts[slot] += shift
+        self.shifts_positions = bool(self._shift) or self._row_shifts is not None
+        """Whether prefixes with ``shift_positions`` (peft's numbering) act in this pass."""
+        if self.shifts_positions and self.prompts and self.prompt_insert_at == "input":
+            raise ValueError(
+                f"{setup!r} runs prompts before the embedding layer and prefixes with shift_positions in one pass; "
+                "their positions have no common numbering: use insert_at='embedding_output' for the prompts or "
+                "shift_positions=False for the prefixes"
+            )
+        most = self._shift + (int(self._row_shifts.max()) if self._row_shifts is not None else 0)
+        self.positions_taken = sum(p.positions for p in self.prompts) + most
+        """Positions of the model the pass's prompts and shifted prefixes take in front of the text."""
         self.parallel_layers = sorted({site.layer for site in self._ops}) if self.parallel is not None else []
         self.is_plain = setup is None and not self._ops  # nothing acts (no merged adapter either): no state needed
 
@@ -172,6 +203,14 @@ class BoundSetup:
             return []
         index = self.rows(state, batch, device) if self.routed is not None else None
         return [(prefix, None if slot is None else index == slot) for prefix, slot in entries]
+
+    def position_shift(self, state: ForwardState, batch: int, device: torch.device) -> int | torch.Tensor:
+        """How far this pass moves the tokens' positions for its prefixes with ``shift_positions``
+        (peft numbers the tokens after the prefix; see ``methods/prefix.py``): the sum of their
+        lengths, or, when ``Routed`` rows see different ones, ``(batch,)`` per row."""
+        if self._row_shifts is None:
+            return self._shift
+        return self._shift + self._row_shifts.to(device)[self.rows(state, batch, device)]
 
     def has_prefixes(self, module: nn.Module | None = None) -> bool:
         """Whether ``module`` (an attention module; None: any) prepends prefixes under this setup."""
@@ -219,9 +258,9 @@ class BoundSetup:
             logits = head(chunk, attention_mask)
             loss = None
             if labels is not None and labels.get(task) is not None:
-                loss = head_loss(head.config, logits, labels[task])
+                loss = head_loss(head.config, logits, labels[task], attention_mask)
                 result.loss = loss if result.loss is None else result.loss + loss
-            result.tasks[task] = SequenceClassifierOutput(loss=loss, logits=logits)
+            result.tasks[task] = head_output(head.config, logits, loss)
             result.rows[task] = all_rows
         return result
 
@@ -238,10 +277,10 @@ class BoundSetup:
             logits = head(hidden[rows], mask)
             loss = None
             if labels is not None:
-                loss = head_loss(head.config, logits, labels[rows])
+                loss = head_loss(head.config, logits, labels[rows], mask)
                 losses.append(loss * len(rows))
                 labelled += len(rows)
-            result.tasks[name] = SequenceClassifierOutput(loss=loss, logits=logits)
+            result.tasks[name] = head_output(head.config, logits, loss)
             result.rows[name] = rows
             widths.add(tuple(logits.shape[1:]))
             pieces.append((rows, logits))
@@ -258,6 +297,8 @@ class BoundSetup:
     # ----------------------------------------------------------------- compiling output sites
     def _site_op(self, site: Site, attached: Mapping[str, nn.Module]) -> Op | None:
         merged = attached.get(self.merged) if self.merged is not None else None
+        if merged is not None and self.setup is not None:
+            _refuse_weight_readers(site, attached, self.merged, self.setup.adapter_names())
         merge_here = self.merge_in_use and site.layer >= self.drop_first  # AdapterDrop: not below its depth
         if merge_here:
             attached = {n: m for n, m in attached.items() if n != self.merged}
@@ -352,16 +393,16 @@ class BoundSetup:
         return None if site.layer < block.first else op
 
     # ----------------------------------------------------------------- compiling sequence sites
-    def _prefix_entries(self, item: str | Setup | None, attached) -> list[tuple[nn.Module, int | None]]:
-        """Prefixes in stack order, each with its Routed slot (None: all rows)."""
+    def _prefix_slots(self, item: str | Setup | None, attached) -> list[tuple[str, int | None]]:
+        """The adapters with a prefix here, in stack order, each with its Routed slot (None: all rows)."""
         if item is None:
             return []
         if isinstance(item, str):
-            return [(attached[item], None)] if item in attached else []
+            return [(item, None)] if item in attached else []
         if isinstance(item, Routed):
-            return [(attached[name], k) for k, name in enumerate(item.names) if name in attached]
+            return [(name, k) for k, name in enumerate(item.names) if name in attached]
         if isinstance(item, (Stack, AdapterDrop)):
-            return [entry for child in item.children() for entry in self._prefix_entries(child, attached)]
+            return [entry for child in item.children() for entry in self._prefix_slots(child, attached)]
         return []  # Fuse and Parallel hold no prefix adapters (composition.check refuses them)
 
     @staticmethod
@@ -372,6 +413,18 @@ class BoundSetup:
         if isinstance(item, (Stack, AdapterDrop)):
             return [n for child in item.children() if isinstance(child, (str, Stack)) for n in BoundSetup._sequence_order(child)]
         return []
+
+
+def _refuse_weight_readers(site: Site, attached: Mapping[str, nn.Module], merged: str, names: Sequence[str]) -> None:
+    """Refuse a pass that runs, at ``site``, a module computing with the base weight (DoRA, IA3 on
+    an input) of another adapter than ``merged``, which holds that weight merged: it would read
+    the merged weight instead of the base one."""
+    readers = [n for n in names if n != merged and getattr(attached.get(n), "reads_base_weight", False)]
+    if readers:
+        raise ValueError(
+            f"adapter {readers[0]!r} computes with the base weight of projection {site.key}, which adapter {merged!r} "
+            f"holds merged; call model.unmerge_adapter({merged!r}) before running {readers[0]!r}"
+        )
 
 
 def _replicated(op: Op) -> Op:

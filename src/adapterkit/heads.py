@@ -4,8 +4,12 @@ Each adapter has its own head, saved with it. Classification and regression head
 hidden states (``cls``: the first token, as in BERT's fine-tuning; ``mean``: the masked mean of
 all tokens, what sentence encoders such as all-MiniLM were trained with; ``last``: the last
 non-padding token, the only one that has seen the whole input in a causal decoder) and apply a
-linear layer or a one-hidden-layer MLP (a "probe" in the seeds). The causal-LM head is the
-model's own (frozen) LM head and adds no parameters.
+linear layer or a one-hidden-layer MLP (a "probe" in the seeds). A tagging (token-classification)
+head applies the same layer to every position instead: one prediction per token, ``(batch, seq,
+num_labels)``; its loss is the cross-entropy over the positions whose label is not ``-100``
+(transformers' convention) and whose attention mask is 1. Prompt positions never reach a head
+(``sequence.py`` drops them first). The causal-LM head is the model's own (frozen) LM head and
+adds no parameters.
 """
 
 from __future__ import annotations
@@ -15,19 +19,22 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 
-HEAD_KINDS = ("classification", "regression", "causal_lm")
+HEAD_KINDS = ("classification", "regression", "causal_lm", "tagging")
 POOLINGS = ("cls", "mean", "last")
+IGNORE_INDEX = -100
+"""A tagging label that takes no part in the loss (transformers' convention)."""
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """Args:
-        kind: classification, regression or causal_lm.
-        num_labels: classes for classification (1 for regression).
-        pooling: cls, mean or last (see module docstring).
+        kind: classification, regression, causal_lm or tagging (one label per token).
+        num_labels: classes for classification and tagging (1 for regression).
+        pooling: cls, mean or last (see module docstring); not read by tagging heads.
         mlp: a hidden layer (tanh) before the output layer instead of a single linear layer.
-        dropout: dropout on the pooled representation.
+        dropout: dropout on the pooled representation (on every position for tagging).
         label_names: the class names, saved with the head so predictions read as labels.
     """
 
@@ -44,8 +51,8 @@ class HeadConfig:
             raise ValueError(f"unknown head kind {self.kind!r}; use one of {', '.join(HEAD_KINDS)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
-        if self.kind == "classification" and self.num_labels < 2:
-            raise ValueError(f"a classification head needs num_labels >= 2, got {self.num_labels}")
+        if self.kind in ("classification", "tagging") and self.num_labels < 2:
+            raise ValueError(f"a {self.kind} head needs num_labels >= 2, got {self.num_labels}")
         if self.label_names and len(self.label_names) != self.num_labels:
             raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels")
 
@@ -72,6 +79,15 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def _layers(config: HeadConfig, hidden_size: int) -> nn.Sequential:
+    """A linear layer, or a tanh MLP with one hidden layer, ``hidden_size -> outputs``."""
+    layers: list[nn.Module] = []
+    if config.mlp:
+        layers += [nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Dropout(config.dropout)]
+    layers.append(nn.Linear(hidden_size, config.outputs))
+    return nn.Sequential(*layers)
+
+
 class PooledHead(nn.Module):
     """Pooling, dropout and a linear layer or an MLP; classification and regression."""
 
@@ -79,15 +95,25 @@ class PooledHead(nn.Module):
         super().__init__()
         self.config = config
         self.dropout = nn.Dropout(config.dropout)
-        layers: list[nn.Module] = []
-        if config.mlp:
-            layers += [nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Dropout(config.dropout)]
-        layers.append(nn.Linear(hidden_size, config.outputs))
-        self.layers = nn.Sequential(*layers)
+        self.layers = _layers(config, hidden_size)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = self.layers(self.dropout(pool(hidden, attention_mask, self.config.pooling)))
         return logits.squeeze(-1) if self.config.kind == "regression" else logits
+
+
+class TaggingHead(nn.Module):
+    """Dropout and a linear layer or an MLP on every position: ``(batch, seq, d) -> (batch, seq,
+    num_labels)`` (the attention mask is read by the loss, not here)."""
+
+    def __init__(self, config: HeadConfig, hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = _layers(config, hidden_size)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.layers(self.dropout(hidden))
 
 
 class CausalLMHead(nn.Module):
@@ -99,23 +125,37 @@ class CausalLMHead(nn.Module):
 
 
 def build_head(config: HeadConfig, hidden_size: int) -> nn.Module:
-    return CausalLMHead(config) if config.kind == "causal_lm" else PooledHead(config, hidden_size)
+    if config.kind == "causal_lm":
+        return CausalLMHead(config)
+    return TaggingHead(config, hidden_size) if config.kind == "tagging" else PooledHead(config, hidden_size)
 
 
-def head_loss(config: HeadConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def head_output(config: HeadConfig, logits: torch.Tensor, loss: torch.Tensor | None) -> ModelOutput:
+    """A head's output: a ``TokenClassifierOutput`` for tagging, else a ``SequenceClassifierOutput``."""
+    output = TokenClassifierOutput if config.kind == "tagging" else SequenceClassifierOutput
+    return output(loss=loss, logits=logits)
+
+
+def head_loss(
+    config: HeadConfig, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """A head's training loss in float32: mean squared error for regression, cross-entropy for
-    classification. Every loss of a pooled head (single adapter, ``Parallel``, ``Routed``) is
-    computed here.
+    classification and, for tagging, cross-entropy averaged over the positions whose label is not
+    :data:`IGNORE_INDEX` and whose ``attention_mask`` is 1 (0 when there is none). Every loss of a
+    head (single adapter, ``Parallel``, ``Routed``) is computed here.
 
     Shapes: regression ``logits (B,)`` and scores ``labels (B,)`` or ``(B, 1)``; classification
     ``logits (B, C)`` and class ids ``labels (B,)`` or ``(B, 1)`` (an integer dtype, or floats
-    holding class ids, as mixed multi-task batches carry them).
+    holding class ids, as mixed multi-task batches carry them); tagging ``logits (B, S, C)``, class
+    ids ``labels (B, S)`` and ``attention_mask (B, S)``.
 
     Raises:
         ValueError: logits or labels of any other shape. A ``(B, 1)`` column of scores against
             ``(B,)`` predictions would otherwise broadcast to a ``(B, B)`` difference and give a
             wrong loss with only a warning.
     """
+    if config.kind == "tagging":
+        return _tagging_loss(logits, labels, attention_mask)
     batch = logits.shape[0]
     logits_shape = "(batch,)" if config.kind == "regression" else "(batch, num_labels)"
     if logits.dim() != (1 if config.kind == "regression" else 2):
@@ -129,3 +169,19 @@ def head_loss(config: HeadConfig, logits: torch.Tensor, labels: torch.Tensor) ->
     if config.kind == "regression":
         return nn.functional.mse_loss(logits.float(), labels.float())
     return nn.functional.cross_entropy(logits.float(), labels.long())
+
+
+def _tagging_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"tagging labels of shape {tuple(labels.shape)} do not fit logits of shape {tuple(logits.shape)}: give one "
+            f"class id per token, shape {tuple(logits.shape[:2])}, and {IGNORE_INDEX} where a token has no label"
+        )
+    labels = labels.long()
+    if attention_mask is not None:
+        labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    counted = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    total = nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total / counted

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput
 
 from . import context, methods  # noqa: F401  (importing methods registers every built-in method)
 from .attention import PrefixHooks
@@ -39,7 +39,7 @@ from .composition import AdapterView, ModelView, Setup, as_setup, check
 from .execution import BoundSetup, replication_hooks
 from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
-from .heads import CausalLMHead, HeadConfig, build_head, head_loss
+from .heads import CausalLMHead, HeadConfig, build_head, head_loss, head_output
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
 from .registry import MethodConfig, config_from_saved, make_config, method_spec, methods_with
@@ -339,8 +339,8 @@ class AdapterModel(nn.Module):
             self._bound.move_to_end(setup)
             return bound
         checked = None if setup is None else check(setup, self.view())
-        pooled = {name for name, head in self.heads.items() if head.config.kind != "causal_lm"}
-        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, pooled)
+        task_heads = {name for name, head in self.heads.items() if head.config.kind != "causal_lm"}
+        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, task_heads)
         if bound.parallel is not None and "parallel" not in self._hooks:
             self._hooks["parallel"] = replication_hooks(self.parts, self.router)
         self._bound[setup] = bound
@@ -351,22 +351,24 @@ class AdapterModel(nn.Module):
     def token_budget(self, adapters: str | Setup | list[str] | None, max_length: int | None = None) -> int | None:
         """The most tokens one input may have in a pass with ``adapters`` (None: the plain base):
         the positions the model reads (``sequence.max_positions``) less those the setup's prompts
-        take in front of the text (``BoundSetup.prompt_length``), and at most ``max_length`` when
-        given. The trainer, ``predict``/``evaluate`` and the CLI truncate every input to it
-        before the first step.
+        and shifted prefixes take in front of the text (``BoundSetup.positions_taken``), and at
+        most ``max_length`` when given. The trainer, ``predict``/``evaluate`` and the CLI truncate
+        every input to it before the first step.
 
         Returns None when neither the model nor ``max_length`` sets a limit. A ``max_length`` above
         the budget is reduced to it with a ``UserWarning`` saying what was reduced and why.
 
         Raises:
-            ValueError: the prompts take every position the model reads.
+            ValueError: the prompts (and shifted prefixes) take every position the model reads.
         """
         positions = max_positions(self.parts)
         if positions is None:
             return max_length
         bound = self._bind(adapters)
-        budget = positions - bound.prompt_length
-        taken = f"; the prompts of {bound.setup!r} take {bound.prompt_length}" if bound.prompt_length else ""
+        budget = positions - bound.positions_taken
+        taken = ""
+        if bound.positions_taken:
+            taken = f"; the prompts (and shifted prefixes) of {bound.setup!r} take {bound.positions_taken}"
         if budget < 1:
             raise ValueError(
                 f"this {self.parts.model_type!r} model reads {positions} positions{taken}, which leaves no room "
@@ -387,9 +389,10 @@ class AdapterModel(nn.Module):
 
     def _sync_hooks(self) -> None:
         """Install or remove the model-wide hooks that attached prefixes and prompts need (the
-        sequence hooks also number a decoder's positions from the mask for prefixes)."""
+        sequence hooks also number a decoder's positions from the mask for prefixes, and shift
+        the tokens' positions for prefixes with ``shift_positions``)."""
         kinds = self.router.kinds()
-        sequence = bool(kinds & {"input", "layer_input"}) or (self.is_decoder and "attention" in kinds)
+        sequence = bool(kinds & {"input", "layer_input", "attention"})
         wanted = {"prefixes": "attention" in kinds, "sequence": sequence}
         for key, needed in wanted.items():
             if needed and key not in self._hooks:
@@ -429,7 +432,8 @@ class AdapterModel(nn.Module):
         the active setup) and its head.
 
         Returns a ``SequenceClassifierOutput`` (logits, loss if labels are given) for
-        classification/regression heads, the base model's ``CausalLMOutput`` for a causal-LM head
+        classification/regression heads, a ``TokenClassifierOutput`` (logits ``(batch, seq,
+        num_labels)``) for tagging heads, the base model's ``CausalLMOutput`` for a causal-LM head
         or a decoder without head, and a ``BaseModelOutput`` with the hidden states otherwise.
         ``Parallel`` and ``Routed`` setups return an ``execution.MultiTaskOutput`` (one head
         output per task). While a fusion trains, its regulariser is part of ``loss``.
@@ -454,8 +458,8 @@ class AdapterModel(nn.Module):
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
             logits = head(hidden, attention_mask)
-            loss = head_loss(head.config, logits, labels) if labels is not None else None
-            return SequenceClassifierOutput(loss=self._regularized(bound, loss), logits=logits)
+            loss = head_loss(head.config, logits, labels, attention_mask) if labels is not None else None
+            return head_output(head.config, logits, self._regularized(bound, loss))
 
     def _regularized(self, bound: BoundSetup, loss: torch.Tensor | None) -> torch.Tensor | None:
         """``loss`` plus the regularisers of the setup's fusions whose parameters train

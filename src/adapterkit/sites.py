@@ -116,11 +116,14 @@ class SiteModule(nn.Module):
     ``needs_input`` says whether ``x`` (the site's input tensor) is read; ``needs_residual``
     (sublayer sites) whether the sublayer's residual input is read, and then ``x`` is the
     :class:`SiteInputs` pair instead (see :func:`site_input`). Sublayer sites capture only what
-    some attached module reads.
+    some attached module reads. ``reads_base_weight`` says whether ``forward`` computes with the
+    weight of the base projection at its site (DoRA's norm, IA3 on a projection's input): such a
+    module cannot run beside another adapter merged into that weight.
     """
 
     needs_input: bool = False
     needs_residual: bool = False
+    reads_base_weight: bool = False
 
     def forward(self, x: torch.Tensor | SiteInputs | None, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

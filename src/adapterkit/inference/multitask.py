@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..composition import Setup
+from ..composition import Parallel, Setup, as_setup
 from ..data.batching import Collator, EncodedDataset, encode_texts, make_loader
 from ..execution import MultiTaskOutput
+from .predict import refuse_tagging
 
 if TYPE_CHECKING:
     from ..model import AdapterModel
@@ -27,7 +28,15 @@ def predict_tasks(
 
     ``adapters`` is a :class:`~adapterkit.composition.Parallel` (possibly inside ``AdapterDrop``);
     returns, per task, one prediction per input: the class name (or id) or the regression score.
+
+    Raises:
+        ValueError: a task has a tagging head (``predict.refuse_tagging``), or the setup gives no
+            head output per task.
     """
+    for block in as_setup(adapters).walk():
+        for task in block.task_names() if isinstance(block, Parallel) else ():
+            if task in model.heads:
+                refuse_tagging(model.heads[task].config, task)
     inputs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
     dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, model.token_budget(adapters, max_length)), None)
     loader = make_loader(dataset, Collator(model.tokenizer, "classification"), batch_size)

@@ -17,6 +17,7 @@ import torch
 from ..composition import Setup, as_setup
 from ..data.batching import Collator, EncodedDataset, encode_examples, encode_texts, make_loader
 from ..data.task import REGRESSION, Example
+from ..heads import HeadConfig
 from .metrics import compute_metrics
 
 if TYPE_CHECKING:
@@ -24,14 +25,37 @@ if TYPE_CHECKING:
 
 
 def head_config(model: AdapterModel, adapters: str | Setup):
-    """The config of the head that answers for ``adapters`` (a clear error when there is none)."""
+    """The config of the head that answers for ``adapters``.
+
+    Raises:
+        ValueError: the setup's head adapter has no head, or has a tagging head (see
+            :func:`refuse_tagging`).
+    """
     name = as_setup(adapters).head_name()
     if name not in model.heads:
         raise ValueError(
             f"adapter {name!r} has no prediction head; an adapter gets its head when added: "
             "model.add_adapter(name, method, HeadConfig(...)) (adapterkit.training.add_task_adapter builds one for a task)"
         )
-    return model.heads[name].config
+    config = model.heads[name].config
+    refuse_tagging(config, name)
+    return config
+
+
+def refuse_tagging(config: HeadConfig, name: str) -> None:
+    """Refuse a tagging head (one label per token) where a sentence-level one is needed: the
+    predict/evaluate loops, the trainer and the bundled tasks all score one label per input.
+
+    Raises:
+        ValueError: ``config`` is a tagging head, saying how to use it instead.
+    """
+    if config.kind == "tagging":
+        raise ValueError(
+            f"adapter {name!r} has a tagging head (one label per token), but predict, evaluate and the trainer score "
+            "one label per input (classification or regression heads) on sentence-level tasks; use the model directly: "
+            f"model(**batch, adapters={name!r}).logits is (batch, seq, num_labels), and labels (batch, seq) with -100 "
+            "where a token has no label give the loss (train it with your own loop or transformers.Trainer)"
+        )
 
 
 @torch.no_grad()

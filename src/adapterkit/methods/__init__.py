@@ -6,6 +6,7 @@ from .bitfit import BitFitAdapter, BitFitConfig
 from .bottleneck import BottleneckAdapter, HoulsbyConfig, ParallelConfig, PfeifferConfig, ScaledParallelConfig
 from .finetune import FullConfig, FullFineTune, PartialConfig, PartialFineTune, Probe, ProbeConfig
 from .fusion import FusionAdapter, FusionConfig
+from .ia3 import IA3Adapter, IA3Config
 from .lora import LoraAdapter, LoraConfig
 from .prefix import PrefixAdapter, PrefixConfig
 from .prompt import DeepPromptConfig, PromptAdapter, PromptConfig
@@ -17,6 +18,7 @@ BUILT_IN = (
     (ParallelConfig, BottleneckAdapter),
     (ScaledParallelConfig, BottleneckAdapter),
     (LoraConfig, LoraAdapter),
+    (IA3Config, IA3Adapter),
     (BitFitConfig, BitFitAdapter),
     (PrefixConfig, PrefixAdapter),
     (PromptConfig, PromptAdapter),

@@ -18,6 +18,15 @@ a checkpoint taken mid-training must resume with the MLP and its optimizer state
 reparameterised the adapter trains ``l·d + (d·h + h) + (h·n + n)`` parameters (``h`` the MLP
 width, ``n = layers x 2 x d_kv``); at inference the MLP costs one small matrix product per layer.
 
+**Positions** (``shift_positions``). The prefix takes no positions: the tokens keep theirs, as in Li
+& Liang's formulation (and AdapterHub's). peft 0.21 hands the prefix to the model as a key/value
+cache of length ``l``, so the model numbers the tokens after it, ``l .. l+n-1`` (and peft moves
+given ``position_ids`` by ``l``, ``PeftModel._adjust_prompt_learning_kwargs``); on models with
+absolute position embeddings (BERT) that changes every output, and on rotary decoders the
+query-prefix scores. ``shift_positions=True`` reproduces it; the shift is applied by the sequence
+hooks (``sequence.py``), the prefix module only declares it (:attr:`PrefixLayer.position_shift`),
+and the shifted positions count against the model's maximum length.
+
 **Initialisation** (Sec. 7.2: real-word activations beat random ones): ``vocab`` takes the keys and
 values the frozen model computes for ``l`` random vocabulary tokens, ``text`` those of a given
 text (cycled to length ``l``), ``random`` draws N(0, 1). Reparameterised, the choice concerns
@@ -85,6 +94,8 @@ class PrefixConfig(MethodConfig):
             ``vocab`` (see the module docstring).
         init_text: the text for ``init='text'`` (default: the head's class-label words).
         layers: which layers get a prefix (None: all).
+        shift_positions: number the tokens after the prefix, ``l .. l+n-1``, as peft does (see
+            the module docstring); False keeps their positions ``0 .. n-1``.
     """
 
     method = "prefix"
@@ -94,6 +105,7 @@ class PrefixConfig(MethodConfig):
     init: str | None = None
     init_text: str | None = None
     layers: tuple[int, ...] | None = None
+    shift_positions: bool = False
     default_learning_rate = 1e-3
     learning_rate_source = "Li & Liang 2021 / P-tuning v2 train prefixes at 1e-4 .. 1e-2 depending on length and model"
 
@@ -118,13 +130,17 @@ class PrefixLayer(nn.Module):
     reparameterised, a view into the shared MLP's output.
 
     ``visible`` (``(batch, l)`` bool or None) hides the prefix from chosen examples of a batch;
-    None, the default, shows it to all.
+    None, the default, shows it to all. ``position_shift`` is how far the tokens' positions move
+    in passes with this prefix (``l`` with ``shift_positions``, else 0).
     """
 
-    def __init__(self, length: int, width: int, source: PrefixMLP | None = None, index: int = 0):
+    def __init__(
+        self, length: int, width: int, source: PrefixMLP | None = None, index: int = 0, position_shift: int = 0
+    ):
         super().__init__()
         self._source = [source] if source is not None else []  # a list: not a submodule
         self.index = index
+        self.position_shift = position_shift
         if source is None:
             self.key = nn.Parameter(torch.randn(length, width))
             self.value = nn.Parameter(torch.randn(length, width))
@@ -188,8 +204,9 @@ class PrefixAdapter(AdapterMethod):
         if config.reparameterize:
             n = len(self.layer_indices)
             self.reparam = PrefixMLP(config.prefix_length, parts.hidden_size, config.reparam_hidden, n, self.width)
+        shift = config.prefix_length if config.shift_positions else 0
         for j, site in enumerate(sites):
-            self.attach(site, PrefixLayer(config.prefix_length, self.width, self.reparam, j), key="prefix")
+            self.attach(site, PrefixLayer(config.prefix_length, self.width, self.reparam, j, shift), key="prefix")
         self._initialise(ctx)
 
     def prefix_layers(self) -> list[PrefixLayer]:
