@@ -3,7 +3,9 @@
 Each bias of the attention and feed-forward projections and of the layer norms gets a per-adapter
 delta (see ``deltas.py``), so several BitFit adapters share one frozen model. Architectures
 without biases (Llama) get the deltas all the same: BitFit there adds bias terms that start at
-zero.
+zero. ``targets`` restricts the deltas to projections of chosen roles: peft's LoRA with
+``bias="lora_only"`` trains the biases of the adapted projections only, which is a LoRA plus this
+(``formats/peft.py``).
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ class BitFitConfig(MethodConfig):
     """Args:
         include_norms: also train the layer norms' biases.
         layers: which layers (None: all).
+        targets: roles of the projections whose biases train (None: every projection).
     """
 
     method = "bitfit"
     include_norms: bool = True
     layers: tuple[int, ...] | None = None
+    targets: tuple[str, ...] | None = None
     default_learning_rate = 1e-3
     learning_rate_source = "Ben Zaken et al. 2021 swept {1e-4, 4e-4, 7e-4, 1e-3}; bias-only training tolerates the top"
+
+    def validate(self) -> None:
+        bad = [t for t in self.targets or () if t not in LINEAR_ROLES]
+        if bad or self.targets == ():
+            raise ValueError(f"bitfit: unknown target role(s) {bad or '(none)'}; roles are {', '.join(LINEAR_ROLES)}")
 
 
 class BitFitAdapter(AdapterMethod):
@@ -37,7 +46,7 @@ class BitFitAdapter(AdapterMethod):
     def __init__(self, config: BitFitConfig, ctx: BindContext):
         super().__init__(config, ctx)
         for layer in select_layers(config.layers, ctx.parts.num_layers, "bitfit"):
-            for role in LINEAR_ROLES:
+            for role in config.targets or LINEAR_ROLES:
                 for site in role_sites(ctx.sites, layer, role):
                     self.attach(site, BiasDelta(site.width))
             for role in NORM_ROLES if config.include_norms else ():
