@@ -8,8 +8,17 @@ linear layer or a one-hidden-layer MLP (a "probe" in the seeds). A tagging (toke
 head applies the same layer to every position instead: one prediction per token, ``(batch, seq,
 num_labels)``; its loss is the cross-entropy over the positions whose label is not ``-100``
 (transformers' convention) and whose attention mask is 1. Prompt positions never reach a head
-(``sequence.py`` drops them first). The causal-LM head is the model's own (frozen) LM head and
-adds no parameters.
+(``sequence.py`` drops them first), with one exception: ``first`` pools the first position of the
+sequence the model ran, which is the first prompt vector's output when a prompt is in front
+(``sequence.py`` keeps it in the pass's cache under :data:`SEQUENCE_START`) and the first token
+otherwise. That is what peft's and AdapterHub's classifiers read with prompt tuning (peft runs
+``BertForSequenceClassification`` on the prompt-extended embeddings, whose pooler takes position
+0; AdapterHub's ``ClassificationHead`` takes ``outputs[0][:, 0]``).
+
+The causal-LM head is the model's own (frozen) LM head and adds no parameters, unless
+``own_lm_head``: then it holds its own copy of the LM head's weights, initialised from the base's
+and trained with the adapter (peft's ``modules_to_save=["lm_head"]``); the model's
+:class:`OwnLMHeads` hook computes the logits of passes running such an adapter with it.
 """
 
 from __future__ import annotations
@@ -21,8 +30,13 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 
+from . import context
+
 HEAD_KINDS = ("classification", "regression", "causal_lm", "tagging")
-POOLINGS = ("cls", "mean", "last")
+POOLINGS = ("cls", "mean", "last", "first")
+SEQUENCE_START = "sequence_start"
+"""Key, in a pass's cache, of the hidden state ``(batch, d)`` at the first position of the sequence
+the model ran when prompt positions were dropped before the heads (``sequence.py``)."""
 IGNORE_INDEX = -100
 """A tagging label that takes no part in the loss (transformers' convention)."""
 
@@ -32,10 +46,12 @@ class HeadConfig:
     """Args:
         kind: classification, regression, causal_lm or tagging (one label per token).
         num_labels: classes for classification and tagging (1 for regression).
-        pooling: cls, mean or last (see module docstring); not read by tagging heads.
+        pooling: cls, mean, last or first (see module docstring); not read by tagging heads.
         mlp: a hidden layer (tanh) before the output layer instead of a single linear layer.
         dropout: dropout on the pooled representation (on every position for tagging).
         label_names: the class names, saved with the head so predictions read as labels.
+        own_lm_head: causal_lm only: the head holds its own trained copy of the LM head's weights
+            instead of using the base's (see module docstring).
     """
 
     kind: str = "classification"
@@ -44,6 +60,7 @@ class HeadConfig:
     mlp: bool = False
     dropout: float = 0.1
     label_names: tuple[str, ...] = ()
+    own_lm_head: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))
@@ -55,6 +72,8 @@ class HeadConfig:
             raise ValueError(f"a {self.kind} head needs num_labels >= 2, got {self.num_labels}")
         if self.label_names and len(self.label_names) != self.num_labels:
             raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels")
+        if self.own_lm_head and self.kind != "causal_lm":
+            raise ValueError(f"own_lm_head is an option of causal_lm heads, not of a {self.kind} head")
 
     @property
     def outputs(self) -> int:
@@ -64,9 +83,14 @@ class HeadConfig:
         return asdict(self)
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """(batch, seq, d) -> (batch, d)."""
-    if pooling == "cls":
+def pool(
+    hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str, start: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch, seq, d) -> (batch, d); ``start`` ``(batch, d)``: the first position of the sequence
+    the model ran, when it is not ``hidden[:, 0]`` (prompt positions dropped; ``first``)."""
+    if pooling == "first" and start is not None:
+        return start
+    if pooling in ("cls", "first"):
         return hidden[:, 0]
     if attention_mask is None:
         return hidden.mean(1) if pooling == "mean" else hidden[:, -1]
@@ -97,8 +121,10 @@ class PooledHead(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = _layers(config, hidden_size)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        logits = self.layers(self.dropout(pool(hidden, attention_mask, self.config.pooling)))
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logits = self.layers(self.dropout(pool(hidden, attention_mask, self.config.pooling, start)))
         return logits.squeeze(-1) if self.config.kind == "regression" else logits
 
 
@@ -112,21 +138,72 @@ class TaggingHead(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = _layers(config, hidden_size)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.layers(self.dropout(hidden))
 
 
-class CausalLMHead(nn.Module):
-    """Marks an adapter whose output is the model's own next-token logits (no parameters)."""
+def sequence_start(state: context.ForwardState | None) -> torch.Tensor | None:
+    """The pass's :data:`SEQUENCE_START` (None: no prompt positions were dropped, or no pass)."""
+    return None if state is None else state.cache.get(SEQUENCE_START)
 
-    def __init__(self, config: HeadConfig):
+
+class CausalLMHead(nn.Module):
+    """Marks an adapter whose output is the model's next-token logits: the base's LM head's (no
+    parameters) or, with ``own_lm_head``, its own ``weight`` ``(vocab, d)`` (and ``bias``) copied
+    from ``lm_head`` (the base's output embeddings) at creation."""
+
+    def __init__(self, config: HeadConfig, lm_head: nn.Module | None = None):
         super().__init__()
         self.config = config
+        if config.own_lm_head:
+            if not isinstance(lm_head, nn.Linear):
+                raise ValueError(f"own_lm_head copies the model's LM head, an nn.Linear; this model has {type(lm_head).__name__}")
+            self.weight = nn.Parameter(lm_head.weight.detach().clone())
+            self.bias = nn.Parameter(lm_head.bias.detach().clone()) if lm_head.bias is not None else None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(..., d) -> (..., vocab)`` with the head's own weights."""
+        return nn.functional.linear(hidden, self.weight.to(hidden.dtype), None if self.bias is None else self.bias.to(hidden.dtype))
 
 
-def build_head(config: HeadConfig, hidden_size: int) -> nn.Module:
+class OwnLMHeads:
+    """A forward hook on the base's LM head: in a pass whose setup ends in an adapter with an
+    ``own_lm_head`` head, the logits come from that head's weights instead (generation included).
+
+    Raises (in the pass):
+        ValueError: a ``Routed``/``Parallel`` pass over such adapters (one LM head per pass).
+    """
+
+    def __init__(self, lm_head: nn.Module, heads: nn.ModuleDict, owner: Any):
+        self.heads, self.owner = heads, owner
+        self.handle = lm_head.register_forward_hook(self._replace)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def _replace(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        state = context.current(self.owner)
+        if state is None or state.setup.setup is None:
+            return None
+        name = state.setup.head_name
+        head = self.heads[name] if name in self.heads else None
+        if isinstance(head, CausalLMHead) and head.config.own_lm_head:
+            return head.logits(args[0])
+        if name is None and any(n in self.heads and getattr(self.heads[n].config, "own_lm_head", False) for n in state.setup.setup.adapter_names()):
+            raise ValueError(
+                "adapters with their own LM head (own_lm_head) run one at a time (or last in a Stack); "
+                f"{state.setup.setup!r} runs several heads in one pass"
+            )
+        return None
+
+
+def build_head(config: HeadConfig, hidden_size: int, lm_head: nn.Module | None = None) -> nn.Module:
+    """The head module of ``config`` (``lm_head``: the base's output embeddings, for
+    ``own_lm_head``)."""
     if config.kind == "causal_lm":
-        return CausalLMHead(config)
+        return CausalLMHead(config, lm_head)
     return TaggingHead(config, hidden_size) if config.kind == "tagging" else PooledHead(config, hidden_size)
 
 

@@ -39,7 +39,7 @@ from .composition import AdapterView, ModelView, Setup, as_setup, check
 from .execution import BoundSetup, replication_hooks
 from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
-from .heads import CausalLMHead, HeadConfig, build_head, head_loss, head_output
+from .heads import CausalLMHead, HeadConfig, OwnLMHeads, build_head, head_loss, head_output, sequence_start
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
 from .registry import MethodConfig, config_from_saved, make_config, method_spec, methods_with
@@ -141,7 +141,8 @@ class AdapterModel(nn.Module):
         module = module_cls(config, ctx).to(device=reference.device, dtype=reference.dtype)
         self.adapters[name] = module
         if head is not None:
-            self.heads[name] = build_head(head, self.parts.hidden_size).to(reference.device, reference.dtype)
+            lm_head = self.base.get_output_embeddings() if self.is_decoder else None
+            self.heads[name] = build_head(head, self.parts.hidden_size, lm_head).to(reference.device, reference.dtype)
         try:
             for site, site_module in module.attachments():
                 self.router.attach(site, name, site_module)
@@ -161,10 +162,10 @@ class AdapterModel(nn.Module):
 
     def _remove(self, name: str) -> None:
         self.router.detach(name)
-        self._sync_hooks()
         del self.adapters[name]
         if name in self.heads:
             del self.heads[name]
+        self._sync_hooks()
         if self.active_setup is not None and name in self.active_setup.adapter_names():
             self.active_setup = None
         self._changed()
@@ -393,12 +394,15 @@ class AdapterModel(nn.Module):
         the tokens' positions for prefixes with ``shift_positions``)."""
         kinds = self.router.kinds()
         sequence = bool(kinds & {"input", "layer_input", "attention"})
-        wanted = {"prefixes": "attention" in kinds, "sequence": sequence}
+        own_lm_head = any(head.config.own_lm_head for head in self.heads.values())
+        wanted = {"prefixes": "attention" in kinds, "sequence": sequence, "lm_heads": own_lm_head}
         for key, needed in wanted.items():
             if needed and key not in self._hooks:
                 if key == "prefixes":
                     modules = [site.output_module for site in self.sites.values() if site.kind == "attention"]
                     self._hooks[key] = PrefixHooks(modules)
+                elif key == "lm_heads":
+                    self._hooks[key] = OwnLMHeads(self.base.get_output_embeddings(), self.heads, self.router)
                 else:
                     self._hooks[key] = PromptHooks(self.parts, self.body, self.router)
             elif not needed and key in self._hooks:
@@ -457,7 +461,7 @@ class AdapterModel(nn.Module):
                 return output
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
-            logits = head(hidden, attention_mask)
+            logits = head(hidden, attention_mask, sequence_start(state))
             loss = head_loss(head.config, logits, labels, attention_mask) if labels is not None else None
             return head_output(head.config, logits, self._regularized(bound, loss))
 

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from . import context
+from .heads import SEQUENCE_START
 from .placement import ResolvedModel
 
 
@@ -247,6 +248,8 @@ class PromptHooks:
         k = state.prompt_length if state is not None else 0
         if not k:
             return None
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        state.cache[SEQUENCE_START] = hidden[:, 0]  # what heads pooling "first" read
         if isinstance(output, tuple):
             return (output[0][:, k:], *output[1:])
         output.last_hidden_state = output.last_hidden_state[:, k:]
