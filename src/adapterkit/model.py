@@ -49,6 +49,7 @@ from .sites import SiteRouter, enumerate_sites
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _BOUND_CACHE = 256  # bound setups kept per model (a server sees many Routed row lists)
 _UNSET = object()
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 class AdapterModel(nn.Module):
@@ -83,7 +84,7 @@ class AdapterModel(nn.Module):
         cls, name_or_path: str = "minilm", placement: Placement | None = None, dtype: torch.dtype | None = None
     ) -> AdapterModel:
         """Load a bundled model by short name (``minilm``, ``mpnet-base``, ``smollm2-135m``) or a
-        local Hugging Face model folder."""
+        local Hugging Face model folder (one without tokenizer files gets no tokenizer)."""
         from .bundled_models import model_reference, resolve_model_path
 
         path = resolve_model_path(name_or_path)
@@ -91,8 +92,8 @@ class AdapterModel(nn.Module):
         placement = placement or PLACEMENTS.get(config.model_type)
         loader = AutoModelForCausalLM if placement is not None and placement.decoder else AutoModel
         base = loader.from_pretrained(path, dtype=dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if tokenizer.pad_token is None:
+        tokenizer = AutoTokenizer.from_pretrained(path) if any((Path(path) / f).is_file() for f in _TOKENIZER_FILES) else None
+        if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = cls(base, placement, tokenizer)
         model.name_or_path = model_reference(name_or_path)
