@@ -37,12 +37,15 @@ from .attention import PrefixHooks
 from .checkpointing import enable_gradient_checkpointing
 from .composition import AdapterView, ModelView, Setup, as_setup, check
 from .execution import BoundSetup, replication_hooks
+from .formats.detect import ADAPTERKIT, folder_format
 from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
+from .formats.layout import ModelLayout, SiteRef
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
+from .formats.peers import PeerFolder, read_peer
 from .heads import CausalLMHead, HeadConfig, OwnLMHeads, build_head, head_loss, head_output, sequence_start
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
-from .registry import MethodConfig, config_from_saved, make_config, method_spec, methods_with
+from .registry import MethodConfig, config_from_dict, config_from_saved, make_config, method_spec, methods_with
 from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
 
@@ -566,14 +569,62 @@ class AdapterModel(nn.Module):
         }
         return write_adapter(directory, tensors, meta)
 
+    def peer_layout(self) -> ModelLayout:
+        """This model as the peer-format converters see it (``formats/layout.py``): every site by
+        the name of the base module that is it (a sublayer by the module holding its output
+        dropout), and the base's biases and pooler as loaded (a merged adapter's change left out)."""
+        names = {id(module): name for name, module in self.base.named_modules()}
+        modules: dict[str, list[SiteRef]] = {}
+        positions: dict[tuple[int, str], list[str]] = {}
+        for site in self.sites.values():
+            if site.kind not in ("linear", "sublayer", "attention", "input"):
+                continue
+            name = names[id(site.output_module)]
+            if site.kind == "sublayer":
+                name = name.rpartition(".")[0]
+            modules.setdefault(name, []).append(SiteRef(site.kind, site.layer, site.position, site.role))
+            if site.kind == "linear":
+                positions.setdefault((site.layer, site.role), []).append(site.position)
+        pooler = next((n for n, m in self.base.named_modules() if n.rpartition(".")[2] == "pooler" and hasattr(m, "dense")), None)
+        with self._unmerged():
+            kept = {
+                n: p.detach().clone()
+                for n, p in self.base.named_parameters()
+                if n.endswith(".bias") or (pooler is not None and n.startswith(f"{pooler}."))
+            }
+        return ModelLayout(
+            model_type=self.parts.model_type,
+            num_layers=self.parts.num_layers,
+            hidden_size=self.parts.hidden_size,
+            kv_width=self.sites["0.attention"].width,
+            decoder=self.is_decoder,
+            base_prefix=getattr(self.body, "base_model_prefix", "") or "",
+            modules={name: tuple(refs) for name, refs in modules.items()},
+            positions={key: tuple(value) for key, value in positions.items()},
+            pooler=pooler,
+            config=self.base.config.to_dict(),
+            base_tensors=kept,
+        )
+
     def load_adapter(self, directory: str | Path, name: str | None = None, activate: bool = True) -> str:
-        """Load an adapter saved by :meth:`save_adapter`; checks it belongs to this base model.
+        """Load an adapter folder saved by :meth:`save_adapter`, by peft or by AdapterHub (the
+        library is recognised by the folder's JSON, ``formats/detect.py``) and return its name.
+
+        An adapterkit folder must belong to this base model (its recorded fingerprint). A peer
+        folder is converted exactly or refused (``formats/peft.py``, ``formats/adapterhub.py``);
+        every adapter in it is added (peft's further adapters in subfolders, the adapters an
+        AdapterHub fusion fuses) and the main one (peft's first; the fusion) is returned, named
+        ``name`` if given. AdapterHub's pickled ``.bin`` files are read with
+        ``torch.load(weights_only=True)`` (``formats/weights.py``).
 
         Raises:
             FileNotFoundError: ``directory`` is not a saved adapter.
-            ValueError: it was trained on another base model, or its files do not match its config.
+            ValueError: it was trained on another base model, its files do not match its config, or
+                (``NotConvertible``) a peer option has no exact adapterkit equivalent.
         """
         directory = Path(directory)
+        if folder_format(directory) != ADAPTERKIT:
+            return self._add_converted(read_peer(directory, self.peer_layout()), directory, name, activate)
         meta = read_adapter_config(directory)
         self.check_base(meta["base_model"], directory)
         name = name or meta["name"]
@@ -587,6 +638,28 @@ class AdapterModel(nn.Module):
         if activate:
             self.set_active(name)
         return name
+
+    def _add_converted(self, folder: PeerFolder, directory: Path, name: str | None, activate: bool) -> str:
+        """Add the converted adapters of a peer folder (all or none) and return the main one's name."""
+        added: list[str] = []
+        try:
+            for adapter in folder.adapters:
+                own = name if name and adapter.name == folder.main else adapter.name
+                head = HeadConfig(**adapter.head) if adapter.head else None
+                self.add_adapter(own, config_from_dict(adapter.config), head)
+                added.append(own)
+                self.load_adapter_state(own, adapter.tensors, directory)
+        except Exception:
+            for own in reversed(added):
+                self.delete_adapter(own)
+            raise
+        for adapter in folder.adapters:
+            for note in adapter.notes:
+                warnings.warn(note, stacklevel=3)
+        main = name or folder.main
+        if activate:
+            self.set_active(main)
+        return main
 
     @torch.no_grad()
     def load_adapter_state(self, name: str, tensors: Mapping[str, torch.Tensor], source: Any) -> None:

@@ -1,0 +1,43 @@
+"""Reading the peer libraries' adapter folders, whichever wrote them.
+
+:func:`read_peer` detects the library from the folder's JSON (``detect.py``) and converts every
+adapter in it. It is pure: the model is seen only through a
+:class:`~adapterkit.formats.layout.ModelLayout`, and the facade (``AdapterModel.load_adapter``)
+adds the results to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import adapterhub, peft
+from .detect import ADAPTERHUB, PEFT, folder_format
+from .layout import Converted, ModelLayout
+
+
+@dataclass
+class PeerFolder:
+    """The adapters of one peer folder, in the order they must be added (a fusion's members
+    before it), and the name of the main one (peft's first adapter; AdapterHub's fusion)."""
+
+    adapters: list[Converted]
+    main: str
+
+
+def read_peer(directory: str | Path, layout: ModelLayout) -> PeerFolder:
+    """Convert the peft or AdapterHub folder ``directory`` for the model ``layout`` describes.
+
+    Raises:
+        ValueError: an adapterkit folder (load it natively) or none the three libraries write.
+        NotConvertible: an option or tensor without an exact adapterkit equivalent (named).
+    """
+    found = folder_format(directory)
+    if found == PEFT:
+        adapters = peft.read_peft(directory, layout)
+        return PeerFolder(adapters, adapters[0].name)
+    if found == ADAPTERHUB:
+        adapters = adapterhub.read_adapterhub(directory, layout)
+        fusions = [a for a in adapters if a.config["method"] == "fusion"]
+        return PeerFolder(adapters, (fusions or adapters)[-1 if fusions else 0].name)
+    raise ValueError(f"{directory} is an adapterkit folder, not a peer's")
