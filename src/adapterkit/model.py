@@ -39,9 +39,9 @@ from .composition import AdapterView, ModelView, Setup, as_setup, check
 from .execution import BoundSetup, replication_hooks
 from .formats.detect import ADAPTERKIT, folder_format
 from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
-from .formats.layout import ModelLayout, SiteRef
+from .formats.layout import Converted, ModelLayout, SiteRef
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
-from .formats.peers import PeerFolder, read_peer
+from .formats.peers import PeerFolder, read_peer, write_peer
 from .heads import CausalLMHead, HeadConfig, OwnLMHeads, build_head, head_loss, head_output, sequence_start
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, Placement, resolve
@@ -557,8 +557,22 @@ class AdapterModel(nn.Module):
         if difference is not None:
             raise ValueError(refusal(saved, here, difference, where))
 
-    def save_adapter(self, name: str, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Save adapter ``name`` and its head atomically to ``directory`` (``formats/native.py``)."""
+    def save_adapter(
+        self, name: str, directory: str | Path, extra: dict[str, Any] | None = None, format: str = ADAPTERKIT
+    ) -> Path:
+        """Save adapter ``name`` and its head atomically to ``directory``: in adapterkit's format
+        (``formats/native.py``), or as ``format="peft"`` / ``"adapterhub"`` folders those libraries
+        load (``formats/peft_export.py``, ``formats/adapterhub_export.py``; an AdapterHub fusion
+        folder holds the adapters it fuses too). ``extra`` goes into adapterkit's config only.
+
+        Raises:
+            ValueError: an unknown format; ``NotConvertible`` (a ``ValueError``): what the target
+                library cannot represent, named with why.
+        """
+        if format != ADAPTERKIT:
+            adapter = self._converted(name)
+            fused = self.adapters[name].config.adapters if "fusion" in self.adapters[name].capabilities else ()
+            return write_peer(format, directory, adapter, [self._converted(m) for m in fused], self.peer_layout())
         tensors = self.adapter_state(name).tensors()
         meta = {
             "name": name,
@@ -568,6 +582,13 @@ class AdapterModel(nn.Module):
             **(extra or {}),
         }
         return write_adapter(directory, tensors, meta)
+
+    def _converted(self, name: str) -> Converted:
+        """Adapter ``name`` as the peer-format writers take it (a merged adapter's own tensors)."""
+        self.view().require([name])
+        head = self.heads[name].config.to_dict() if name in self.heads else None
+        tensors = {k: t.detach().cpu() for k, t in self.adapter_state(name).tensors().items()}
+        return Converted(name, self.adapters[name].config.to_dict(), head, tensors)
 
     def peer_layout(self) -> ModelLayout:
         """This model as the peer-format converters see it (``formats/layout.py``): every site by

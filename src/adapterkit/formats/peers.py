@@ -1,9 +1,10 @@
-"""Reading the peer libraries' adapter folders, whichever wrote them.
+"""Reading and writing the peer libraries' adapter folders, whichever wrote them.
 
 :func:`read_peer` detects the library from the folder's JSON (``detect.py``) and converts every
-adapter in it. It is pure: the model is seen only through a
-:class:`~adapterkit.formats.layout.ModelLayout`, and the facade (``AdapterModel.load_adapter``)
-adds the results to the model.
+adapter in it; :func:`write_peer` writes adapters in a peer's layout. Both are pure: the model is
+seen only through a :class:`~adapterkit.formats.layout.ModelLayout`, and the facade
+(``AdapterModel.load_adapter`` / ``save_adapter``) adds the results to the model or takes them
+from it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import adapterhub, peft
+from . import adapterhub, adapterhub_export, peft, peft_export
 from .detect import ADAPTERHUB, PEFT, folder_format
 from .layout import Converted, ModelLayout
 
@@ -41,3 +42,19 @@ def read_peer(directory: str | Path, layout: ModelLayout) -> PeerFolder:
         fusions = [a for a in adapters if a.config["method"] == "fusion"]
         return PeerFolder(adapters, (fusions or adapters)[-1 if fusions else 0].name)
     raise ValueError(f"{directory} is an adapterkit folder, not a peer's")
+
+
+EXPORTERS = {PEFT: peft_export.write_peft, ADAPTERHUB: adapterhub_export.write_adapterhub}
+
+
+def write_peer(target: str, directory: str | Path, adapter: Converted, members: list[Converted], layout: ModelLayout) -> Path:
+    """Write ``adapter`` (with the adapters it fuses, ``members``, for a fusion) to ``directory``
+    in the layout of ``target`` (``peft`` or ``adapterhub``).
+
+    Raises:
+        ValueError: an unknown target.
+        NotConvertible: what the target library cannot represent (named, with why).
+    """
+    if target not in EXPORTERS:
+        raise ValueError(f"unknown adapter format {target!r}; adapterkit writes adapterkit, {', '.join(EXPORTERS)}")
+    return EXPORTERS[target](Path(directory), adapter, members, layout)
