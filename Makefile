@@ -41,7 +41,8 @@ bench: install
 	$(PY) benchmarks/bench_methods.py
 
 # The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, and the
-# fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither). The
+# fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither), after
+# adapterkit's own exports that the peers load (make_exports.py, in .venv). The
 # bases are saved by transformers 5 (adapterkit's); AdapterHub and peft's prefix tuning on BERT
 # need transformers 4, so the adapters env makes those cases.
 PEER_ENVS := .peer-envs
@@ -50,7 +51,8 @@ FIXTURES := tests/peer_fixtures
 peer-envs:
 	$(PYTHON) tools/peer_envs.py --root $(PEER_ENVS)
 
-peer-fixtures: peer-envs
+peer-fixtures: peer-envs install
+	$(PY) $(FIXTURES)/make_exports.py
 	$(PEER_ENVS)/peft/bin/python $(FIXTURES)/make_fixtures.py bases
 	$(PEER_ENVS)/peft/bin/python $(FIXTURES)/make_fixtures.py peft
 	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py peft

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.formats.detect import ADAPTERHUB, ADAPTERKIT, PEFT, folder_format
@@ -40,6 +42,28 @@ def test_an_unknown_config_or_no_config_is_refused_clearly(tmp_path):
         folder_format(tmp_path)
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         folder_format(tmp_path / "empty")
+
+
+def test_a_pickled_adapterhub_folder_loads_like_its_safetensors_twin(tmp_path):
+    """AdapterHub's default save is a pickled .bin with the same keys: written here with
+    torch.save from the committed safetensors files, it must load with the same outputs."""
+    source = FIXTURES / "adapters/seq_bn_clshead/adapter"
+    pickled = tmp_path / "adapter"
+    pickled.mkdir()
+    for name in ("adapter_config.json", "head_config.json"):
+        shutil.copy(source / name, pickled / name)
+    torch.save(load_file(source / "adapter.safetensors"), pickled / "pytorch_adapter.bin")
+    torch.save(load_file(source / "model_head.safetensors"), pickled / "pytorch_model_head.bin")
+    reference = load_file(source.parent / "reference.safetensors")
+    inputs = {k: reference[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    outputs = []
+    for folder in (source, pickled):
+        model = AdapterModel.from_pretrained(str(FIXTURES / "_bases/tiny-bert"))
+        model.load_adapter(folder)
+        with torch.no_grad():
+            outputs.append(model.eval()(**inputs).logits)
+    assert torch.equal(outputs[0], outputs[1])
+    assert (outputs[1] - reference["output.logits"]).abs().max() <= 1e-5
 
 
 class Trap:

@@ -47,9 +47,11 @@ class Case:
     model: str
     #: adapter name -> config; the first is the main one ("default": saved at the folder's top).
     #: Built lazily, so a config peft refuses is refused while the case is being made.
-    adapters: Callable[[], dict[str, PeftConfig]]
+    adapters: Callable[[], dict[str, PeftConfig]] | None
     transformers: int = 5  # the major version the case runs on
     refused: bool = False  # peft is expected to refuse it: its error is recorded instead
+    #: an adapterkit export to load instead of building the adapter (``make_exports.py``)
+    source: str | None = None
 
     @property
     def seed_name(self) -> str:
@@ -93,6 +95,12 @@ CASES = [
         "default": PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, prompt_tuning_init="RANDOM")}),
     Case("lora_llama_causal", "lora", "llama-causal", lora(
         task_type="CAUSAL_LM", target_modules=LLAMA_ALL, modules_to_save=["lm_head"])),
+    # adapterkit's exports (make_exports.py), loaded by peft
+    Case("export_lora_seqcls", "lora", "bert-seqcls", None, source="adapterkit/peft_lora_seqcls/peft"),
+    Case("export_ia3_seqcls", "ia3", "bert-seqcls", None, source="adapterkit/peft_ia3_seqcls/peft"),
+    Case("export_prompt_seqcls", "prompt_tuning", "bert-seqcls", None, source="adapterkit/peft_prompt_seqcls/peft"),
+    Case("export_prefix_seqcls", "prefix_tuning", "bert-seqcls", None, source="adapterkit/peft_prefix_seqcls/peft",
+         transformers=4),
 ]
 
 
@@ -129,15 +137,20 @@ def switched_off(model: PeftModel, inputs: dict, field: str) -> torch.Tensor:
 
 def build(case: Case, seed: int) -> Made:
     spec = MODELS[case.model]
-    configs = case.adapters()
-    names = list(configs)
-    asked = {name: {"type": type(c).__name__, **options(c)} for name, c in configs.items()}  # before peft edits them
     base = load_base(spec.base, spec.loader, seed, **spec.kwargs)
-    base_ids = base_parameter_ids(base)
-    model = get_peft_model(base, configs[names[0]], adapter_name=names[0])
-    for name in names[1:]:
-        model.add_adapter(name, configs[name])
-    moved = perturb_adapter_weights(model, base_ids, seed)
+    if case.source:  # adapterkit's export: loaded as it is, nothing perturbed
+        model = PeftModel.from_pretrained(base, case.source)
+        names, moved = ["default"], []
+        asked = {"default": {"type": type(model.peft_config["default"]).__name__, **options(model.peft_config["default"])}}
+    else:
+        configs = case.adapters()
+        names = list(configs)
+        asked = {name: {"type": type(c).__name__, **options(c)} for name, c in configs.items()}  # before peft edits them
+        base_ids = base_parameter_ids(base)
+        model = get_peft_model(base, configs[names[0]], adapter_name=names[0])
+        for name in names[1:]:
+            model.add_adapter(name, configs[name])
+        moved = perturb_adapter_weights(model, base_ids, seed)
     model.eval()
     inputs = fixed_inputs(with_token_types=spec.base == "tiny-bert")
     reference = outputs(model, names, inputs, spec.output)
@@ -151,7 +164,8 @@ def build(case: Case, seed: int) -> Made:
 
     record = {
         "summary": asked,
-        "made_with": f"{type(base).__name__} from _bases/{spec.base}; get_peft_model"
+        "made_with": f"{type(base).__name__} from _bases/{spec.base}; "
+        + (f"PeftModel.from_pretrained(adapterkit's export {case.source})" if case.source else "get_peft_model")
         + "".join(f"; add_adapter({n!r})" for n in names[1:]) + "; save_pretrained(adapter)",
         "base": spec.base,
         "peer_class": type(model).__name__,
