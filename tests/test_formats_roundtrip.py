@@ -154,3 +154,25 @@ def test_exported_configs_hold_only_fields_the_peers_write(tmp_path):
             else:
                 kind = data["config"].get("architecture") or "bottleneck"
                 assert set(data["config"]) <= hub_fields[kind], (method, set(data["config"]) - hub_fields[kind])
+
+
+def test_adapterkit_convert_goes_between_all_three_formats(tmp_path, capsys):
+    from adapterkit.cli import main
+
+    base = str(FIXTURES / "_bases/tiny-bert")
+    peft_lora = FIXTURES / "peft/lora_seqcls/adapter"
+    assert main(["convert", str(peft_lora), str(tmp_path / "ours"), "--to", "adapterkit", "--model", base]) == 0
+    assert "(peft) -> " in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "hub"), "--to", "adapterhub"]) == 0  # base recorded
+    assert main(["convert", str(tmp_path / "hub"), str(tmp_path / "peft"), "--to", "peft", "--model", base]) == 0
+    outputs = []
+    for folder in (peft_lora, tmp_path / "ours", tmp_path / "hub", tmp_path / "peft"):
+        model = AdapterModel.from_pretrained(base)
+        name = model.load_adapter(folder)
+        outputs.append(output(model.eval(), name))
+    assert all((o - outputs[0]).abs().max() <= 1e-6 for o in outputs[1:])
+    # a refusal is one line on stderr and status 2
+    assert main(["convert", str(FIXTURES / "peft/lora_bias_all/adapter"), str(tmp_path / "x"), "--to", "adapterkit", "--model", base]) == 2
+    assert "bias='all'" in capsys.readouterr().err
+    assert main(["convert", str(FIXTURES / "adapters/ia3/adapter"), str(tmp_path / "y"), "--to", "peft"]) == 2
+    assert "--model" in capsys.readouterr().err  # the recorded base (a path relative to the fixtures) is not here
