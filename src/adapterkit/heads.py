@@ -191,9 +191,10 @@ class OwnLMHeads:
         head = self.heads[name] if name in self.heads else None
         if isinstance(head, CausalLMHead) and head.config.own_lm_head:
             return head.logits(args[0])
-        if name is None and any(n in self.heads and getattr(self.heads[n].config, "own_lm_head", False) for n in state.setup.setup.adapter_names()):
+        own = [n for n in state.setup.setup.adapter_names() if n in self.heads and self.heads[n].config.own_lm_head]
+        if name is None and own:
             raise ValueError(
-                "adapters with their own LM head (own_lm_head) run one at a time (or last in a Stack); "
+                f"adapters with their own LM head (own_lm_head: {own}) run one at a time (or last in a Stack); "
                 f"{state.setup.setup!r} runs several heads in one pass"
             )
         return None

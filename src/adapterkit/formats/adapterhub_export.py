@@ -27,8 +27,7 @@ from safetensors.torch import save_file
 
 from ..atomic import atomic_directory
 from .adapterhub import ACTIVATIONS
-from .layout import Converted, Member, ModelLayout, NotConvertible, SiteRef, split_members
-from .peft_export import prefix_values
+from .layout import Converted, Member, ModelLayout, NotConvertible, SiteRef, prefix_values, split_members
 
 VERSION = "adapters.1.3.0"
 _ACTIVATION_NAMES = {ours: peer for peer, ours in ACTIVATIONS.items() if peer != "silu"} | {"silu": "swish"}

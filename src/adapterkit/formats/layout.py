@@ -191,3 +191,15 @@ def split_members(config: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -
         Member(c, {k.removeprefix(f"components.{key}."): t for k, t in own.items() if k.startswith(f"components.{key}.")})
         for key, c in zip(keys, config["configs"])
     ]
+
+
+def prefix_values(tensors: dict[str, torch.Tensor], config: dict[str, Any], layout: ModelLayout) -> torch.Tensor:
+    """Every layer's prefix keys and values, ``(l, layers, 2, d_kv)``, from a ``prefix`` member's
+    tensors: its plain prefixes, or what its reparameterisation MLP computes (``methods/prefix.py``:
+    ``up(tanh(down(embedding)))``)."""
+    if config.get("reparameterize", True):
+        hidden = torch.tanh(torch.nn.functional.linear(tensors["reparam.embedding"], tensors["reparam.down.weight"], tensors["reparam.down.bias"]))
+        out = torch.nn.functional.linear(hidden, tensors["reparam.up.weight"], tensors["reparam.up.bias"])
+        return out.detach().view(out.shape[0], layout.num_layers, 2, -1)
+    layers = [torch.stack([tensors[f"layers.{i}.prefix.key"], tensors[f"layers.{i}.prefix.value"]], dim=1) for i in range(layout.num_layers)]
+    return torch.stack(layers, dim=1)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..atomic import atomic_directory
-from .layout import Converted, Member, ModelLayout, NotConvertible, SiteRef, split_members
+from .layout import Converted, Member, ModelLayout, NotConvertible, SiteRef, prefix_values, split_members
 from .peft_heads import CLASSIFICATION_HEAD_FAMILIES, POOLER_FAMILIES
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -181,18 +181,6 @@ def _prefix(member: Member, layout: ModelLayout, where: str) -> tuple[dict[str, 
     values = prefix_values(member.tensors, config, layout)  # (l, layers, 2, d_kv)
     options = {**_prompt_options(layout, values.shape[0]), "encoder_hidden_size": layout.hidden_size, "prefix_projection": False}
     return options, {"prompt_embeddings": values.reshape(values.shape[0], -1)}
-
-
-def prefix_values(tensors: dict[str, torch.Tensor], config: dict[str, Any], layout: ModelLayout) -> torch.Tensor:
-    """Every layer's prefix keys and values, ``(l, layers, 2, d_kv)``, from a ``prefix`` member's
-    tensors: its plain prefixes, or what its reparameterisation MLP computes (``methods/prefix.py``:
-    ``up(tanh(down(embedding)))``)."""
-    if config.get("reparameterize", True):
-        hidden = torch.tanh(torch.nn.functional.linear(tensors["reparam.embedding"], tensors["reparam.down.weight"], tensors["reparam.down.bias"]))
-        out = torch.nn.functional.linear(hidden, tensors["reparam.up.weight"], tensors["reparam.up.bias"])
-        return out.detach().view(out.shape[0], layout.num_layers, 2, -1)
-    layers = [torch.stack([tensors[f"layers.{i}.prefix.key"], tensors[f"layers.{i}.prefix.value"]], dim=1) for i in range(layout.num_layers)]
-    return torch.stack(layers, dim=1)
 
 
 def _prompt(member: Member, layout: ModelLayout, where: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
