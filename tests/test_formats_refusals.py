@@ -111,3 +111,16 @@ def test_a_module_that_is_no_site_is_refused(tmp_path):
     save_file(tensors, folder / "adapter_model.safetensors")
     with pytest.raises(NotConvertible, match="'embeddings.word_embeddings', which is not a projection"):
         base_of("bert").load_adapter(folder)
+
+
+def test_an_adapterhub_parallel_adapter_on_a_pre_ln_model_is_refused():
+    """AdapterHub's par_bn reads the residual x, adapterkit's parallel adapter LN(x) on pre-LN
+    layers (the same tensor on post-LN BERT)."""
+    from adapterkit.formats.adapterhub import _bottleneck
+
+    from tiny_models import tiny_base
+
+    config = json.loads((FIXTURES / "adapters/par_bn/adapter/adapter_config.json").read_text())["config"]
+    layout = AdapterModel(tiny_base("llama")).peer_layout()
+    with pytest.raises(NotConvertible, match="pre-LN 'llama' model"):
+        _bottleneck(config, {}, "par_bn", layout, "here")

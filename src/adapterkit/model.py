@@ -620,6 +620,7 @@ class AdapterModel(nn.Module):
             kv_width=self.sites["0.attention"].width,
             decoder=self.is_decoder,
             base_prefix=getattr(self.body, "base_model_prefix", "") or "",
+            norm_first=self.parts.placement.norm_first,
             modules={name: tuple(refs) for name, refs in modules.items()},
             positions={key: tuple(value) for key, value in positions.items()},
             pooler=pooler,

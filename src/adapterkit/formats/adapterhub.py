@@ -151,6 +151,11 @@ def _bottleneck(config: dict[str, Any], tensors: dict[str, torch.Tensor], name: 
     if config.get("non_linearity", "").lower() not in ACTIVATIONS:
         raise NotConvertible(f"{where}: non_linearity {config.get('non_linearity')!r} is not one adapterkit has ({', '.join(ACTIVATIONS)})")
     parallel = bool(config.get("is_parallel"))
+    if parallel and layout.norm_first:
+        raise NotConvertible(
+            f"{where}: AdapterHub's parallel adapter reads the residual x on this pre-LN {layout.model_type!r} model; "
+            "adapterkit's reads the sublayer's normalised input LN(x) there (methods/bottleneck.py)"
+        )
     if not parallel and config.get("residual_before_ln", True) is not True:
         raise NotConvertible(
             f"{where}: residual_before_ln={config['residual_before_ln']!r} makes the adapter's skip connection start "

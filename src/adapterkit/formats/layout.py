@@ -55,6 +55,7 @@ class ModelLayout:
         decoder: a causal decoder loaded with its LM head (its module names start at the task
             model: ``model.layers.0...``, ``lm_head``); an encoder is loaded bare
             (``encoder.layer.0...``), so task models' names carry ``base_prefix`` in front.
+        norm_first: pre-LN layers (``x + f(LN(x))``, Llama).
         base_prefix: the attribute that holds the body in the family's task models (``bert``).
         modules: module name in the loaded model -> the sites it is: a projection's linear site,
             a sublayer's container (the parent of its output dropout: ``encoder.layer.0.output``,
@@ -75,6 +76,7 @@ class ModelLayout:
     kv_width: int
     decoder: bool
     base_prefix: str
+    norm_first: bool
     modules: Mapping[str, tuple[SiteRef, ...]]
     positions: Mapping[tuple[int, str], tuple[str, ...]]
     pooler: str | None = None
