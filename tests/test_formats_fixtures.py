@@ -46,15 +46,15 @@ def load_case(case: dict) -> tuple[AdapterModel, str]:
     return model.eval(), name
 
 
-def outputs_of(model: AdapterModel, name: str, reference: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def outputs_of(model: AdapterModel, reference: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """output key -> (adapterkit's output, the peer's), aligned: the peer's prompt positions (which
     adapterkit drops before its outputs) cut off, a regression column flattened."""
     inputs = {k: reference[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in reference}
     pairs = {}
     for key in (k for k in reference if k.startswith("output.")):
         parts = key.split(".")
-        with torch.no_grad():
-            ours = getattr(model(**inputs, adapters=name if len(parts) == 2 else parts[1]), parts[-1])
+        with torch.no_grad():  # the main output: the setup load_adapter activated (a saved Stack, a fusion)
+            ours = getattr(model(**inputs) if len(parts) == 2 else model(**inputs, adapters=parts[1]), parts[-1])
         theirs = reference[key]
         if theirs.dim() == 3 and theirs.shape[1] > ours.shape[1]:
             theirs = theirs[:, -ours.shape[1] :]
@@ -71,7 +71,8 @@ def test_peer_fixture_loads_with_the_peers_outputs(case):
     model, name = load_case(case)
     reference = load_file(FIXTURES / case["path"] / "reference.safetensors")
     padded = reference["attention_mask"].eq(0).any(-1)
-    for key, (ours, theirs) in outputs_of(model, name, reference).items():
+    assert model.active_setup is not None and name in model.active_setup.adapter_names()
+    for key, (ours, theirs) in outputs_of(model, reference).items():
         diff = (ours - theirs).abs().reshape(ours.shape[0], -1).amax(1)  # per row
         if case["path"] in PADDED_ROWS_DIFFER:
             assert diff[~padded].max() <= TOLERANCE, (key, diff)

@@ -35,7 +35,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from . import context, methods  # noqa: F401  (importing methods registers every built-in method)
 from .attention import PrefixHooks
 from .checkpointing import enable_gradient_checkpointing
-from .composition import AdapterView, ModelView, Setup, as_setup, check
+from .composition import AdapterView, ModelView, Setup, as_setup, check, setup_from_dict
 from .execution import BoundSetup, replication_hooks
 from .formats.detect import ADAPTERKIT, folder_format
 from .formats.fingerprint import base_fingerprint, checkpoint_identity, compare_bases, refusal
@@ -636,7 +636,8 @@ class AdapterModel(nn.Module):
         folder is converted exactly or refused (``formats/peft.py``, ``formats/adapterhub.py``);
         every adapter in it is added (peft's further adapters in subfolders, the adapters an
         AdapterHub fusion fuses) and the main one (peft's first; the fusion) is returned, named
-        ``name`` if given. AdapterHub's pickled ``.bin`` files are read with
+        ``name`` if given; an AdapterHub saved setup (``save_adapter_setup``: Stack, Fuse,
+        Parallel) is activated as adapterkit's setup and the adapter answering it returned. AdapterHub's pickled ``.bin`` files are read with
         ``torch.load(weights_only=True)`` (``formats/weights.py``).
 
         Raises:
@@ -680,7 +681,7 @@ class AdapterModel(nn.Module):
                 warnings.warn(note, stacklevel=3)
         main = name or folder.main
         if activate:
-            self.set_active(main)
+            self.set_active(main if folder.setup is None or name else setup_from_dict(folder.setup))
         return main
 
     @torch.no_grad()

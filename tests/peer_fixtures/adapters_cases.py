@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from adapters import AdapterConfig, AutoAdapterModel
-from adapters.composition import Fuse
+from adapters.composition import Fuse, Stack
 
 from fixture_kit import Made, base_parameter_ids, fixed_inputs, load_base, perturb_adapter_weights
 
@@ -43,6 +43,8 @@ class Case:
     #: AdapterHub 1.3 cannot save this adapter with use_safetensors=True (prefix tuning: its pool's
     #: tensors are shared, which safetensors refuses): save the pickle, then rewrite it as safetensors
     pickled_save: bool = False
+    stack: bool = False  # two adapters <name>_a, <name>_b run as Stack(a, b), the head on b
+    saved_setup: bool = False  # saved with save_adapter_setup (folders per adapter and fusion, adapter_setup.json)
     transformers: int = 4
     refused: bool = False
 
@@ -60,14 +62,18 @@ class Case:
         (an export's: as it names them)."""
         if self.source:
             return list(self.source_adapters)
-        return [f"{self.adapter_name}_a", f"{self.adapter_name}_b"] if self.fusion else [self.adapter_name]
+        return [f"{self.adapter_name}_a", f"{self.adapter_name}_b"] if self.fusion or self.stack else [self.adapter_name]
 
     @property
-    def setup(self) -> str | Fuse:
+    def setup(self) -> str | Fuse | Stack:
+        if self.stack:
+            return Stack(*self.adapters)
         return Fuse(*self.adapters) if self.fusion else self.adapter_name
 
     @property
     def head_name(self) -> str:
+        if self.stack:
+            return self.adapters[-1]
         return self.setup.name if self.fusion else self.adapter_name  # a fusion's head is named "a,b"
 
     @property
@@ -93,6 +99,9 @@ CASES = [
     Case("seq_bn_tagging", "seq_bn", head=Head("tagging", 5)),
     Case("seq_bn_regression", "seq_bn", head=Head("classification", 1)),  # AdapterHub: one label = regression
     Case("fusion_seq_bn", "seq_bn", head=Head("classification", 2), fusion=True),
+    # saved setups (save_adapter_setup): a stack with the head on its last adapter, and a fusion
+    Case("setup_stack_seq_bn", "seq_bn", head=CLS, stack=True, saved_setup=True),
+    Case("setup_fusion_seq_bn", "seq_bn", head=Head("classification", 2), fusion=True, saved_setup=True),
     # adapterkit's exports (make_exports.py), loaded by AdapterHub
     Case("export_seq_bn_clshead", "seq_bn", head=CLS, source="adapterkit/adapterhub_seq_bn_clshead/adapterhub"),
     Case("export_lora", "lora", source="adapterkit/adapterhub_lora/adapterhub"),
@@ -122,7 +131,9 @@ def fresh(case: Case, seed: int) -> AutoAdapterModel:
 
 def load(model: AutoAdapterModel, folder: Path, case: Case) -> None:
     """Load the case's saved folder (an AdapterHub save, or adapterkit's export) into ``model``."""
-    if case.fusion:
+    if case.saved_setup:
+        model.load_adapter_setup(str(folder), set_active=True, **SAVE)
+    elif case.fusion:
         for name in case.adapters:
             model.load_adapter(str(folder / name), **SAVE)
         model.load_adapter_fusion(str(folder / "fusion"), set_active=True, with_head=bool(case.head), **SAVE)
@@ -162,7 +173,7 @@ def build(case: Case, seed: int) -> Made:
         if case.fusion:
             model.train_adapter_fusion(case.setup)
         else:
-            model.train_adapter(case.adapter_name)
+            model.train_adapter(case.setup)
         moved = perturb_adapter_weights(model, base_ids, seed)
     model.eval()
     inputs = fixed_inputs(with_token_types=True)
@@ -170,6 +181,9 @@ def build(case: Case, seed: int) -> Made:
     without = {f"output.{case.output}": switched_off(model, inputs, case)}
 
     def save(folder: Path) -> None:
+        if case.saved_setup:
+            model.save_adapter_setup(str(folder), case.setup, head_setup=case.head_name, **SAVE)
+            return
         if case.pickled_save:
             model.save_adapter(str(folder), case.adapter_name, with_head=bool(case.head), use_safetensors=False)
             pickles_to_safetensors(folder)
@@ -188,7 +202,9 @@ def build(case: Case, seed: int) -> Made:
         return {f"output.{case.output}": forward(again.eval(), inputs, case)}
 
     saves = (
-        [f"save_adapter_fusion(adapter/fusion, {case.head_name!r}, with_head={bool(case.head)})"]
+        [f"save_adapter_setup(adapter, {case.setup!r}, head_setup={case.head_name!r})"]
+        if case.saved_setup
+        else [f"save_adapter_fusion(adapter/fusion, {case.head_name!r}, with_head={bool(case.head)})"]
         + [f"save_adapter(adapter/{name}, {name!r}, with_head=False)" for name in case.adapters]
         if case.fusion
         else [f"save_adapter(adapter, {case.adapter_name!r}, with_head={bool(case.head)})"]

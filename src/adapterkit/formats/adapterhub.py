@@ -7,7 +7,9 @@ An adapter folder holds ``adapter_config.json`` (``{"config": {...}, "name", "mo
 ``head_config.json`` and ``model_head.safetensors`` or ``pytorch_model_head.bin``. A fusion folder
 holds ``adapter_fusion_config.json`` and ``model_adapter_fusion.safetensors`` or
 ``pytorch_model_adapter_fusion.bin`` (and its head); its adapters are folders beside it. A folder
-of such folders (a fusion and its adapters, ``save_adapter_setup``) loads them all, fusions last.
+of such folders (a fusion and its adapters, ``save_adapter_setup``) loads them all, fusions last;
+the setup a ``save_adapter_setup`` folder records (``adapter_setup.json``: ``Stack``, ``Fuse``,
+``Parallel``) becomes adapterkit's (:func:`read_setup`).
 Pickled ``.bin`` files are read with ``torch.load(weights_only=True)`` (``weights.py``).
 
 Keys are the flex-head model's module paths: ``bert.encoder.layer.0.output.adapters.<name>.
@@ -60,6 +62,46 @@ def adapter_name(name: str) -> str:
     """An adapterkit name for an AdapterHub one (a fusion is named ``"a,b"``): other characters
     than letters, digits, ``_`` and ``-`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+SETUP_FILE = "adapter_setup.json"
+_BLOCKS = {"Stack": "stack", "Fuse": "fuse", "Parallel": "parallel"}
+
+
+def read_setup(directory: str | Path) -> dict[str, Any] | str | None:
+    """The setup a ``save_adapter_setup`` folder records (``adapter_setup.json``), in adapterkit's
+    JSON form (``composition.setup_from_dict``), or None when the folder records none.
+
+    Raises:
+        NotConvertible: a block adapterkit has no equivalent of (``Split``, ``BatchSplit``, ``Average``).
+    """
+    data = read_json(Path(directory) / SETUP_FILE)
+    return None if data is None else _setup(data["adapter_setup"], str(directory))
+
+
+def _setup(block: dict[str, Any], where: str) -> dict[str, Any] | str:
+    kind, children = block["type"], block.get("children", [])
+    if kind == "single":
+        return adapter_name(children[0])
+    if kind not in _BLOCKS or block.get("kwargs"):
+        raise NotConvertible(f"{where}: the saved setup's {kind} block has no adapterkit equivalent (Stack, Fuse and Parallel do)")
+    items = [_setup(child, where) for child in children]
+    if kind == "Fuse":
+        return {"fuse": items, "fusion": adapter_name(",".join(_names(block)))}
+    return {_BLOCKS[kind]: items}
+
+
+def _names(block: dict[str, Any]) -> list[str]:
+    return block["children"] if block["type"] == "single" else [n for child in block["children"] for n in _names(child)]
+
+
+def setup_head(setup: dict[str, Any] | str) -> str:
+    """The adapter whose head answers a setup (the last of a Stack, the fusion of a Fuse)."""
+    if isinstance(setup, str):
+        return setup
+    if "fuse" in setup:
+        return setup["fusion"]
+    return setup_head(next(iter(setup.values()))[-1])
 
 
 def read_adapterhub(directory: str | Path, layout: ModelLayout) -> list[Converted]:

@@ -20,10 +20,12 @@ from .layout import Converted, ModelLayout
 @dataclass
 class PeerFolder:
     """The adapters of one peer folder, in the order they must be added (a fusion's members
-    before it), and the name of the main one (peft's first adapter; AdapterHub's fusion)."""
+    before it), the name of the main one (peft's first adapter; AdapterHub's fusion, or the
+    adapter answering its saved setup), and the saved setup in adapterkit's JSON form, if any."""
 
     adapters: list[Converted]
     main: str
+    setup: dict | str | None = None
 
 
 def read_peer(directory: str | Path, layout: ModelLayout) -> PeerFolder:
@@ -39,6 +41,9 @@ def read_peer(directory: str | Path, layout: ModelLayout) -> PeerFolder:
         return PeerFolder(adapters, adapters[0].name)
     if found == ADAPTERHUB:
         adapters = adapterhub.read_adapterhub(directory, layout)
+        setup = adapterhub.read_setup(directory)
+        if setup is not None:
+            return PeerFolder(adapters, adapterhub.setup_head(setup), setup)
         fusions = [a for a in adapters if a.config["method"] == "fusion"]
         return PeerFolder(adapters, (fusions or adapters)[-1 if fusions else 0].name)
     raise ValueError(f"{directory} is an adapterkit folder, not a peer's")
