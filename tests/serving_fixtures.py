@@ -135,7 +135,53 @@ def library_scores(model: AdapterModel, setup, inputs) -> list[list[float]]:
 
 
 def served_scores(result) -> list[float]:
-    """The same numbers from an engine answer (``ClassResult``, ``ValueResult``, ``TaskResults``)."""
+    """The same numbers from an engine answer (``ClassResult``, ``ValueResult``, ``TaskResults``)
+    or its JSON form."""
+    if isinstance(result, dict):
+        if "tasks" in result:
+            return [v for task in result["tasks"].values() for v in served_scores(task)]
+        return [result["value"]] if "value" in result else list(result["scores"].values())
     if hasattr(result, "tasks"):
         return [v for task in result.tasks.values() for v in served_scores(task)]
     return [result.value] if hasattr(result, "value") else list(result.scores.values())
+
+
+def worst_difference(answers, expected) -> float:
+    """The largest difference between served answers and library scores (inputs in order)."""
+    assert len(answers) == len(expected)
+    return max(abs(g - e) for a, row in zip(answers, expected) for g, e in zip(served_scores(a), row, strict=True))
+
+
+# ----------------------------------------------------------------------------- a real server on loopback
+class LiveServer:
+    """uvicorn serving ``app`` in a thread on a free loopback port: ``with LiveServer(app) as url``.
+    Leaving the block shuts it down as SIGTERM would (stop accepting, finish requests, lifespan
+    shutdown: the engine drains)."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = None
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        end = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < end and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.socket.close()
