@@ -116,7 +116,7 @@ def create_app(backend: Any, api_key: str | None = None, admin_token: str | None
 
     @api.get("/v1/models", response_model=ModelList)
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": m.pop("name"), "object": "model", **m} for m in backend.models()]}
+        return {"object": "list", "data": [{"id": m.pop("name"), "object": "model", **m} for m in await backend.models()]}
 
     @api.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -140,7 +140,7 @@ def create_app(backend: Any, api_key: str | None = None, admin_token: str | None
         @admin.post("/adapters/{name}")
         async def load(name: str, pin: bool = False) -> dict:
             loaded = await backend.load(name, pin)
-            return {"loaded": loaded, "pinned": pin, "resident": [m["name"] for m in backend.models() if m["resident"]]}
+            return {"loaded": loaded, "pinned": pin, "resident": [m["name"] for m in await backend.models() if m["resident"]]}
 
         @admin.delete("/adapters/{name}")
         async def unload(name: str) -> dict:

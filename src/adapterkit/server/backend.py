@@ -31,7 +31,7 @@ class LocalBackend:
         except asyncio.TimeoutError:
             raise RequestTimeout(f"no answer within the server's timeout of {self.timeout} s") from None
 
-    def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[dict[str, Any]]:
         return self.engine.models()
 
     async def load(self, name: str, pin: bool) -> list[str]:

@@ -69,7 +69,8 @@ class _EngineGauges:
     def collect(self):
         counts = self.counts()
         yield GaugeMetricFamily("adapterkit_queue_depth", "requests waiting in the queue", value=counts.get("queue_depth", 0))
-        yield GaugeMetricFamily("adapterkit_resident_adapters", "adapters loaded on the model", value=counts.get("resident", 0))
+        if "resident" in counts:  # not known to the Ray ingress: each replica has its own
+            yield GaugeMetricFamily("adapterkit_resident_adapters", "adapters loaded on the model", value=counts["resident"])
         for state in ("running", "waiting"):
             family = GaugeMetricFamily(f"adapterkit_adapter_requests_{state}", f"requests {state} per adapter", labels=["adapter"])
             for adapter, count in sorted(counts.get(state, {}).items()):

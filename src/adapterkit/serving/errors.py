@@ -30,6 +30,9 @@ class UnknownAdapter(ServingError, LookupError):
         shown = ", ".join(self.available[:50]) + (" ..." if len(self.available) > 50 else "")
         super().__init__(f"no adapter named {name!r} in the store; available: {shown or 'none'}")
 
+    def __reduce__(self):  # pickled across processes (Ray Serve replicas) with its attributes
+        return type(self), (self.name, self.available)
+
 
 class RefusedAdapter(ServingError):
     """An adapter name or folder that would read outside the store (``../``, an absolute path,
@@ -50,7 +53,11 @@ class InvalidRequest(ServingError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.detail = message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):
+        return type(self), (self.field, self.detail)
 
 
 class InputTooLong(InvalidRequest):
@@ -65,8 +72,12 @@ class QueueFull(ServingError):
     """
 
     def __init__(self, depth: int, retry_after: int):
+        self.depth = depth
         self.retry_after = retry_after
         super().__init__(f"the request queue is full ({depth} waiting); retry in {retry_after} s")
+
+    def __reduce__(self):
+        return type(self), (self.depth, self.retry_after)
 
 
 class RequestTimeout(ServingError, TimeoutError):
