@@ -321,3 +321,17 @@ def _wait_until(condition, seconds: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.005)
+
+
+def test_without_mixing_each_adapter_of_a_batch_gets_its_own_pass_with_the_same_answers(stores, reference):
+    engine = make_engine(stores, max_batch_size=64, max_wait_ms=100, mix_adapters=False)
+    names = list(MIXED)[:4]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: engine.classify(names[i % 4], TEXTS[i:i + 1]), range(8)))
+    finally:
+        engine.close()
+    assert all(e.adapters == 1 for e in engine.events) and any(e.requests > 1 for e in engine.events)
+    for i, answer in enumerate(answers):
+        expected = library_scores(reference, names[i % 4], TEXTS[i:i + 1])
+        assert max(abs(a - b) for a, b in zip(served_scores(answer[0]), expected[0])) <= TOLERANCE

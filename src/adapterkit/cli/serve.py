@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 beyond)")
     parser.add_argument("--max-inputs", type=int, default=256, help="inputs per request")
     parser.add_argument("--max-tokens", type=int, default=256, help="new tokens a completion may ask for")
+    parser.add_argument("--no-mix-adapters", dest="mix_adapters", action="store_false",
+                        help="one forward pass per adapter of a batch instead of one routed pass (for comparison)")
+    parser.add_argument("--threads", type=int, help="torch threads for the forward passes (default: torch's, one per core)")
     parser.add_argument("--preload", default="", metavar="A,B", help="adapters loaded at start")
     parser.add_argument("--pin", default="", metavar="A,B", help="adapters loaded at start and never evicted")
     parser.add_argument("--api-key", default=os.environ.get("ADAPTERKIT_API_KEY"), help="require 'Authorization: Bearer KEY'")
@@ -44,7 +47,7 @@ def engine_config(args: argparse.Namespace):
     return EngineConfig(
         max_adapters=args.max_adapters, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, timeout_s=args.timeout, max_inputs=args.max_inputs, max_tokens=args.max_tokens,
-        preload=names(args.preload), pin=names(args.pin),
+        preload=names(args.preload), pin=names(args.pin), mix_adapters=args.mix_adapters,
     )
 
 
@@ -55,9 +58,13 @@ def run(args: argparse.Namespace) -> int:
         from ..server.ray_app import serve_on_ray
 
         return serve_on_ray(args, engine_config(args))
+    import torch
     import uvicorn
 
     from ..server import LocalBackend, create_app
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from ..serving import Engine, ServingError
 
     try:

@@ -170,7 +170,8 @@ def serve_on_ray(args: Any, config: EngineConfig) -> int:
         raise ValueError("--admin-token is not available with --ray: each replica loads adapters on demand")
     ray.init(address=args.ray_address, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
-    app = build_app(args.model, str(args.store), config, args.replicas, args.api_key, args.max_body_bytes)
+    app = build_app(args.model, str(args.store), config, args.replicas, args.api_key, args.max_body_bytes,
+                    threads=args.threads)
     serve.run(app, name="adapterkit", route_prefix="/")
     print(f"adapterkit serving on Ray at http://{args.host}:{args.port} with {args.replicas} replicas; Ctrl-C stops",
           flush=True)

@@ -58,6 +58,8 @@ class EngineConfig:
         max_length: most tokens per input (None: what the model and setup read).
         preload: adapters loaded at start (evictable).
         pin: adapters loaded at start and never evicted.
+        mix_adapters: run requests for different adapters in one ``Routed`` pass; False runs one
+            pass per adapter of a batch (a per-adapter-group loop, for comparison).
     """
 
     max_adapters: int = 64
@@ -70,6 +72,7 @@ class EngineConfig:
     max_length: int | None = None
     preload: tuple[str, ...] = ()
     pin: tuple[str, ...] = ()
+    mix_adapters: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class Engine:
         groups: dict[Hashable, list[tuple[Job, Prepared]]] = {}
         for job in ready:
             try:
-                prepared, key = prepare(self.model, view, job.request, self.config.max_length)
+                prepared, key = prepare(self.model, view, job.request, self.config.max_length, self.config.mix_adapters)
             except ServingError as error:
                 job.future.set_exception(error)
                 continue

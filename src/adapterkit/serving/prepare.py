@@ -62,8 +62,10 @@ def admit(request: Request, registry: AdapterRegistry, is_decoder: bool, max_inp
     return tuple(names)
 
 
-def prepare(model: AdapterModel, view: ModelView, request: Request, max_length: int | None) -> tuple[Prepared, Hashable]:
-    """The request checked against the model, its inputs encoded, and its group key.
+def prepare(model: AdapterModel, view: ModelView, request: Request, max_length: int | None,
+            mix: bool = True) -> tuple[Prepared, Hashable]:
+    """The request checked against the model, its inputs encoded, and its group key (``mix``:
+    see :func:`group_key`).
 
     Raises:
         InvalidRequest: the setup does not fit the model (field ``adapter``), an empty input, or
@@ -84,15 +86,16 @@ def prepare(model: AdapterModel, view: ModelView, request: Request, max_length: 
         rows = encode_prompts(model.tokenizer, request.inputs, budget - request.max_tokens, request.truncate)
     else:
         rows = encode_inputs(model.tokenizer, request.inputs, budget, request.truncate)
-    return Prepared(request, rows), group_key(kind, request, view)
+    return Prepared(request, rows), group_key(kind, request, view, mix)
 
 
-def group_key(kind: str, request: Request, view: ModelView) -> Hashable:
+def group_key(kind: str, request: Request, view: ModelView, mix: bool = True) -> Hashable:
     """Requests with equal keys run in one pass: single adapters that ``Routed`` can mix (no
     fusion, no prompt, heads of one sort) share ``(kind, ROUTED, pooled)``; any other setup runs
-    with the requests of the same setup only."""
+    with the requests of the same setup only. ``mix=False`` gives every adapter its own pass
+    (a loop over adapter groups, as peft runs mixed batches: the benchmarks' baseline)."""
     name = plain_name(request.setup)
     adapter = view.adapters.get(name) if name is not None else None
-    if adapter is None or adapter.fuses is not None or adapter.kinds & (SEQUENCE_KINDS - {"attention"}):
+    if not mix or adapter is None or adapter.fuses is not None or adapter.kinds & (SEQUENCE_KINDS - {"attention"}):
         return (kind, request.setup)
     return (kind, ROUTED, adapter.head in POOLED)
