@@ -112,6 +112,30 @@ class Server:
         self.process.wait(60)
 
 
+def batching_bound(model_name: str, texts: list[str], rows: int, threads: int | None) -> dict:
+    """What batching can gain in compute alone on this machine: the base model's forward time for
+    one text and for ``rows`` texts (median of 20, in this process, servers stopped)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AdapterModel.from_pretrained(model_name).eval()
+
+    def timed(batch_texts: list[str]) -> float:
+        batch = model.tokenizer(batch_texts, padding=True, return_tensors="pt")
+        times = []
+        with torch.inference_mode():
+            for _ in range(22):
+                start = time.perf_counter()
+                model(**batch)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times[2:])
+
+    one = statistics.median(timed([text]) for text in texts[:5])
+    many = timed(texts[:rows])
+    return {"one_row_ms": 1000 * one, "rows": rows, "batch_ms": 1000 * many, "bound": one * rows / many}
+
+
 def popularity(count: int, skewed: bool) -> list[float]:
     weights = [1.0 / (rank + 1) if skewed else 1.0 for rank in range(count)]
     return [w / sum(weights) for w in weights]
@@ -220,6 +244,7 @@ def main() -> None:
                 server.stop()
     memory["adapters"] = most
     memory["adapter_mib"] = adapter_bytes / 2**20 / most
+    memory["batching"] = batching_bound(args.model, texts, args.max_batch_size, args.threads)
     results = [summarize(mode, count, skewed, windows[(mode, count, skewed)])
                for mode in args.modes for count, skewed in configs]
     report(results, memory, args)
@@ -242,7 +267,10 @@ def report(results: list[dict], memory: dict, args) -> None:
         print(f"| {r['mode']} | {r['adapters']} | {r['popularity']} | {r['throughput']:.1f} | {r['p50_ms']:.0f} | "
               f"{r['p99_ms']:.0f} | {r['rows_per_pass']:.1f} | {ratio_single} | {ratio_off} |")
     grown = memory["rss_loaded_mib"] - memory["rss_bare_mib"]
-    print(f"\nresident memory: {memory['rss_bare_mib']:.0f} MiB with no adapter, {memory['rss_loaded_mib']:.0f} MiB with "
+    bound = memory["batching"]
+    print(f"\ncompute bound of batching on this machine: one text {bound['one_row_ms']:.1f} ms, {bound['rows']} texts "
+          f"{bound['batch_ms']:.1f} ms: batching can be at most {bound['bound']:.2f}x faster than one request per pass")
+    print(f"resident memory: {memory['rss_bare_mib']:.0f} MiB with no adapter, {memory['rss_loaded_mib']:.0f} MiB with "
           f"{memory['adapters']} loaded: {grown / memory['adapters']:.2f} MiB per adapter "
           f"(its tensors: {memory['adapter_mib']:.2f} MiB)")
 

@@ -37,7 +37,7 @@ from ..composition import Setup, setup_from_dict
 from .batcher import Job, MicroBatcher
 from .errors import InvalidRequest, ServingError
 from .passes import RUNNERS, Prepared
-from .prepare import admit, kind_of, prepare
+from .prepare import admit, prepare
 from .registry import AdapterRegistry
 from .requests import ClassifyRequest, CompleteRequest, EmbedRequest, Request
 
