@@ -27,7 +27,7 @@ from serving_fixtures import (
     served_scores,
 )
 
-from adapterkit import AdapterModel
+from adapterkit import AdapterModel, HeadConfig
 from adapterkit.serving import (
     CapacityError,
     Engine,
@@ -335,3 +335,40 @@ def test_without_mixing_each_adapter_of_a_batch_gets_its_own_pass_with_the_same_
     for i, answer in enumerate(answers):
         expected = library_scores(reference, names[i % 4], TEXTS[i:i + 1])
         assert max(abs(a - b) for a, b in zip(served_scores(answer[0]), expected[0])) <= TOLERANCE
+
+
+@pytest.mark.integration
+def test_real_smollm2_completions_of_mixed_adapters_in_one_batch_equal_single_generate(tmp_path):
+    """SmolLM2-135M (grouped-query attention) with LoRA, prefix and BitFit adapters: one
+    decoding batch mixing them gives each prompt the tokens ``generate`` gives it alone."""
+    from adapterkit.bundled_models import resolve_model_path
+    from tiny_models import randomize
+
+    folder = resolve_model_path("smollm2-135m")
+    model = AdapterModel.from_pretrained(folder)
+    store = tmp_path / "store"
+    adapters = {"lora": ("lora", dict(r=4)), "prefix": ("prefix", dict(prefix_length=8, reparameterize=False)),
+                "bitfit": ("bitfit", {})}
+    for seed, (name, (method, options)) in enumerate(adapters.items()):
+        model.add_adapter(name, method, HeadConfig(kind="causal_lm"), **options)
+        randomize(model.adapters[name], seed, std=0.02)
+        model.save_adapter(name, store / name)
+    model.eval()
+    events = []
+    engine = Engine(AdapterModel.from_pretrained(folder), store, EngineConfig(max_wait_ms=200), observers=[events.append])
+    prompts = ["The capital of France is", "One, two, three,", "def add(a, b):"]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda i: engine.complete(list(adapters)[i], [prompts[i]], max_tokens=8), range(3)))
+    finally:
+        engine.close()
+    assert any(e.adapters > 1 for e in events)
+    for i, (answer,) in enumerate(answers):
+        batch = model.tokenizer(prompts[i], return_tensors="pt")
+        out = model.generate(**batch, adapters=list(adapters)[i], max_new_tokens=8, do_sample=False,
+                             pad_token_id=model.tokenizer.pad_token_id)
+        expected = out[0, batch["input_ids"].shape[1]:].tolist()
+        eos = model.base.generation_config.eos_token_id
+        stops = set(eos if isinstance(eos, list) else [eos])
+        cut = next((k for k, t in enumerate(expected) if t in stops), len(expected))
+        assert answer.token_ids == expected[:cut], (list(adapters)[i], answer.text)

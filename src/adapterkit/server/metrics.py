@@ -8,7 +8,7 @@ clash).
   size), its distinct adapters and its time;
 * gauges read when scraped: ``adapterkit_queue_depth``, ``adapterkit_resident_adapters``, and
   ``adapterkit_adapter_requests_running{adapter}`` / ``..._waiting{adapter}`` (what vLLM exports
-  for adapter-affinity routing).
+  for adapter-affinity routing); on the Ray ingress, ``adapterkit_replica_adapter_loads{replica}``.
 """
 
 from __future__ import annotations
@@ -75,4 +75,9 @@ class _EngineGauges:
             family = GaugeMetricFamily(f"adapterkit_adapter_requests_{state}", f"requests {state} per adapter", labels=["adapter"])
             for adapter, count in sorted(counts.get(state, {}).items()):
                 family.add_metric([adapter], count)
+            yield family
+        if "replica_loads" in counts:  # the Ray ingress: adapter loads (cache misses) per replica
+            family = GaugeMetricFamily("adapterkit_replica_adapter_loads", "adapters each replica has loaded", labels=["replica"])
+            for replica, loads in sorted(counts["replica_loads"].items()):
+                family.add_metric([replica], loads)
             yield family

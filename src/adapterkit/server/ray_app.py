@@ -71,18 +71,16 @@ class EngineReplica:
             await asyncio.to_thread(self.engine.load, key)
         return _Resident(self.engine, key)
 
-    async def run(self, request: Request) -> tuple[bool, Any]:
-        """``(True, answers)`` or ``(False, the ServingError)`` (errors travel as values, so the
-        ingress re-raises exactly the engine's error)."""
+    async def run(self, request: Request) -> tuple[bool, Any, tuple[str, int]]:
+        """``(True, answers, seen)`` or ``(False, the ServingError, seen)``: errors travel as
+        values, so the ingress re-raises exactly the engine's error; ``seen`` is this replica's
+        id and how many adapter loads it has done (its cache misses)."""
         try:
             await self.resident(serve.get_multiplexed_model_id())
-            return True, await asyncio.wrap_future(self.engine.submit(request))
+            ok, value = True, await asyncio.wrap_future(self.engine.submit(request))
         except ServingError as error:
-            return False, error
-
-    def describe(self) -> dict[str, Any]:
-        """This replica's id and its resident adapters (for tests and operators)."""
-        return {"replica": self.replica, "resident": self.engine.registry.resident(), "counts": self.engine.counts()}
+            ok, value = False, error
+        return ok, value, (self.replica, self.engine.registry.loads)
 
     def models(self) -> list[dict[str, Any]]:
         return self.engine.models()
@@ -94,13 +92,15 @@ def plain_name_key(key: str) -> bool:
 
 class RayBackend:
     """The backend the ingress's routes call (the methods of ``LocalBackend``), over the replicas'
-    handle. ``counts`` reports requests in flight from this ingress per adapter as waiting; each
-    replica's own queue shows in Serve's metrics."""
+    handle. ``counts`` reports requests in flight from this ingress per adapter as waiting, and
+    the adapter loads each replica reported with its last answer (``replica_loads``: routing by
+    adapter keeps them low); each replica's own queue shows in Serve's metrics."""
 
     def __init__(self, engines: Any, timeout: float):
         self.engines = engines
         self.timeout = timeout
         self.in_flight: Counter[str] = Counter()
+        self.replica_loads: dict[str, int] = {}
 
     async def run(self, request: Request) -> list:
         key = multiplex_key(request)
@@ -108,7 +108,8 @@ class RayBackend:
         self.in_flight.update(names)
         try:
             call = self.engines.options(multiplexed_model_id=key).run.remote(request)
-            ok, value = await asyncio.wait_for(call, self.timeout)
+            ok, value, (replica, loads) = await asyncio.wait_for(call, self.timeout)
+            self.replica_loads[replica] = loads
         except asyncio.TimeoutError:
             raise RequestTimeout(f"no answer within the server's timeout of {self.timeout} s") from None
         finally:
@@ -122,7 +123,8 @@ class RayBackend:
 
     def counts(self) -> dict[str, Any]:
         waiting = +self.in_flight
-        return {"queue_depth": sum(waiting.values()), "waiting": waiting, "running": {}}
+        return {"queue_depth": sum(waiting.values()), "waiting": waiting, "running": {},
+                "replica_loads": dict(self.replica_loads)}
 
     @property
     def ready(self) -> bool:
@@ -155,9 +157,13 @@ def build_app(model: str, store: str, config: EngineConfig, replicas: int = 2, a
     replica_cls = type("EngineReplica", (EngineReplica,), {
         "resident": serve.multiplexed(max_num_models_per_replica=config.max_adapters)(EngineReplica.resident),
     })
-    engines = serve.deployment(replica_cls, name="EngineReplica", num_replicas=replicas,
+    # a replica batches the requests it holds: let it hold enough (Serve's default is a handful),
+    # which also keeps the replicas that hold an adapter from looking busy to Serve's router
+    ongoing = min(config.max_queue, 4 * config.max_batch_size)
+    engines = serve.deployment(replica_cls, name="EngineReplica", num_replicas=replicas, max_ongoing_requests=ongoing,
                                ray_actor_options={"num_cpus": cpus_per_replica}).bind(str(model), str(store), config, threads)
-    ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress", max_ongoing_requests=max(ongoing, config.max_queue),
+                               ray_actor_options={"num_cpus": 0})
     return ingress.bind(engines, config.timeout_s, api_key, max_body_bytes)
 
 

@@ -85,6 +85,8 @@ class MicroBatcher:
             if self._closing:
                 raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
             if len(self._queue) >= self.max_queue:
+                self._drop_cancelled()
+            if len(self._queue) >= self.max_queue:
                 batches = math.ceil(len(self._queue) * max(1, rows) / self.max_batch_size)
                 raise QueueFull(len(self._queue), max(1, math.ceil(batches * self._batch_seconds)))
             self._queue.append(job)
@@ -118,6 +120,15 @@ class MicroBatcher:
                         job.future.set_exception(ShuttingDown("the server shut down before running this request"))
             self._cond.notify_all()
         self._worker.join(timeout)
+
+    def _drop_cancelled(self) -> None:
+        """Forget queued jobs whose callers gave up (their futures are cancelled): they hold no
+        place in the queue (called under the lock)."""
+        live = deque(job for job in self._queue if not job.future.cancelled())
+        for job in self._queue:
+            if job.future.cancelled():
+                self.waiting.subtract(job.adapters)
+        self._queue = live
 
     # ----------------------------------------------------------------- worker
     def _take(self) -> list[Job] | None:
