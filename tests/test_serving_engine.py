@@ -372,3 +372,18 @@ def test_real_smollm2_completions_of_mixed_adapters_in_one_batch_equal_single_ge
         stops = set(eos if isinstance(eos, list) else [eos])
         cut = next((k for k, t in enumerate(expected) if t in stops), len(expected))
         assert answer.token_ids == expected[:cut], (list(adapters)[i], answer.text)
+
+
+def test_a_blocking_call_past_its_timeout_raises_and_gives_up_its_place_in_the_queue(stores):
+    engine = make_engine(stores, max_wait_ms=0, max_queue=1)
+    try:
+        with engine.lock:
+            first = engine.submit(_request("lora"))  # taken by the worker, which waits for the model
+            _wait_until(lambda: engine.batcher.depth() == 0)
+            with pytest.raises(RequestTimeout):
+                engine.classify("bitfit", TEXTS[:1], timeout=0.05)
+            assert engine.batcher.depth() == 1  # still queued, but cancelled: it takes no place
+            later = engine.submit(_request("pfeiffer"))
+        assert first.result(10) and later.result(10)[0].label
+    finally:
+        engine.close()

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ import torch
 
 from ..composition import Setup, setup_from_dict
 from .batcher import Job, MicroBatcher
-from .errors import InvalidRequest, ServingError
+from .errors import InvalidRequest, RequestTimeout, ServingError
 from .passes import RUNNERS, Prepared
 from .prepare import admit, prepare
 from .registry import AdapterRegistry
@@ -137,7 +138,12 @@ class Engine:
 
     def _call(self, request: Request, timeout: float | None) -> list:
         timeout = timeout or self.config.timeout_s
-        return self.submit(request, timeout).result(timeout + 1.0)
+        future = self.submit(request, timeout)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()  # skipped by the worker if it has not started
+            raise RequestTimeout(f"no answer within {timeout} s") from None
 
     def classify(self, adapter: Any, inputs: Sequence[Any], truncate: bool = False, timeout: float | None = None) -> list:
         """One head answer per input (``ClassResult``, ``ValueResult``, or ``TaskResults``)."""
