@@ -38,7 +38,7 @@ LAYERS = {
     "adapterkit.training": 6,
     "adapterkit.distributed": 6,
     "adapterkit.hf_trainer": 6,
-    "adapterkit.serving": 6,
+    "adapterkit.serve": 6,
     "adapterkit.cli": 7,
     "adapterkit.server": 7,
     "adapterkit.__main__": 7,

@@ -17,7 +17,7 @@ from serving_fixtures import TEXTS, LiveServer, encoder_store, library_model, li
 
 from adapterkit import AdapterModel
 from adapterkit.server import LocalBackend, create_app
-from adapterkit.serving import Engine, EngineConfig
+from adapterkit.serve import Engine, EngineConfig
 
 TOLERANCE = 1e-5  # see test_serving_engine.py
 

@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from adapterkit.server.ray_app import build_app  # noqa: E402
-from adapterkit.serving import EngineConfig  # noqa: E402
+from adapterkit.serve import EngineConfig  # noqa: E402
 
 pytestmark = pytest.mark.ray
 TOLERANCE = 1e-5  # see test_serving_engine.py

@@ -28,7 +28,7 @@ from serving_fixtures import (
 )
 
 from adapterkit import AdapterModel, HeadConfig
-from adapterkit.serving import (
+from adapterkit.serve import (
     CapacityError,
     Engine,
     EngineConfig,
@@ -310,8 +310,8 @@ def test_close_drains_the_queue_and_refuses_new_requests(stores):
 
 
 def _request(name):
-    from adapterkit.serving import ClassifyRequest
-    from adapterkit.serving.engine import as_request_setup
+    from adapterkit.serve import ClassifyRequest
+    from adapterkit.serve.engine import as_request_setup
 
     return ClassifyRequest(as_request_setup(name), (TEXTS[0],))
 

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def engine_config(args: argparse.Namespace):
-    from ..serving import EngineConfig
+    from ..serve import EngineConfig
 
     names = lambda text: tuple(n.strip() for n in text.split(",") if n.strip())  # noqa: E731
     return EngineConfig(
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ..serving import Engine, ServingError
+    from ..serve import Engine, ServingError
 
     try:
         engine = Engine.start(args.model, args.store, engine_config(args))

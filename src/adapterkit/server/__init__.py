@@ -1,6 +1,6 @@
 """The HTTP service over the serving engine (FastAPI + uvicorn): ``create_app(backend)``; the
 ``adapterkit serve`` command starts it. A thin shell: requests are decoded here, run by
-``adapterkit.serving``, and encoded back."""
+``adapterkit.serve``, and encoded back."""
 
 from .app import create_app
 from .backend import LocalBackend

@@ -32,9 +32,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..serving.engine import as_request_setup
-from ..serving.errors import ServingError
-from ..serving.requests import ClassifyRequest, CompleteRequest, EmbedRequest
+from ..serve.engine import as_request_setup
+from ..serve.errors import ServingError
+from ..serve.requests import ClassifyRequest, CompleteRequest, EmbedRequest
 from .auth import bearer
 from .errors import error_response, serving_error, validation_error
 from .limits import BodyLimit

@@ -1,6 +1,6 @@
 """What the HTTP routes call: an engine behind ``async`` methods.
 
-:class:`LocalBackend` runs an :class:`~adapterkit.serving.Engine` in this process: a request is
+:class:`LocalBackend` runs an :class:`~adapterkit.serve.Engine` in this process: a request is
 checked and queued at once (errors raise before anything waits), then awaited without blocking
 the event loop; a request still unanswered after its timeout is cancelled (the worker skips it if
 it has not started) and raises ``RequestTimeout``. Admin calls wait for the pass in flight, in a
@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..serving.engine import Engine
-from ..serving.errors import RequestTimeout
-from ..serving.requests import Request
+from ..serve.engine import Engine
+from ..serve.errors import RequestTimeout
+from ..serve.requests import Request
 
 
 class LocalBackend:
@@ -24,7 +24,7 @@ class LocalBackend:
         self.base_model = str(getattr(engine.model, "name_or_path", None) or engine.model.parts.model_type)
 
     async def run(self, request: Request) -> list:
-        """One answer per input of ``request`` (see ``serving/requests.py``)."""
+        """One answer per input of ``request`` (see ``serve/requests.py``)."""
         future = self.engine.submit(request, self.timeout)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)

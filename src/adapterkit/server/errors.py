@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..serving.errors import (
+from ..serve.errors import (
     CapacityError,
     IncompatibleAdapter,
     InvalidRequest,

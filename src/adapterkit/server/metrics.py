@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from ..serving.engine import PassEvent
+from ..serve.engine import PassEvent
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -1,6 +1,6 @@
 """The same service scaled out on Ray Serve: engine replicas behind one HTTP ingress.
 
-Each :class:`EngineReplica` holds the base model and runs an :class:`~adapterkit.serving.Engine`
+Each :class:`EngineReplica` holds the base model and runs an :class:`~adapterkit.serve.Engine`
 (its own micro-batcher: a replica still mixes the adapters it holds in one pass). The ingress
 runs the same FastAPI app as ``adapterkit serve`` (``app.create_app``) over a :class:`RayBackend`,
 which sends each request to the replicas with Serve's model multiplexing: the multiplexed model
@@ -27,9 +27,9 @@ from typing import Any
 
 from ray import serve
 
-from ..serving.engine import Engine, EngineConfig
-from ..serving.errors import RequestTimeout, ServingError
-from ..serving.requests import Request, plain_name
+from ..serve.engine import Engine, EngineConfig
+from ..serve.errors import RequestTimeout, ServingError
+from ..serve.requests import Request, plain_name
 from .app import create_app
 
 

@@ -7,10 +7,10 @@ Usable without HTTP::
     engine.classify({"parallel": ["trec6", "rotten_tomatoes"]}, ["a gorgeous, witty film"])
     engine.close()                                                  # drains what is queued
 
-Requests are checked when they arrive (:func:`~adapterkit.serving.prepare.admit`), queued, and
-taken by one worker thread in micro-batches (:class:`~adapterkit.serving.batcher.MicroBatcher`).
+Requests are checked when they arrive (:func:`~adapterkit.serve.prepare.admit`), queued, and
+taken by one worker thread in micro-batches (:class:`~adapterkit.serve.batcher.MicroBatcher`).
 The worker splits a batch into parts that need at most ``max_adapters`` adapters, makes each
-part's adapters resident (:class:`~adapterkit.serving.registry.AdapterRegistry`, LRU), groups
+part's adapters resident (:class:`~adapterkit.serve.registry.AdapterRegistry`, LRU), groups
 its requests by what may share a pass (``prepare.group_key``: different single adapters of any
 method share one ``Routed`` pass; a composition runs with requests of the same composition) and
 runs one forward pass (or one ``generate`` call) per group (``passes.py``). Model changes (loads,
