@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,7 +59,12 @@ def test_two_replicas_route_by_adapter_and_answer_as_the_library(cluster):
 
         # one request at a time, round after round: Serve sends each adapter to the replica that
         # holds it, so the replicas (two slots each) stop loading; routed at random, half the
-        # requests would miss and load (about 10 of these 20)
+        # requests would miss and load (about 10 of these 20). First one settling round: the
+        # concurrent burst above may have left an adapter on both replicas or on neither, and
+        # replicas report what they hold every 0.1 s (PUSH_MULTIPLEXED_MODEL_IDS_INTERVAL_S)
+        for name in names:
+            assert client.post("/v1/classify", json={"adapter": name, "inputs": ["good"]}).status_code == 200
+        time.sleep(1.5)
         before = replica_loads(client)
         for _ in range(5):
             for name in names:
