@@ -189,6 +189,23 @@ class AdapterModel(nn.Module):
         for param in self.adapter_state(name).parameters.values():
             param.requires_grad_(True)
         self.set_active(name)
+        self.train(self.training)  # which BatchNorms use batch statistics follows what trains
+
+    def train(self, mode: bool = True) -> AdapterModel:
+        """Training mode, except for the BatchNorms whose parameters do not train: the frozen
+        base's and those of adapters other than the one training stay in eval mode, so their
+        running statistics stay bit-identical (a BatchNorm in train mode updates them even with
+        ``requires_grad`` off). The trained adapter's own BatchNorms (residual adapters' domain
+        BatchNorms) and the base BatchNorms that full or partial fine-tuning trains use batch
+        statistics, as in training any CNN."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters(recurse=False)
+                ):
+                    module.eval()
+        return self
 
     def adapter_state(self, name: str) -> OwnedState:
         """Everything adapter ``name`` owns (its modules, its head, base weights it trains), by
