@@ -74,6 +74,7 @@ class AdapterModel(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.tokenizer = tokenizer
+        self.processor = None  # a CNN's image preprocessor (data.images.ImageProcessor)
         self.base_checkpoint = checkpoint_identity(base)  # taken before any training changes the base
         self.active_setup: Setup | None = None
         self.merged_adapter: str | None = None
@@ -84,11 +85,26 @@ class AdapterModel(nn.Module):
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str = "minilm", placement: Placement | None = None, dtype: torch.dtype | None = None
+        cls,
+        name_or_path: str = "minilm",
+        placement: Placement | None = None,
+        dtype: torch.dtype | None = None,
+        image_size: int | None = None,
     ) -> AdapterModel:
-        """Load a bundled model by short name (``minilm``, ``mpnet-base``, ``smollm2-135m``) or a
-        local Hugging Face model folder (one without tokenizer files gets no tokenizer)."""
+        """Load a bundled model by short name (``minilm``, ``mpnet-base``, ``smollm2-135m``, the
+        CNN ``efficientnet-lite0``, built for ``image_size`` pixels, default 64) or a local
+        Hugging Face model folder (one without tokenizer files gets no tokenizer). A CNN comes
+        with its image preprocessor as ``model.processor``."""
         from .bundled_models import model_reference, resolve_model_path
+        from .vision_models import VISION_MODELS, load_vision_model
+
+        if name_or_path in VISION_MODELS:
+            backbone, processor = load_vision_model(name_or_path, image_size)
+            model = cls(backbone.to(dtype or torch.float32), placement)
+            model.processor, model.name_or_path = processor, name_or_path
+            return model
+        if image_size is not None:
+            raise ValueError(f"image_size is for the bundled image models ({', '.join(VISION_MODELS)}), not {name_or_path!r}")
 
         path = resolve_model_path(name_or_path)
         config = AutoConfig.from_pretrained(path)
@@ -554,6 +570,7 @@ class AdapterModel(nn.Module):
             "name_or_path": getattr(self, "name_or_path", None),
             "num_layers": self.parts.num_layers,
             "hidden_size": self.parts.hidden_size,
+            **({"image_size": self.processor.size} if self.processor is not None else {}),
             **self.base_checkpoint,
         }
 
