@@ -40,7 +40,7 @@ def block_input(model: AdapterModel, images: dict) -> torch.Tensor:
 
 
 def test_series_adapter_is_bn_d_of_x_plus_alpha_bn_a_x():
-    """Rebuffi et al. 2017, Eq. 2 and Fig. 2: after block 1's conv2, BN_d(c + α * BN_a(c)); its
+    """Rebuffi et al. 2017, Fig. 2: after block 1's conv2, BN_d(c + α * BN_a(c)); its
     bn1 is domain-specific too."""
     model = cnn(("a", "residual", {"layers": [1]}))
     images = tiny_images()
@@ -57,7 +57,7 @@ def test_series_adapter_is_bn_d_of_x_plus_alpha_bn_a_x():
 
 
 def test_parallel_adapter_is_bn_d_of_the_convolutions_plus_a_strided_1x1_of_the_block_input():
-    """Rebuffi et al. 2018, Eq. 4: BN_d(W * x + α * x), α a 1x1 convolution of the block's input at
+    """Rebuffi et al. 2018 (parallel adapters): BN_d(W * x + α * x), α a 1x1 convolution of the block's input at
     the block's stride (2 here)."""
     model = cnn(("a", "residual_parallel", {"layers": [1]}))
     images = tiny_images()

@@ -1,8 +1,8 @@
 """Residual adapters for CNNs: one frozen network, a few small modules per visual domain.
 
 **Series** (``residual``; Rebuffi, Bilen & Vedaldi 2017, "Learning multiple visual domains with
-residual adapters", arXiv:1705.08045, Sec. 3.1-3.2, Fig. 2). The adapter module is a 1x1
-convolution with its own skip connection, ``g(x) = x + α * x`` (Eq. 2), preceded by a BatchNorm,
+residual adapters", arXiv:1705.08045, the residual adapter module of its Sec. 3 and Fig. 2). The
+adapter module is a 1x1 convolution with its own skip connection, ``g(x) = x + α * x``, preceded by a BatchNorm,
 and the BatchNorm that follows it in the network is domain-specific. After a frozen convolution
 whose output is ``x`` (``C`` channels):
 
@@ -10,14 +10,14 @@ whose output is ``x`` (``C`` channels):
 
 ``BN_a`` starts fresh (γ = 1, β = 0), ``BN_d`` as a copy of the base's BatchNorm (its affine
 parameters and running statistics). ``α`` starts at zero, so a fresh adapter *is* the base block
-(in eval mode, bit for bit): "for α = 0 the module reduces to the identity" (Sec. 3.1); the
-authors' code initialises ``α`` like any convolution, which is not the identity at the start.
+(in eval mode, bit for bit), which the paper's form allows (``α = 0`` gives the identity); the
+authors' code (``srebuffi/residual_adapters``) initialises ``α`` like any convolution instead.
 By default it sits after each block's last convolution (EfficientNet's ``project``, before the
 skip connection: the second convolution of Rebuffi et al.'s residual unit); ``targets`` names
 other convolutions of the block (``conv1`` and ``conv2`` of a ResNet unit: the paper's two per unit).
 
 **Parallel** (``residual_parallel``; Rebuffi, Bilen & Vedaldi 2018, "Efficient parametrization
-of multi-domain deep neural networks", arXiv:1803.10082, Sec. 3, Eq. 4 and Fig. 1). The 1x1
+of multi-domain deep neural networks", arXiv:1803.10082, its parallel adapter). The 1x1
 adapter runs beside the filter bank, on the same input, and the sum goes through the
 domain-specific BatchNorm: ``y = BN_d(W * x + α * x)``. On a block (the site ``<i>.block``:
 ``x`` the block's input, ``W * x`` its convolutions' output before their last BatchNorm):
@@ -91,7 +91,7 @@ class ResidualParallelConfig(MethodConfig):
     """Args:
         layers: which blocks (None: all).
         domain_norms: the adapted blocks' BatchNorms are the adapter's own (the last one
-            normalises the sum, Eq. 4; off: the base's).
+            normalises the sum; off: the base's).
         norm_momentum: momentum of the adapter's BatchNorms' running statistics.
     """
 
@@ -156,7 +156,7 @@ class DomainNorm(SiteModule):
 
 
 class SeriesResidual(SiteModule):
-    """``out' = BN_d(x + α * BN_a(x))`` on a BatchNorm site (Rebuffi et al. 2017, Eq. 2); without
+    """``out' = BN_d(x + α * BN_a(x))`` on a BatchNorm site (Rebuffi et al. 2017, Fig. 2); without
     a domain BatchNorm the base's (frozen) one gives ``BN_d``. Shapes: ``x (B, C, H, W)`` (the
     convolution's output), ``α (C, C)``."""
 
@@ -196,7 +196,7 @@ class SeriesResidual(SiteModule):
 
 
 class ParallelResidual(SiteModule):
-    """``out' = out + α *_s x`` on a block site (Rebuffi et al. 2018, Eq. 4): ``x (B, C_in, H, W)``
+    """``out' = out + α *_s x`` on a block site (Rebuffi et al. 2018's parallel form): ``x (B, C_in, H, W)``
     the block's input, ``out (B, C_out, H/s, W/s)`` its last convolution's output, ``α (C_out,
     C_in)``, ``s`` the block's stride."""
 
