@@ -202,5 +202,8 @@ def test_clear_errors_on_cnns():
     with pytest.raises(ValueError, match="no layer of this model has the sublayers"):
         model.add_adapter("a", "pfeiffer")
     assert not model.adapters
+    model.add_adapter("r", "residual", default_head())
+    with pytest.raises(ValueError, match="a CNN's adapters are saved and loaded in adapterkit's format"):
+        model.save_adapter("r", "unused", format="peft")
     with pytest.raises(ValueError, match="grouped convolution .*depthwise.*expand, project"):
         ConvLoraDelta(torch.nn.Conv2d(8, 8, 3, groups=8), LoraConfig(r=2, targets=("depthwise",)))

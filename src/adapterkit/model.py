@@ -44,7 +44,7 @@ from .formats.native import read_adapter_config, read_adapter_weights, write_ada
 from .formats.peers import PeerFolder, read_peer, write_peer
 from .heads import CausalLMHead, HeadConfig, OwnLMHeads, build_head, head_loss, head_output, sequence_start
 from .methods.base import AdapterMethod, BindContext, OwnedState
-from .placement import PLACEMENTS, Placement, resolve
+from .placement import PLACEMENTS, ConvPlacement, Placement, resolve
 from .registry import MethodConfig, config_from_dict, config_from_saved, make_config, method_spec, methods_with
 from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
@@ -628,6 +628,11 @@ class AdapterModel(nn.Module):
         """This model as the peer-format converters see it (``formats/layout.py``): every site by
         the name of the base module that is it (a sublayer by the module holding its output
         dropout), and the base's biases and pooler as loaded (a merged adapter's change left out)."""
+        if isinstance(self.parts.placement, ConvPlacement):
+            raise ValueError(
+                "peft and AdapterHub folders hold adapters of transformers; a CNN's adapters are saved and loaded in "
+                "adapterkit's format (save_adapter without format=)"
+            )
         names = {id(module): name for name, module in self.base.named_modules()}
         modules: dict[str, list[SiteRef]] = {}
         positions: dict[tuple[int, str], list[str]] = {}
