@@ -207,3 +207,19 @@ def test_clear_errors_on_cnns():
         model.save_adapter("r", "unused", format="peft")
     with pytest.raises(ValueError, match="grouped convolution .*depthwise.*expand, project"):
         ConvLoraDelta(torch.nn.Conv2d(8, 8, 3, groups=8), LoraConfig(r=2, targets=("depthwise",)))
+
+
+def test_a_loaded_adapter_runs_with_its_running_statistics_without_calling_eval(tmp_path):
+    """A model built around a base in eval mode (as loaded) adds adapters in eval mode too: a
+    domain's BatchNorms then use its saved statistics, and a pass leaves them as they are."""
+    model = cnn(("a", "residual", {}))
+    images = tiny_images()
+    with torch.no_grad():
+        expected = model(**images, adapters="a").logits
+    model.save_adapter("a", tmp_path / "a")
+    fresh = AdapterModel(tiny_base("cnn"))  # no .eval() on the AdapterModel
+    fresh.load_adapter(tmp_path / "a")
+    stats = {k: v.clone() for k, v in fresh.adapter_state("a").buffers.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**images).logits, expected, rtol=0, atol=0)
+    assert all(torch.equal(v, stats[k]) for k, v in fresh.adapter_state("a").buffers.items())

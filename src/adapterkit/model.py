@@ -159,10 +159,13 @@ class AdapterModel(nn.Module):
         ctx = BindContext(self.parts, self.sites, name, self.tokenizer, head, self._record, self.view())
         reference = next(self.base.parameters())
         module = module_cls(config, ctx).to(device=reference.device, dtype=reference.dtype)
-        self.adapters[name] = module
+        # a new adapter runs in the base's mode (a loaded model is in eval mode: its BatchNorms,
+        # if it has any, then use their running statistics rather than the batch's)
+        self.adapters[name] = module.train(self.base.training)
         if head is not None:
             lm_head = self.base.get_output_embeddings() if self.is_decoder else None
-            self.heads[name] = build_head(head, self.parts.hidden_size, lm_head).to(reference.device, reference.dtype)
+            built = build_head(head, self.parts.hidden_size, lm_head).to(reference.device, reference.dtype)
+            self.heads[name] = built.train(self.base.training)
         try:
             for site, site_module in module.attachments():
                 self.router.attach(site, name, site_module)
@@ -205,7 +208,7 @@ class AdapterModel(nn.Module):
         for param in self.adapter_state(name).parameters.values():
             param.requires_grad_(True)
         self.set_active(name)
-        self.train(self.training)  # which BatchNorms use batch statistics follows what trains
+        self._freeze_norms()  # the other adapters' BatchNorms keep their statistics from now on
 
     def train(self, mode: bool = True) -> AdapterModel:
         """Training mode, except for the BatchNorms whose parameters do not train: the frozen
@@ -216,12 +219,16 @@ class AdapterModel(nn.Module):
         statistics, as in training any CNN."""
         super().train(mode)
         if mode:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in module.parameters(recurse=False)
-                ):
-                    module.eval()
+            self._freeze_norms()
         return self
+
+    def _freeze_norms(self) -> None:
+        """Put every BatchNorm whose parameters do not train in eval mode (see :meth:`train`)."""
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters(recurse=False)
+            ):
+                module.eval()
 
     def adapter_state(self, name: str) -> OwnedState:
         """Everything adapter ``name`` owns (its modules, its head, base weights it trains), by
