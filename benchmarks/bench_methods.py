@@ -1,4 +1,5 @@
-"""Training-step time, training peak memory and inference latency of each method on ``minilm``.
+"""Training-step time, training peak memory and inference latency of each method on ``minilm``
+(or on an image model: ``--model efficientnet-lite0 --image-size 64``, random images).
 
 Usage: ``python benchmarks/bench_methods.py [--model minilm] [--batch 32] [--seq 64] [--steps 10]
 [--methods full houlsby houlsby:train_layer_norms=false ...]``
@@ -131,14 +132,19 @@ def worker(spec: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AdapterModel.from_pretrained(args.model).to(device)
+    size = {"image_size": args.image_size} if args.image_size else {}
+    model = AdapterModel.from_pretrained(args.model, **size).to(device)
     model.add_adapter("task", method, HeadConfig(num_labels=2), **options_dict([parse_option(o) for o in options]))
     model.train_adapter("task")
-    vocab = model.parts.embeddings.num_embeddings
-    batch = {
-        "input_ids": torch.randint(1000, vocab, (args.batch, args.seq), device=device),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=device),
-    }
+    if model.processor is not None:  # an image model: random images of its input size
+        side = model.processor.size
+        batch = {"pixel_values": torch.randn(args.batch, 3, side, side, device=device)}
+    else:
+        vocab = model.parts.embeddings.num_embeddings
+        batch = {
+            "input_ids": torch.randint(1000, vocab, (args.batch, args.seq), device=device),
+            "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=device),
+        }
     labels = torch.randint(0, 2, (args.batch,), device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
@@ -198,6 +204,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=0, help="image models: the input size (0: the model's default)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all methods (order alternates)")
     parser.add_argument("--methods", nargs="+", default=METHODS, metavar="METHOD[:OPTION=VALUE...]")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -213,7 +220,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         for method in methods if round_index % 2 == 0 else reversed(methods):
             cmd = [sys.executable, __file__, "--worker", method] + [
-                f"--{k}={getattr(args, k)}" for k in ("model", "batch", "seq", "steps", "threads")
+                f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("model", "batch", "seq", "steps", "threads", "image_size")
             ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs[method].append(json.loads(out.strip().splitlines()[-1]))
@@ -224,7 +231,8 @@ def main() -> None:
 
     full_step, full_mem, full_saved = med("full", "step_ms"), med("full", "peak_mib"), runs["full"][0]["saved_mib"]
     full_heap = med("full", "heap_mib")
-    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} threads={args.threads}")
+    shape = f"image={args.image_size or 'default'}" if args.image_size else f"seq={args.seq}"
+    print(f"model={args.model} batch={args.batch} {shape} steps={args.steps} rounds={args.rounds} threads={args.threads}")
     print("| method | trainable | share | step ms | speed-up vs full | peak MiB | memory vs full | heap peak MiB (vs full) | saved activations MiB (vs full) | inference overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method in methods:

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from tiny_models import ARCHITECTURES, DECODERS, ENCODERS, HIDDEN, LAYERS, tiny_base
+from tiny_models import ALL_ARCHITECTURES, ARCHITECTURES, CNN_CHANNELS, DECODERS, ENCODERS, HIDDEN, IMAGE_ARCHITECTURES, LAYERS, batch_for, tiny_base
 
 import adapterkit.methods  # noqa: F401  (registers every built-in method)
 from adapterkit import AdapterModel, HeadConfig
@@ -43,6 +43,7 @@ NO_EMBEDDING_LAYER = "insert_at='embedding_output'.*embedding layer is only the 
 """The error of a prompt after the embedding layer on a model whose embedding layer is the token lookup."""
 
 ATTENTION_ARCHS = ("bert", "distilbert", "llama")  # where the attention-level rows run (keeps the suite fast)
+EVERY_ARCH = ALL_ARCHITECTURES  # transformers and the tiny CNN: rows of methods that make sense on both
 
 
 # ----------------------------------------------------------------------------- dimensions and formulas
@@ -93,8 +94,34 @@ def dora_params(arch: str, targets: Sequence[str], r: int = R) -> int:
     return lora_params(arch, targets, r) + LAYERS * out_features(arch, targets)
 
 
+# the tiny CNN (tiny_models.TinyCNN): block 0 maps 8 -> 8 channels, block 1 8 -> 16 (stride 2);
+# each block: conv1 (3x3) + bn1, conv2 (3x3) + bn2, and a 1x1 shortcut in block 1
+CNN_BLOCKS = ((CNN_CHANNELS[0], CNN_CHANNELS[0]), (CNN_CHANNELS[0], CNN_CHANNELS[1]))  # (C_in, C_out) per block
+
+
+def residual_params(domain_norms: bool = True) -> int:
+    """Series adapters after each block's last conv: ``α (C x C)``, ``BN_a`` and ``BN_d`` (2C each);
+    the other BatchNorm (bn1) domain-specific too (2C). Without domain BatchNorms: ``α`` and ``BN_a``."""
+    if not domain_norms:
+        return sum(c * c + 2 * c for _, c in CNN_BLOCKS)
+    return sum(c * c + 4 * c + 2 * c for _, c in CNN_BLOCKS)
+
+
+def residual_parallel_params() -> int:
+    """A parallel 1x1 ``α (C_out x C_in)`` per block and both of its BatchNorms domain-specific (2 x 2C)."""
+    return sum(c_in * c_out + 2 * 2 * c_out for c_in, c_out in CNN_BLOCKS)
+
+
+def conv_lora_params(r: int = R) -> int:
+    """``A (r x C_in x 3 x 3)`` and ``B (C_out x r)`` on conv1 and conv2 of each block."""
+    return sum(r * c_in * 9 + c_out * r + r * c_out * 9 + c_out * r for c_in, c_out in CNN_BLOCKS)
+
+
 def bitfit_params(arch: str) -> int:
-    """A bias delta on every projection and on every LayerNorm (the decoders' RMSNorms have none)."""
+    """A bias delta on every projection and on every LayerNorm (the decoders' RMSNorms have none);
+    on the CNN, on every BatchNorm of the blocks (its convolutions have no bias)."""
+    if arch in IMAGE_ARCHITECTURES:
+        return sum(2 * c_out for _, c_out in CNN_BLOCKS)
     d, kv = HIDDEN, kv_width(arch)
     linear_biases = d + kv + kv + d + ffn_in_count(arch) * FFN + d
     norm_biases = 2 * d if arch in ENCODERS else 0
@@ -114,6 +141,9 @@ def prefix_mlp_params(arch: str, length: int = L_PREFIX, width: int = MLP) -> in
 
 def layer_params(arch: str) -> int:
     """One transformer layer of the tiny model (what ``partial`` with ``top_layers=1`` trains)."""
+    if arch in IMAGE_ARCHITECTURES:  # conv1, bn1, conv2, bn2 and the 1x1 shortcut of the last block
+        c_in, c_out = CNN_BLOCKS[-1]
+        return c_in * c_out * 9 + 2 * c_out + c_out * c_out * 9 + 2 * c_out + c_in * c_out
     d, kv = HIDDEN, kv_width(arch)
     if arch in ENCODERS:  # q, k, v, o with biases, two LayerNorms, the FFN with biases
         return 4 * (d * d + d) + 2 * 2 * d + (d * FFN + FFN) + (FFN * d + d)
@@ -204,13 +234,23 @@ ROWS: Mapping[str, Row] = MappingProxyType({
                lambda arch, model: LAYERS * (out_features(arch, ("k", "v")) + in_features(arch, ("ffn_out",)))),
     "ia3_adapterhub": Row("ia3", {"targets": ["k", "v", "ffn_in"], "input_targets": []}, ARCHITECTURES,
                           lambda arch, model: LAYERS * out_features(arch, ("k", "v", "ffn_in"))),
-    "bitfit": Row("bitfit", {}, ARCHITECTURES, lambda arch, model: bitfit_params(arch)),
-    "probe": Row("probe", {}, ARCHITECTURES, lambda arch, model: 0),  # only the head trains
-    "partial": Row("partial", {"top_layers": 1}, ARCHITECTURES, lambda arch, model: layer_params(arch),
+    "bitfit": Row("bitfit", {}, EVERY_ARCH, lambda arch, model: bitfit_params(arch)),
+    "probe": Row("probe", {}, EVERY_ARCH, lambda arch, model: 0),  # only the head trains
+    "partial": Row("partial", {"top_layers": 1}, EVERY_ARCH, lambda arch, model: layer_params(arch),
                    trains_base=top_layer),
     # full fine-tuning's "formula" is its definition: every base parameter
-    "full": Row("full", {}, ARCHITECTURES, lambda arch, model: sum(p.numel() for p in model.base.parameters()),
+    "full": Row("full", {}, EVERY_ARCH, lambda arch, model: sum(p.numel() for p in model.base.parameters()),
                 trains_base=all_base),
+    # --- CNN methods (Rebuffi et al. 2017, 2018) and LoRA on convolutions: the tiny CNN; they are refused
+    # on transformers (a transformer has no convolution to adapt)
+    "residual": Row("residual", {}, IMAGE_ARCHITECTURES, lambda arch, model: residual_params(),
+                    refused={"bert": "residual adapts the convolutions of a CNN"}),
+    "residual_base_norms": Row("residual", {"domain_norms": False}, IMAGE_ARCHITECTURES,
+                               lambda arch, model: residual_params(domain_norms=False)),
+    "residual_parallel": Row("residual_parallel", {}, IMAGE_ARCHITECTURES, lambda arch, model: residual_parallel_params(),
+                             refused={"llama": "residual_parallel adapts the convolutions of a CNN"}),
+    "conv_lora": Row("lora", {"r": R, "targets": ["conv1", "conv2"]}, IMAGE_ARCHITECTURES,
+                     lambda arch, model: conv_lora_params(), refused={"bert": "no projection plays the role"}),
     # --- attention-level methods and unions: what attention (or the input) sees changes, so a fresh
     # prefix or prompt is not the identity (test_attention_methods checks that a prefix hidden from
     # every example is)
@@ -294,10 +334,14 @@ def make(arch: str, row: Row | str, head: HeadConfig | None = None, seed: int = 
 
 @torch.no_grad()
 def perturb(model: AdapterModel, name: str = "task", seed: int = 3) -> None:
-    """Give every parameter an adapter owns non-zero values (fresh adapters are mostly zeros)."""
+    """Give every parameter an adapter owns non-zero values (fresh adapters are mostly zeros), and
+    move its BatchNorms' running statistics (a trained domain's are not the base's)."""
     generator = torch.Generator().manual_seed(seed)
     for param in model.adapter_parameters(name).values():
         param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    for buffer in model.adapter_state(name).buffers.values():
+        if buffer.is_floating_point():
+            buffer.add_(0.1 * torch.rand(buffer.shape, generator=generator))
 
 
 @torch.no_grad()
@@ -337,10 +381,13 @@ def run(module: SiteModule, inputs: SiteInputs, out: torch.Tensor) -> torch.Tens
 
 def add_bystanders(model: AdapterModel, arch: str) -> list[str]:
     """Other adapters beside ``task`` (perturbed, with heads): a Houlsby adapter (sequential
-    bottlenecks on both sublayers and norm deltas) and, where the architecture takes one, a prefix.
+    bottlenecks on both sublayers and norm deltas) and, where the architecture takes one, a prefix;
+    on the CNN another domain's residual and parallel residual adapters (BatchNorms of their own).
     Returns the names of every adapter besides ``task`` (the row's prerequisites included)."""
     added = [("other_houlsby", "houlsby", {"bottleneck_size": M})]
-    if arch not in NO_PREFIX:
+    if arch in IMAGE_ARCHITECTURES:
+        added = [("other_residual", "residual", {}), ("other_parallel", "residual_parallel", {})]
+    elif arch not in NO_PREFIX:
         added.append(("other_prefix", "prefix", {"prefix_length": 2}))
     for k, (name, method, options) in enumerate(added):
         model.add_adapter(name, method, default_head(), **options)
@@ -353,8 +400,9 @@ def train_and_check_isolation(model: AdapterModel, batch: Mapping[str, torch.Ten
                               steps: int = 2) -> None:
     """Train adapter ``task`` for a few steps and assert that only what it owns changed (its
     parameters, its head, and for ``modifies_base`` methods the base weights it trains): every
-    other tensor of the model, the base's included, stays bit-identical, so do the predictions of
-    the adapters ``others``, and ``task`` moved."""
+    other tensor of the model, the base's included (its BatchNorms' running statistics too, though
+    the model is in train mode), stays bit-identical, so do the predictions of the adapters
+    ``others``, and ``task`` moved."""
     state = model.state_dict(keep_vars=True)
     owned = {id(t) for t in model.adapter_state("task").tensors().values()}
     owned_keys = {key for key, tensor in state.items() if id(tensor) in owned}
@@ -363,7 +411,7 @@ def train_and_check_isolation(model: AdapterModel, batch: Mapping[str, torch.Ten
     model.train_adapter("task")
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    labels = torch.arange(batch["input_ids"].shape[0]) % NUM_LABELS
+    labels = torch.arange(next(iter(batch.values())).shape[0]) % NUM_LABELS
     for _ in range(steps):
         model(**batch, labels=labels).loss.backward()
         optimizer.step()

@@ -28,7 +28,7 @@ from method_table import (
     train_and_check_isolation,
 )
 from safetensors.torch import load_file
-from tiny_models import ARCHITECTURES, DECODERS, LAYERS, tiny_base, tiny_batch
+from tiny_models import ALL_ARCHITECTURES, ARCHITECTURES, DECODERS, LAYERS, batch_for, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, HeadConfig
 from adapterkit.heads import head_loss
@@ -68,8 +68,8 @@ def test_a_registered_method_without_a_row_is_named():
 @pytest.mark.parametrize("name", ROWS)
 def test_the_row_agrees_with_its_methods_capabilities(name):
     row = ROWS[name]
-    assert row.archs and set(row.archs) <= set(ARCHITECTURES)
-    assert not set(row.archs) & set(row.refused) and set(row.refused) <= set(ARCHITECTURES)
+    assert row.archs and set(row.archs) <= set(ALL_ARCHITECTURES)
+    assert not set(row.archs) & set(row.refused) and set(row.refused) <= set(ALL_ARCHITECTURES)
     assert not row.folds or "fold" in row.capabilities, "only a 'fold' method has something to fold"
     assert (row.trains_base is not None) == ("modifies_base" in row.capabilities)
     for prerequisite in row.prerequisites:  # a fusion fuses adapters that declare 'fuse'
@@ -90,7 +90,7 @@ def test_a_row_is_refused_where_the_table_says(arch, name):
 def test_identity_at_init(arch, name):
     row = ROWS[name]
     model = make(arch, row)
-    batch = tiny_batch()
+    batch = batch_for(arch)
     reference = model.body(**batch).last_hidden_state  # no setup active: plain base model
     adapted = hidden(model, batch)
     if row.identity_at_init:
@@ -136,29 +136,33 @@ def test_training_changes_only_what_the_adapter_owns(arch, name):
     row = ROWS[name]
     model = make(arch, row)
     others = [] if "modifies_base" in row.capabilities else add_bystanders(model, arch)
-    train_and_check_isolation(model, tiny_batch(), others)
+    train_and_check_isolation(model, batch_for(arch), others)
 
 
 @pytest.mark.parametrize("arch,name", COMBOS)
 def test_save_load_gives_identical_outputs(arch, name, tmp_path):
     row = ROWS[name]
     model = make(arch, row)
-    perturb(model, "task")
-    batch = tiny_batch()
+    perturb(model, "task")  # its BatchNorms' running statistics too (a CNN's adapter owns some)
+    batch = batch_for(arch)
     expected = model(**batch, adapters="task").logits
     model.save_adapter("task", tmp_path / "task")
 
     saved = load_file(str(tmp_path / "task" / "adapter.safetensors"))
-    assert set(saved) == set(model.adapter_parameters("task"))
+    state = model.adapter_state("task")
+    assert set(saved) == set(state.tensors())  # parameters and persistent buffers (running statistics)
     assert any(k.startswith("base.") for k in saved) == ("modifies_base" in row.capabilities)
-    assert sum(v.numel() for k, v in saved.items() if not k.startswith("head.")) == row.params(arch, model)
+    trained = [v for k, v in saved.items() if k in state.parameters and not k.startswith("head.")]
+    assert sum(v.numel() for v in trained) == row.params(arch, model)
     assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["adapter.safetensors", "adapter_config.json"]
     meta = json.loads((tmp_path / "task" / "adapter_config.json").read_text())
     assert meta["config"]["method"] == row.method
 
     fresh = bare(arch, row)  # with the same prerequisites (a fusion loads beside its fused adapters)
     fresh.load_adapter(tmp_path / "task")
-    assert set(saved) == set(fresh.adapter_parameters("task"))
+    assert set(saved) == set(fresh.adapter_state("task").tensors())
+    for key, value in fresh.adapter_state("task").buffers.items():
+        assert torch.equal(value, saved[key]), key
     torch.testing.assert_close(fresh.eval()(**batch).logits, expected, rtol=0, atol=0)
     if "fold" not in row.capabilities:
         assert not model.fold_adapter("task")  # nothing to fold
@@ -181,7 +185,7 @@ def test_parameter_counts_of_option_variants(arch):
 def test_merged_equals_unmerged_equals_unloaded(arch, name):
     model = make(arch, name)
     perturb(model, "task")
-    batch = tiny_batch()
+    batch = batch_for(arch)
     base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
     unmerged = hidden(model, batch)
     assert not torch.allclose(unmerged, model.body(**batch).last_hidden_state)
@@ -205,7 +209,7 @@ def test_folding_keeps_the_outputs_and_loads_folded(arch, name, tmp_path):
     row = ROWS[name]
     model = make(arch, row)
     perturb(model, "task")
-    batch = tiny_batch()
+    batch = batch_for(arch)
     before, logits = hidden(model, batch), model(**batch, adapters="task").logits
     assert model.fold_adapter("task") == row.folds
     assert not model.fold_adapter("task")  # idempotent

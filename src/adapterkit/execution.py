@@ -472,7 +472,10 @@ def replication_hooks(parts: ResolvedModel, owner: Any) -> list:
     """
     handles = []
     for layer in parts.layers:
-        handles.append(layer.layer.register_forward_pre_hook(_replicator(owner, layer.index), with_kwargs=True))
+        # first among the layer's pre-hooks: a site reading the layer's own input (a CNN block's)
+        # captures the replicated one
+        hook = _replicator(owner, layer.index)
+        handles.append(layer.layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
     return handles
 
 

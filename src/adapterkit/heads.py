@@ -15,6 +15,10 @@ otherwise. That is what peft's and AdapterHub's classifiers read with prompt tun
 ``BertForSequenceClassification`` on the prompt-extended embeddings, whose pooler takes position
 0; AdapterHub's ``ClassificationHead`` takes ``outputs[0][:, 0]``).
 
+A CNN's final feature map ``(batch, C, H, W)`` is average-pooled over ``H`` and ``W`` (global
+average pooling, what the CNN's own classifier reads), whatever the pooling: an image has no
+first or last token.
+
 The causal-LM head is the model's own (frozen) LM head and adds no parameters, unless
 ``own_lm_head``: then it holds its own copy of the LM head's weights, initialised from the base's
 and trained with the adapter (peft's ``modules_to_save=["lm_head"]``); the model's
@@ -87,7 +91,10 @@ def pool(
     hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str, start: torch.Tensor | None = None
 ) -> torch.Tensor:
     """(batch, seq, d) -> (batch, d); ``start`` ``(batch, d)``: the first position of the sequence
-    the model ran, when it is not ``hidden[:, 0]`` (prompt positions dropped; ``first``)."""
+    the model ran, when it is not ``hidden[:, 0]`` (prompt positions dropped; ``first``).
+    A feature map ``(batch, C, H, W)`` is averaged over ``H`` and ``W``: ``(batch, C)``."""
+    if hidden.dim() == 4:
+        return hidden.mean((2, 3))
     if pooling == "first" and start is not None:
         return start
     if pooling in ("cls", "first"):

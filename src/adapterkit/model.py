@@ -44,7 +44,7 @@ from .formats.native import read_adapter_config, read_adapter_weights, write_ada
 from .formats.peers import PeerFolder, read_peer, write_peer
 from .heads import CausalLMHead, HeadConfig, OwnLMHeads, build_head, head_loss, head_output, sequence_start
 from .methods.base import AdapterMethod, BindContext, OwnedState
-from .placement import PLACEMENTS, Placement, resolve
+from .placement import PLACEMENTS, ConvPlacement, Placement, resolve
 from .registry import MethodConfig, config_from_dict, config_from_saved, make_config, method_spec, methods_with
 from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
@@ -74,6 +74,7 @@ class AdapterModel(nn.Module):
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.tokenizer = tokenizer
+        self.processor = None  # a CNN's image preprocessor (data.images.ImageProcessor)
         self.base_checkpoint = checkpoint_identity(base)  # taken before any training changes the base
         self.active_setup: Setup | None = None
         self.merged_adapter: str | None = None
@@ -84,11 +85,26 @@ class AdapterModel(nn.Module):
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str = "minilm", placement: Placement | None = None, dtype: torch.dtype | None = None
+        cls,
+        name_or_path: str = "minilm",
+        placement: Placement | None = None,
+        dtype: torch.dtype | None = None,
+        image_size: int | None = None,
     ) -> AdapterModel:
-        """Load a bundled model by short name (``minilm``, ``mpnet-base``, ``smollm2-135m``) or a
-        local Hugging Face model folder (one without tokenizer files gets no tokenizer)."""
+        """Load a bundled model by short name (``minilm``, ``mpnet-base``, ``smollm2-135m``, the
+        CNN ``efficientnet-lite0``, built for ``image_size`` pixels, default 64) or a local
+        Hugging Face model folder (one without tokenizer files gets no tokenizer). A CNN comes
+        with its image preprocessor as ``model.processor``."""
         from .bundled_models import model_reference, resolve_model_path
+        from .vision_models import VISION_MODELS, load_vision_model
+
+        if name_or_path in VISION_MODELS:
+            backbone, processor = load_vision_model(name_or_path, image_size)
+            model = cls(backbone.to(dtype or torch.float32), placement)
+            model.processor, model.name_or_path = processor, name_or_path
+            return model
+        if image_size is not None:
+            raise ValueError(f"image_size is for the bundled image models ({', '.join(VISION_MODELS)}), not {name_or_path!r}")
 
         path = resolve_model_path(name_or_path)
         config = AutoConfig.from_pretrained(path)
@@ -143,10 +159,13 @@ class AdapterModel(nn.Module):
         ctx = BindContext(self.parts, self.sites, name, self.tokenizer, head, self._record, self.view())
         reference = next(self.base.parameters())
         module = module_cls(config, ctx).to(device=reference.device, dtype=reference.dtype)
-        self.adapters[name] = module
+        # a new adapter runs in the base's mode (a loaded model is in eval mode: its BatchNorms,
+        # if it has any, then use their running statistics rather than the batch's)
+        self.adapters[name] = module.train(self.base.training)
         if head is not None:
             lm_head = self.base.get_output_embeddings() if self.is_decoder else None
-            self.heads[name] = build_head(head, self.parts.hidden_size, lm_head).to(reference.device, reference.dtype)
+            built = build_head(head, self.parts.hidden_size, lm_head).to(reference.device, reference.dtype)
+            self.heads[name] = built.train(self.base.training)
         try:
             for site, site_module in module.attachments():
                 self.router.attach(site, name, site_module)
@@ -189,6 +208,27 @@ class AdapterModel(nn.Module):
         for param in self.adapter_state(name).parameters.values():
             param.requires_grad_(True)
         self.set_active(name)
+        self._freeze_norms()  # the other adapters' BatchNorms keep their statistics from now on
+
+    def train(self, mode: bool = True) -> AdapterModel:
+        """Training mode, except for the BatchNorms whose parameters do not train: the frozen
+        base's and those of adapters other than the one training stay in eval mode, so their
+        running statistics stay bit-identical (a BatchNorm in train mode updates them even with
+        ``requires_grad`` off). The trained adapter's own BatchNorms (residual adapters' domain
+        BatchNorms) and the base BatchNorms that full or partial fine-tuning trains use batch
+        statistics, as in training any CNN."""
+        super().train(mode)
+        if mode:
+            self._freeze_norms()
+        return self
+
+    def _freeze_norms(self) -> None:
+        """Put every BatchNorm whose parameters do not train in eval mode (see :meth:`train`)."""
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters(recurse=False)
+            ):
+                module.eval()
 
     def adapter_state(self, name: str) -> OwnedState:
         """Everything adapter ``name`` owns (its modules, its head, base weights it trains), by
@@ -537,6 +577,7 @@ class AdapterModel(nn.Module):
             "name_or_path": getattr(self, "name_or_path", None),
             "num_layers": self.parts.num_layers,
             "hidden_size": self.parts.hidden_size,
+            **({"image_size": self.processor.size} if self.processor is not None else {}),
             **self.base_checkpoint,
         }
 
@@ -594,6 +635,11 @@ class AdapterModel(nn.Module):
         """This model as the peer-format converters see it (``formats/layout.py``): every site by
         the name of the base module that is it (a sublayer by the module holding its output
         dropout), and the base's biases and pooler as loaded (a merged adapter's change left out)."""
+        if isinstance(self.parts.placement, ConvPlacement):
+            raise ValueError(
+                "peft and AdapterHub folders hold adapters of transformers; a CNN's adapters are saved and loaded in "
+                "adapterkit's format (save_adapter without format=)"
+            )
         names = {id(module): name for name, module in self.base.named_modules()}
         modules: dict[str, list[SiteRef]] = {}
         positions: dict[tuple[int, str], list[str]] = {}

@@ -20,6 +20,10 @@ A placement can name several stacks of layers (a seq2seq model's encoder and dec
 numbered across both in the order given) and the projections of a cross-attention sublayer,
 which only the layers that have one get. ``layout`` says how the features of a site are laid
 out: ``sequence`` (``(batch, seq, d)``, transformers) or ``image`` (``(batch, C, H, W)``, CNNs).
+
+A CNN is a :class:`ConvPlacement`: its "layers" are its blocks (a ResNet's residual units, an
+EfficientNet's MBConv blocks), and each block's convolutions play roles from :data:`CONV_ROLES`,
+each with the BatchNorm that follows it. The site width there is the number of channels.
 """
 
 from __future__ import annotations
@@ -64,6 +68,17 @@ SUBLAYERS = {
 
 LAYOUTS = {"sequence": "(batch, seq, d)", "image": "(batch, C, H, W)"}
 """How the features at a site are laid out, by layout name."""
+
+CONV_ROLES = ("expand", "depthwise", "project", "conv1", "conv2", "conv3")
+"""Roles of the convolutions of a CNN block: an inverted-residual block (MobileNetV2,
+EfficientNet) has ``expand`` (1x1, widening; absent where the expansion ratio is 1),
+``depthwise`` (k x k, one filter per channel) and ``project`` (1x1, narrowing); a ResNet-style
+block numbers its convolutions ``conv1``, ``conv2`` (``conv3`` in a bottleneck unit)."""
+
+
+def norm_role(conv_role: str) -> str:
+    """The role of the BatchNorm that follows the convolution playing ``conv_role``."""
+    return f"{conv_role}_norm"
 
 
 @dataclass(frozen=True)
@@ -216,7 +231,7 @@ _BART = Placement(
     cross_norm="encoder_attn_layer_norm",
 )  # BART's dropouts are nn.functional calls: no module to name
 
-PLACEMENTS: dict[str, Placement] = {
+PLACEMENTS: dict[str, Placement | ConvPlacement] = {
     "bert": _BERT,
     "roberta": _BERT,
     "xlm-roberta": _BERT,
@@ -233,7 +248,65 @@ PLACEMENTS: dict[str, Placement] = {
 }
 
 
-def register_placement(model_type: str, placement: Placement) -> None:
+@dataclass(frozen=True)
+class ConvPlacement:
+    """Module paths of a CNN family: its blocks, and each block's convolutions with their BatchNorms.
+
+    Args:
+        layers: path of the ``nn.ModuleList`` of blocks, matched as a suffix like
+            :attr:`Placement.layers`. Each block is one "layer": adapters are added per block.
+        convs: ``(role, convolution path, BatchNorm path)`` for each convolution of a block, in
+            the order the block applies them, paths relative to one block, roles from
+            :data:`CONV_ROLES`. A block may lack some (EfficientNet's first block has no
+            ``expand``); every block must have the last one.
+        layout: always ``image`` (``(batch, C, H, W)``).
+
+    The model's ``config.hidden_size`` is the number of channels of its final feature map (what
+    the heads pool). Sites (``sites.py``): ``<block>.<role>`` (a convolution's output, ``x`` its
+    input), ``<block>.<role>_norm`` (its BatchNorm's output, ``x`` the convolution's output) and
+    ``<block>.block`` (the block's last convolution's output, ``x`` the block's input: where a
+    parallel residual adapter adds its branch).
+
+    Raises:
+        ValueError: no convolution, a role outside :data:`CONV_ROLES`, a role named twice or an
+            empty path.
+    """
+
+    layers: str
+    convs: tuple[tuple[str, str, str], ...]
+    layout: str = "image"
+    norm_first: bool = False
+    decoder: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "convs", tuple(tuple(c) for c in self.convs))
+        roles = [c[0] for c in self.convs]
+        if not self.convs or not self.layers or any(len(c) != 3 or not all(c) for c in self.convs):
+            raise ValueError("ConvPlacement: layers and (role, conv path, norm path) for each convolution are needed")
+        bad = [r for r in roles if r not in CONV_ROLES]
+        if bad or len(set(roles)) != len(roles):
+            raise ValueError(f"ConvPlacement: roles {roles} must be distinct and among {', '.join(CONV_ROLES)}")
+        if self.layout != "image":
+            raise ValueError(f"ConvPlacement: a CNN's layout is 'image', not {self.layout!r}")
+
+    @property
+    def stacks(self) -> tuple[str, ...]:
+        return (self.layers,)
+
+    @property
+    def last_role(self) -> str:
+        """The role of a block's last convolution (before its skip connection)."""
+        return self.convs[-1][0]
+
+
+_EFFICIENTNET = ConvPlacement(
+    layers="_blocks",
+    convs=(("expand", "_expand_conv", "_bn0"), ("depthwise", "_depthwise_conv", "_bn1"), ("project", "_project_conv", "_bn2")),
+)  # MBConv blocks (Tan & Le 2019); the first block has no expansion
+PLACEMENTS["efficientnet_lite"] = _EFFICIENTNET
+
+
+def register_placement(model_type: str, placement: Placement | ConvPlacement) -> None:
     """Teach adapterkit a new architecture family (``config.model_type`` -> paths)."""
     PLACEMENTS[model_type] = placement
 
@@ -264,10 +337,10 @@ class ResolvedModel:
     """A placement resolved against one loaded model."""
 
     model_type: str
-    placement: Placement
+    placement: Placement | ConvPlacement
     root: nn.Module
     layers: list[LayerParts]
-    embeddings: nn.Embedding
+    embeddings: nn.Embedding | None
     hidden_size: int
 
     @property
@@ -307,8 +380,9 @@ def _get_path(layer: nn.Module, path: str, model_type: str, optional: bool = Fal
         ) from None
 
 
-def resolve(model: nn.Module, placement: Placement | None = None) -> ResolvedModel:
-    """Resolve the placement of ``model`` (a Hugging Face ``PreTrainedModel``) to modules.
+def resolve(model: nn.Module, placement: Placement | ConvPlacement | None = None) -> ResolvedModel:
+    """Resolve the placement of ``model`` (a Hugging Face ``PreTrainedModel``, or a CNN with a
+    ``config.model_type`` and a :class:`ConvPlacement`) to modules.
 
     Raises:
         ValueError: the model type has no placement entry, or a path matches nothing.
@@ -322,6 +396,8 @@ def resolve(model: nn.Module, placement: Placement | None = None) -> ResolvedMod
                 f"add one with {_how_to_fix(model_type)}"
             )
         placement = PLACEMENTS[model_type]
+    if isinstance(placement, ConvPlacement):
+        return _resolve_cnn(model, placement, model_type)
     layers = []
     for stack, path in enumerate(placement.stacks):
         layer_list = _find_by_suffix(model, path, model_type)
@@ -348,3 +424,23 @@ def resolve(model: nn.Module, placement: Placement | None = None) -> ResolvedMod
         embeddings=embeddings,
         hidden_size=embeddings.embedding_dim,
     )
+
+
+def _resolve_cnn(model: nn.Module, placement: ConvPlacement, model_type: str) -> ResolvedModel:
+    blocks = _find_by_suffix(model, placement.layers, model_type)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"placement path {placement.layers!r} is a {type(blocks).__name__}, not a ModuleList")
+    layers = []
+    for index, block in enumerate(blocks):
+        parts = LayerParts(index=index, layer=block)
+        for role, conv_path, norm_path in placement.convs:
+            optional = role != placement.last_role
+            conv = _get_path(block, conv_path, model_type, optional)
+            if conv is not None:
+                parts.modules[role] = (conv,)
+                parts.modules[norm_role(role)] = (_get_path(block, norm_path, model_type),)
+        layers.append(parts)
+    hidden = getattr(model.config, "hidden_size", None)
+    if not isinstance(hidden, int):
+        raise ValueError(f"a {model_type!r} CNN needs config.hidden_size: the channels of its final feature map")
+    return ResolvedModel(model_type, placement, model, layers, None, hidden)

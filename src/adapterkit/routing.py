@@ -22,6 +22,10 @@ Two layouts share the code (``index`` argument of a batched form):
   ``(n, block_rows * seq, d)`` and multiplied with the stacked weights directly. Used by
   :class:`~adapterkit.composition.Parallel`.
 
+**Image layout.** The gathered operations read the features on the last dimension. A CNN's site
+(``(batch, C, H, W)``) is viewed channels-last first (:func:`features_last`, a permuted view, no
+copy) and the result permuted back (:func:`features_back`), so ``groups`` sees ``(rows, H·W, C)``.
+
 Adapters of different sizes (bottleneck widths, LoRA ranks) are zero-padded to the largest: padded
 down-projection rows give ``f(0) = 0`` for every supported non-linearity, and the matching padded
 up-projection columns are zero, so padding changes nothing. The identity slot is all zeros, so an
@@ -73,6 +77,24 @@ def stack_padded(tensors: Sequence[torch.Tensor | None], shape: Sequence[int]) -
 def select(stacked: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """Per-row weights: ``stacked[index]`` (rows layout) or the ``n`` adapter slots (blocks layout)."""
     return stacked[:-1] if index is None else stacked[index]
+
+
+def row_slots(index: torch.Tensor | None, n: int, rows: int, device: torch.device) -> torch.Tensor:
+    """Each row's adapter slot, ``(rows,)``: ``index`` itself, or for the blocks layout (``index``
+    None) ``k`` for the rows of block ``k``."""
+    if index is not None:
+        return index
+    return torch.arange(n, device=device).repeat_interleave(rows // n)
+
+
+def features_last(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``(batch, C, H, W)`` viewed as ``(batch, H, W, C)`` for the ``image`` layout; else ``t``."""
+    return t.permute(0, 2, 3, 1) if layout == "image" else t
+
+
+def features_back(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The inverse of :func:`features_last`."""
+    return t.permute(0, 3, 1, 2) if layout == "image" else t
 
 
 def groups(t: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:

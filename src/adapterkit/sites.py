@@ -23,7 +23,14 @@ and three kinds change what the sequence or the attention holds, read by the hoo
 * ``input``: the input of the model body (``input``): prompt vectors in front of the tokens.
 * ``layer_input``: the input of one layer (``3.layer_input``): deep prompts replacing positions.
 
-Each site knows its feature ``width`` and ``layout`` (``sequence``: ``(batch, seq, width)``).
+Each site knows its feature ``width`` and ``layout`` (``sequence``: ``(batch, seq, width)``;
+``image``: ``(batch, width, H, W)``).
+
+A CNN (``placement.ConvPlacement``) has output sites only, per block: ``linear`` sites on its
+convolutions (``3.project``: a convolution is a linear map; ``x`` its input), ``norm`` sites on
+their BatchNorms (``3.project_norm``; ``x`` the convolution's output) and one ``sublayer`` site
+``3.block``: the output of the block's last convolution, with the block's input as ``x`` (the
+input a parallel residual adapter reads; Rebuffi et al. 2018).
 
 The base model is never edited or re-wrapped: one forward hook per base module applies whatever
 is attached there, so base weights keep their names and values. What runs in a forward pass is
@@ -42,7 +49,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from . import context
-from .placement import LINEAR_ROLES, SUBLAYERS, ResolvedModel
+from .placement import LINEAR_ROLES, SUBLAYERS, ConvPlacement, ResolvedModel, norm_role
 
 OUTPUT_KINDS = ("linear", "sublayer", "norm")
 """Site kinds whose modules transform a module's output (applied by the router's hooks)."""
@@ -167,6 +174,8 @@ def _width(module: nn.Module) -> int:
 
 def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
     """All sites of a resolved model, keyed by :attr:`Site.key`."""
+    if isinstance(parts.placement, ConvPlacement):
+        return _cnn_sites(parts)
     layout, norm_first = parts.placement.layout, parts.placement.norm_first
     sites: dict[str, Site] = {}
 
@@ -198,6 +207,25 @@ def enumerate_sites(parts: ResolvedModel) -> dict[str, Site]:
         attention = next(m for m in layer.layer.modules() if any(c is q for c in m.children()))
         add(i, "attention", "attention", attention, attention, width=layer.role("k")[0].out_features)
         add(i, "layer_input", "layer_input", layer.layer, layer.layer, width=parts.hidden_size)
+    return sites
+
+
+def _cnn_sites(parts: ResolvedModel) -> dict[str, Site]:
+    """The sites of a CNN's blocks (see the module docstring); widths are channels."""
+    sites: dict[str, Site] = {}
+    roles = [role for role, _, _ in parts.placement.convs]
+    for layer in parts.layers:
+        i, found = layer.index, [r for r in roles if layer.has(r)]
+        for role in found:
+            conv, norm = layer.role(role)[0], layer.role(norm_role(role))[0]
+            for site in (
+                Site(i, role, "linear", conv, conv, role, conv.out_channels, "image"),
+                Site(i, norm_role(role), "norm", norm, norm, "", norm.num_features, "image"),
+            ):
+                sites[site.key] = site
+        last = layer.role(found[-1])[0]
+        block = Site(i, "block", "sublayer", last, layer.layer, "", last.out_channels, "image", norm=layer.role(norm_role(found[-1]))[0])
+        sites[block.key] = block
     return sites
 
 

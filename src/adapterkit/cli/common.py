@@ -42,9 +42,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
     source.add_argument("--task", help="a bundled task (see `adapterkit tasks`)")
     flag = "--train-file" if training else "--test-file"
     source.add_argument(flag, type=Path, help="a CSV, TSV or JSON Lines file with text and label columns")
+    folder = "--train-dir" if training else "--test-dir"
+    source.add_argument(folder, type=Path, metavar="DIR", help="a folder of images with one sub-folder per class")
     if training:
         parser.add_argument("--validation-file", type=Path, help="default: 10%% of the train file")
         parser.add_argument("--test-file", type=Path, help="default: 10%% of the train file")
+        parser.add_argument("--validation-dir", type=Path, metavar="DIR", help="default: 10%% of the train folder's images")
+        parser.add_argument("--test-dir", type=Path, metavar="DIR", help="default: 10%% of the train folder's images")
     parser.add_argument("--text-column", action="append", metavar="COLUMN",
                         help="text column of the files; give it twice for pair tasks (default: text)")
     parser.add_argument("--label-column", default="label", metavar="COLUMN", help="label column of the files (default: label)")
@@ -66,6 +70,11 @@ def cap(task: TaskData, max_examples: int | None) -> TaskData:
 def load_training_data(args: argparse.Namespace) -> TaskData:
     if args.task:
         return load_task(args.task, seed=args.seed, max_examples=args.max_examples)
+    if args.train_dir:
+        from ..data.image_folders import load_image_folders
+
+        task = load_image_folders(args.train_dir, args.validation_dir, args.test_dir, seed=args.seed)
+        return cap(task, args.max_examples)
     task = load_files(
         args.train_file,
         args.validation_file,
@@ -98,4 +107,4 @@ def relabel(examples: list[Example], names: tuple[str, ...], head_names: tuple[s
     if unknown:
         raise ValueError(f"labels {unknown} are not among the labels the adapter predicts: {list(head_names)}")
     index = [head_names.index(name) for name in names]
-    return [Example(e.texts, index[e.label]) for e in examples]
+    return [dataclasses.replace(e, label=index[e.label]) for e in examples]

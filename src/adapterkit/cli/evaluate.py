@@ -14,8 +14,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a saved adapter",
-        description="Evaluate a saved adapter (e.g. RUN/best) on the test split of a bundled task or on a "
-        "labelled file. The base model recorded in the adapter is loaded unless --model is given.",
+        description="Evaluate a saved adapter (e.g. RUN/best) on the test split of a bundled task, on a "
+        "labelled file, or on a folder of images with one sub-folder per class (--test-dir). The base model "
+        "recorded in the adapter is loaded unless --model is given.",
     )
     parser.add_argument("--adapter", required=True, type=Path, help="a saved adapter folder")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.loading import load_saved_adapter
-    from ..inference.predict import evaluate
+    from ..inference.predict import evaluate, evaluate_images
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     head = model.heads[name].config
@@ -39,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else meta.get("training", {}).get("seed", 0)
         data = load_task(args.task, seed=seed, max_examples=args.max_examples)
         examples = data.test
+    elif args.test_dir:
+        from ..data.image_folders import load_image_folders
+
+        # the folder is the whole evaluation set, with the classes the adapter predicts
+        data = load_image_folders(args.test_dir, args.test_dir, args.test_dir)
+        examples = data.train[: args.max_examples] if args.max_examples else data.train
     else:
         columns = tuple(args.text_column or saved_task.get("text_columns") or ("text",))
         # the file is the whole evaluation set: read it as train, validation and test alike
@@ -48,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"adapter {args.adapter} has a {head.kind} head, but the data is {data.kind}")
     examples = relabel(examples, data.label_names, head.label_names, head.kind)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
-    metrics = evaluate(model, examples, name, max_length=max_length, batch_size=args.batch_size)
+    if data.modality == "image":
+        metrics = evaluate_images(model, examples, name, batch_size=args.batch_size)
+    else:
+        metrics = evaluate(model, examples, name, max_length=max_length, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:

@@ -16,7 +16,8 @@ DESCRIPTION = """Print one prediction per input: the label name for classificati
 regression. Input is --input FILE or standard input: plain text with one input per line (blank
 lines are skipped; for pair tasks the two texts are separated by a tab), or a .csv/.tsv/.jsonl file
 read with --text-column (default: the columns the adapter was trained on), where a row with an
-empty text is an error."""
+empty text is an error. With --images, an image model's adapter predicts one label per image
+file (printed as PATH<TAB>LABEL)."""
 
 
 def register(subparsers) -> None:
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
                         "once for all tasks instead of once per task")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     parser.add_argument("--input", type=Path, help="input file (default: standard input, plain text)")
+    parser.add_argument("--images", type=Path, nargs="+", metavar="FILE", help="image files (for an image model's adapter)")
     parser.add_argument("--text-column", action="append", metavar="COLUMN", help="text column(s) of a CSV/TSV/JSONL input")
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.predict import predict
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
+    if args.images or meta.get("task", {}).get("modality") == "image":
+        return predict_image_files(model, name, args)
     columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
     texts = read_inputs(args.input, columns)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
@@ -110,4 +114,17 @@ def run_parallel(args: argparse.Namespace) -> int:
     print("\t".join(names))
     for row in zip(*(predictions[name] for name in names)):
         print("\t".join(f"{p:.6g}" if isinstance(p, float) else p for p in row))
+    return 0
+
+
+def predict_image_files(model, name: str, args: argparse.Namespace) -> int:
+    """``PATH<TAB>LABEL`` for each of ``--images``."""
+    from ..data.images import read_image
+    from ..inference.predict import predict_images
+
+    if not args.images:
+        raise ValueError(f"{args.adapter} was trained on images: give the image files with --images FILE ...")
+    images = [read_image(path) for path in args.images]
+    for path, label in zip(args.images, predict_images(model, images, name, batch_size=args.batch_size)):
+        print(f"{path}\t{label}")
     return 0

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example (default: 128)")
+    parser.add_argument("--image-size", type=int, metavar="PIXELS",
+                        help="image models: the square input size (default: 64; efficientnet-lite0 takes multiples of 32)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="image tasks: no augmentation (default: the rotations, crops and flips that keep the task's labels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=int, default=2,
                         help="stop after this many validations without improvement (default: 2; 0 never stops)")
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
     method = make_config(args.method, **options_dict(args.option))  # fail fast, before loading data and model
-    name = args.name or adapter_name(args.task or args.train_file.stem)
+    name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else args.train_dir.name))
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -91,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
+        augment=not args.no_augment,
     )
     main = is_main_process()
     task = load_training_data(args)
     if not args.quiet and main:
         print(task.describe(), file=sys.stderr, flush=True)
-    model = AdapterModel.from_pretrained(args.model)
+    model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
     add_task_adapter(model, name, method, task, pooling=args.pooling, mlp=args.mlp_head, seed=args.seed)
     setup = AdapterDrop(name, robust=True) if args.robust_adapter_drop else None
     if args.gradient_checkpointing:

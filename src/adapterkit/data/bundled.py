@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
+from adapterkit.data.image_tasks import IMAGE_TASKS, load_image_task
 from adapterkit.data.labels import LabelCodec
 from adapterkit.data.packages import data_file, open_text, package_root
 from adapterkit.data.splitting import split_examples
@@ -149,8 +150,8 @@ _TASKS: dict[str, _Source] = {
 
 
 def available_tasks() -> list[str]:
-    """Names accepted by :func:`load_task`, sorted."""
-    return sorted(_TASKS)
+    """Names accepted by :func:`load_task` (text and image tasks), sorted."""
+    return sorted([*_TASKS, *IMAGE_TASKS])
 
 
 def _clean(records: list[Record]) -> list[Record]:
@@ -177,6 +178,10 @@ def load_task(name: str, seed: int = 0, max_examples: int | None = None) -> Task
     examples of each split, a seeded random subset, so a capped run never sees a test example
     in training and evaluates on a subset of the full test split.
     """
+    if name in IMAGE_TASKS:
+        if max_examples is not None and max_examples < 1:
+            raise ValueError(f"max_examples must be a positive count or None, got {max_examples}")
+        return load_image_task(name, seed, max_examples)
     source = _TASKS.get(name)
     if source is None:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")

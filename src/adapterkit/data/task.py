@@ -12,6 +12,7 @@ from dataclasses import dataclass
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 KINDS = (CLASSIFICATION, REGRESSION)
+MODALITIES = ("text", "image")
 
 #: How many labels :meth:`TaskData.describe` spells out before it only gives the count.
 _LABELS_SHOWN = 6
@@ -64,7 +65,8 @@ class TaskData:
     """A task with fixed train/validation/test splits.
 
     Frozen so a task cannot be relabelled by accident after loading; the split lists themselves
-    are plain lists so trainers can index and slice them cheaply.
+    are plain lists so trainers can index and slice them cheaply. ``modality`` is ``text``
+    (examples are :class:`Example`) or ``image`` (``images.ImageExample``, one column ``image``).
     """
 
     name: str
@@ -74,8 +76,11 @@ class TaskData:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
+    modality: str = "text"
 
     def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"task {self.name!r}: modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if not 1 <= len(self.text_columns) <= 2:

@@ -29,7 +29,7 @@ def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], mod
         raise ValueError(
             f"{folders[0]} does not record its base model; name it (--model on the command line, model= in Python)"
         )
-    return AdapterModel.from_pretrained(reference)
+    return AdapterModel.from_pretrained(reference, image_size=metas[0].get("base_model", {}).get("image_size"))
 
 
 def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[AdapterModel, list[str], list[dict[str, Any]]]:

@@ -16,6 +16,7 @@ import torch
 
 from ..composition import Setup, as_setup
 from ..data.batching import Collator, EncodedDataset, encode_examples, encode_texts, make_loader
+from ..data.images import ImageExample, make_image_loader
 from ..data.task import REGRESSION, Example
 from ..heads import HeadConfig
 from .metrics import compute_metrics
@@ -125,5 +126,34 @@ def predict(
     predictions, _ = predict_loader(model, loader, adapters, config.kind)
     if config.kind == REGRESSION:
         return [float(p) for p in predictions]
+    names = config.label_names
+    return [names[int(p)] if names else str(int(p)) for p in predictions]
+
+
+def _require_processor(model: AdapterModel) -> None:
+    if model.processor is None:
+        raise ValueError(f"this {model.parts.model_type!r} model reads text, not images; use an image model (efficientnet-lite0)")
+
+
+def evaluate_images(
+    model: AdapterModel, examples: Sequence[ImageExample], adapters: str | Setup, batch_size: int = 64
+) -> dict[str, float]:
+    """Metrics of ``adapters`` on labelled images (accuracy and macro-F1), preprocessed as the
+    model's processor says (no augmentation)."""
+    if not examples:
+        raise ValueError("no images to evaluate")
+    _require_processor(model)
+    kind = head_config(model, adapters).kind
+    loader = make_image_loader(examples, model.processor, batch_size)
+    predictions, labels = predict_loader(model, loader, adapters, kind)
+    return compute_metrics(kind, predictions, labels)
+
+
+def predict_images(model: AdapterModel, images: Sequence, adapters: str | Setup, batch_size: int = 64) -> list[str]:
+    """One class name (or id, if the head has no names) per image (``uint8`` arrays)."""
+    _require_processor(model)
+    config = head_config(model, adapters)
+    loader = make_image_loader([ImageExample(image, 0) for image in images], model.processor, batch_size)
+    predictions, _ = predict_loader(model, ({"pixel_values": b["pixel_values"]} for b in loader), adapters, config.kind)
     names = config.label_names
     return [names[int(p)] if names else str(int(p)) for p in predictions]

@@ -10,6 +10,7 @@ from .ia3 import IA3Adapter, IA3Config
 from .lora import LoraAdapter, LoraConfig
 from .prefix import PrefixAdapter, PrefixConfig
 from .prompt import DeepPromptConfig, PromptAdapter, PromptConfig
+from .residual import ResidualAdapter, ResidualConfig, ResidualParallelConfig
 from .union import MamConfig, UnionAdapter, UnionConfig
 
 BUILT_IN = (
@@ -26,6 +27,8 @@ BUILT_IN = (
     (UnionConfig, UnionAdapter),
     (MamConfig, UnionAdapter),
     (FusionConfig, FusionAdapter),
+    (ResidualConfig, ResidualAdapter),
+    (ResidualParallelConfig, ResidualAdapter),
     (FullConfig, FullFineTune),
     (PartialConfig, PartialFineTune),
     (ProbeConfig, Probe),

@@ -112,6 +112,11 @@ class AdapterMethod(nn.Module):
         """Base-model parameters (by their name in the base model) that this method trains."""
         return {}
 
+    def base_buffers(self) -> dict[str, torch.Tensor]:
+        """Base-model buffers (by name) that training this method changes: the running statistics
+        of the base BatchNorms it trains (full and partial fine-tuning of a CNN)."""
+        return {}
+
     def owned_state(self, head: nn.Module | None = None) -> OwnedState:
         """Everything this adapter (with ``head``) owns; see the module docstring."""
         state = OwnedState()
@@ -119,6 +124,7 @@ class AdapterMethod(nn.Module):
         if head is not None:
             _module_state("head", head, state)
         state.parameters.update({f"base.{k}": p for k, p in self.base_parameters().items()})
+        state.buffers.update({f"base.{k}": b for k, b in self.base_buffers().items()})
         return state
 
 

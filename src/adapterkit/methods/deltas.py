@@ -19,28 +19,36 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..routing import groups, select, stack_padded
+from ..routing import features_back, features_last, groups, select, stack_padded
 from ..sites import SiteModule
 
 
 class BiasDelta(SiteModule):
-    """``out + Δb``: BitFit's bias training, per adapter."""
+    """``out + Δb``: BitFit's bias training, per adapter. ``layout`` is the site's: on an
+    ``image`` site (``(batch, C, H, W)``) ``Δb`` is per channel (a convolution's or a
+    BatchNorm's bias)."""
 
-    def __init__(self, features: int):
+    def __init__(self, features: int, layout: str = "sequence"):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(features))
+        self.layout = layout
 
     def forward(self, x, out):
-        return out + self.bias
+        return out + (self.bias[:, None, None] if self.layout == "image" else self.bias)
+
+    def batch_key(self) -> object:
+        return self.layout
 
     @classmethod
     def batched(cls, modules):
         """Per-row biases: ``out + Δb[index]``."""
-        features = next(m for m in modules if m is not None).bias.shape[0]
-        bias = stack_padded([m.bias if m else None for m in modules], (features,))
+        first = next(m for m in modules if m is not None)
+        bias = stack_padded([m.bias if m else None for m in modules], (first.bias.shape[0],))
 
         def forward(x, out, index):
-            return (groups(out, index, len(modules)) + select(bias, index).unsqueeze(1)).reshape(out.shape)
+            last = features_last(out, first.layout)
+            added = groups(last, index, len(modules)) + select(bias, index).unsqueeze(1)
+            return features_back(added.reshape(last.shape), first.layout)
 
         return forward
 

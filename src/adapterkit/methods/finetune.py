@@ -5,13 +5,16 @@ on a frozen model, Sec. 2 of the seeds' probing discussion). They exist to measu
 parameter-efficient methods against, so they go through the same training, saving and report
 path. Because full and partial fine-tuning change the shared base model, such an adapter must be
 the only one on its model; their saved file holds the trained base weights under their own
-names.
+names. On a CNN, the BatchNorms they train update their running statistics (the fine-tuning
+baseline of Rebuffi et al. 2017 trains the whole network, its BatchNorms included), so those
+statistics are saved with the weights (``base_buffers``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..registry import MethodConfig
@@ -65,6 +68,15 @@ class FullFineTune(AdapterMethod):
 
     def base_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self._root[0].named_parameters())
+
+    def base_buffers(self) -> dict[str, torch.Tensor]:
+        trained = {id(p) for p in self.base_parameters().values()}
+        return {
+            f"{name}.{key}" if name else key: buffer
+            for name, module in self._root[0].named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(id(p) in trained for p in module.parameters())
+            for key, buffer in module.named_buffers(recurse=False)
+        }
 
 
 class PartialFineTune(FullFineTune):

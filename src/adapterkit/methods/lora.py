@@ -9,7 +9,9 @@ with ``A`` Kaiming-uniform and ``B`` zero, so the adapter is the identity at ini
 Because the update is linear it can be *merged*: ``W ← W + s B A`` gives the same outputs with no
 added latency (Sec. 4.2); see ``merging.py`` for the merge lifecycle (originals kept, unmerge bit
 for bit). Targets are chosen by role (q, k, v, o, ffn_in, ffn_out, and cross_q ... cross_o on
-seq2seq decoders), so the same config works on every architecture with a placement.
+seq2seq decoders), so the same config works on every architecture with a placement; on a CNN
+the roles are its convolutions' (``expand``, ``project``, ``conv1``, ...) and the deltas are
+``conv_lora.ConvLoraDelta``.
 
 **rsLoRA** (``use_rslora``; Kalajdzievski 2023, arXiv:2312.03732, Theorem 3.2): ``s = α / √r``,
 which keeps the update's scale stable as the rank grows (peft's ``use_rslora``).
@@ -41,10 +43,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..placement import LINEAR_ROLES
+from ..placement import CONV_ROLES, LINEAR_ROLES
 from ..registry import MethodConfig
 from ..routing import groups, select, stack_padded
 from .base import BindContext
+from .conv_lora import ConvLoraDelta
 from .merging import MergeableAdapter, MergeableDelta, linear_sites
 
 
@@ -76,9 +79,12 @@ class LoraConfig(MethodConfig):
             raise ValueError(f"lora: r must be >= 1, got {self.r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout}")
-        bad = [t for t in self.targets if t not in LINEAR_ROLES]
+        bad = [t for t in self.targets if t not in LINEAR_ROLES + CONV_ROLES]
         if bad or not self.targets:
-            raise ValueError(f"lora: unknown target role(s) {bad or '(none)'}; roles are {', '.join(LINEAR_ROLES)}")
+            raise ValueError(
+                f"lora: unknown target role(s) {bad or '(none)'}; roles are {', '.join(LINEAR_ROLES)} "
+                f"(convolutions of a CNN: {', '.join(CONV_ROLES)})"
+            )
 
     @property
     def scaling(self) -> float:
@@ -191,4 +197,5 @@ class LoraAdapter(MergeableAdapter):
     def __init__(self, config: LoraConfig, ctx: BindContext):
         super().__init__(config, ctx)
         for site in linear_sites(ctx, config.layers, config.targets, "lora"):
-            self.attach(site, LoraDelta(site.output_module, config))
+            delta = ConvLoraDelta if isinstance(site.output_module, nn.Conv2d) else LoraDelta
+            self.attach(site, delta(site.output_module, config))

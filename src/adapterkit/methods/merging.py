@@ -29,15 +29,18 @@ class MergeableDelta(SiteModule):
     ``linear.weight``) and :meth:`folded`.
 
     Raises:
-        ValueError: ``linear`` is not an ``nn.Linear`` (naming ``method``).
+        ValueError: ``linear`` is not one of :attr:`adapts` (naming ``method``).
     """
 
     needs_input = True
+    adapts: tuple[type, ...] = (nn.Linear,)
+    """The base module types a subclass changes (LoRA on convolutions: ``nn.Conv2d``)."""
 
     def __init__(self, linear: nn.Module, method: str):
         super().__init__()
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{method}: can only adapt nn.Linear projections, found {type(linear).__name__}")
+        if not isinstance(linear, self.adapts):
+            wanted = " or ".join(t.__name__ for t in self.adapts)
+            raise ValueError(f"{method}: can only adapt {wanted} modules here, found {type(linear).__name__}")
         self._linear = [linear]  # a list so the base linear is not registered as a submodule
         # the base weight and bias while merged (the bias only when the merge changes it)
         self.register_buffer("_original_weight", None, persistent=False)

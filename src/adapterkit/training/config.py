@@ -50,6 +50,8 @@ class TrainingConfig:
             ``accelerate`` fixes it for the whole process at the first ``Accelerator``, so runs
             with different settings need separate processes (or pass ``accelerator=``).
         progress: show a progress bar and per-epoch lines (main process only).
+        augment: image tasks: augment the training images in the ways that keep their labels
+            (``data.image_tasks.AUGMENTATION``); text tasks ignore it.
     """
 
     epochs: int = 3
@@ -67,6 +69,7 @@ class TrainingConfig:
     eval_batch_size: int = 64
     mixed_precision: str = "no"
     progress: bool = True
+    augment: bool = True
 
     def __post_init__(self) -> None:
         if self.output_dir is not None:

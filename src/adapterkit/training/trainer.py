@@ -37,6 +37,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..composition import Setup
 from ..data.batching import Collator, encode_examples, make_loader
+from ..data.image_tasks import AUGMENTATION, DEFAULT_AUGMENT
+from ..data.images import make_image_loader
 from ..data.task import TaskData
 from ..distributed import make_accelerator
 from ..formats.native import CONFIG_FILE, read_adapter_config
@@ -97,10 +99,7 @@ class Trainer:
         if adapter not in model.adapters:
             known = ", ".join(model.adapters) or "none"
             raise ValueError(f"no adapter named {adapter!r} on this model (adapters: {known})")
-        if model.tokenizer is None:
-            raise ValueError(
-                "the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer= to AdapterModel"
-            )
+        check_modality(model, task)
         for split in ("train", "validation", "test"):
             if not getattr(task, split):
                 raise ValueError(
@@ -143,11 +142,7 @@ class Trainer:
         set_seed(cfg.seed)
         model.train_adapter(self.adapter)
         model.train()
-        collator = Collator(model.tokenizer, task.kind)
-
-        def loader(examples, batch_size, shuffle_seed=None):
-            encoded = encode_examples(model.tokenizer, examples, self.max_length)
-            return make_loader(encoded, collator, batch_size, shuffle_seed)
+        loader = self._loader_maker()
 
         train_loader = loader(task.train, cfg.batch_size, cfg.seed)
         eval_batch = -(-cfg.eval_batch_size // acc.num_processes) * acc.num_processes  # splits evenly
@@ -267,6 +262,23 @@ class Trainer:
         mean = torch.tensor(total / count if count else math.nan, device=acc.device)
         return float(acc.reduce(mean, "mean").item())
 
+    def _loader_maker(self):
+        """``loader(examples, batch_size, shuffle_seed=None)`` for the task's modality: token ids
+        padded per batch, or preprocessed images (augmented when shuffled, as the task allows)."""
+        model, task = self.model, self.task
+        if task.modality == "image":
+            augment = AUGMENTATION.get(task.name, DEFAULT_AUGMENT) if self.config.augment else None
+            return lambda examples, batch_size, shuffle_seed=None: make_image_loader(
+                examples, model.processor, batch_size, shuffle_seed, augment
+            )
+        collator = Collator(model.tokenizer, task.kind)
+
+        def loader(examples, batch_size, shuffle_seed=None):
+            encoded = encode_examples(model.tokenizer, examples, self.max_length)
+            return make_loader(encoded, collator, batch_size, shuffle_seed)
+
+        return loader
+
     def _evaluate(self, acc, loader) -> dict[str, float]:
         predictions, labels = predict_loader(self.model, loader, self.setup, self.task.kind, acc)
         return compute_metrics(self.task.kind, predictions, labels)
@@ -300,10 +312,12 @@ class Trainer:
     def _saved_extra(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         """Stored in the best adapter's config, so ``eval``/``predict`` know how it was trained."""
         task = self.task
+        image = {"image_size": self.model.processor.size} if task.modality == "image" else {}
         return {
             "task": {
                 "name": task.name,
                 "kind": task.kind,
+                "modality": task.modality,
                 "text_columns": list(task.text_columns),
                 "label_names": list(task.label_names),
             },
@@ -313,6 +327,7 @@ class Trainer:
                 "max_length": self.max_length,
                 "learning_rate": self.learning_rate,
                 "seed": self.config.seed,
+                **image,
             },
         }
 
@@ -365,6 +380,20 @@ class Trainer:
             parts.append(f"validation {metrics}" + (" (best)" if record.get("best") else ""))
         parts.append(f"{seconds:.1f} s")
         self._log(", ".join(parts))
+
+
+def check_modality(model: AdapterModel, task: TaskData) -> None:
+    """Refuse a task the model cannot read: images need a CNN with its preprocessor, texts a tokenizer."""
+    if task.modality == "image" and model.processor is None:
+        raise ValueError(
+            f"task {task.name!r} is images, but this {model.parts.model_type!r} model reads text; "
+            "train it on an image model (e.g. --model efficientnet-lite0)"
+        )
+    if task.modality == "text" and model.tokenizer is None:
+        raise ValueError(
+            "the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer= to AdapterModel"
+            + (f" (this {model.parts.model_type!r} model reads images: give it an image task)" if model.processor else "")
+        )
 
 
 def _best_validation(progress: Progress) -> dict[str, float]:
