@@ -74,7 +74,8 @@ class KAdapterConfig(MethodConfig):
     default_learning_rate = 5e-4
     learning_rate_source = (
         "the released code pretrains RoBERTa-large's adapters at 1e-5..3e-5 for hundreds of thousands of steps; "
-        "small adapters trained from scratch for a few hundred CPU steps need more: 5e-4 (benchmarks/bench_kadapter.py)"
+        "small adapters trained from scratch for a few hundred CPU steps need more: 5e-4, what "
+        "benchmarks/bench_kadapter.py pretrains with (not swept)"
     )
 
     def validate(self) -> None:
