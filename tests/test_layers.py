@@ -27,6 +27,7 @@ LAYERS = {
     "adapterkit.data": 0,
     "adapterkit.sites": 1,
     "adapterkit.routing": 1,
+    "adapterkit.taps": 1,
     "adapterkit.checkpointing": 1,
     "adapterkit.formats": 1,
     "adapterkit.composition": 2,

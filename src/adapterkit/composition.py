@@ -398,7 +398,23 @@ def check(setup: Setup, view: ModelView) -> Setup:
             prefix or prompt where it has no meaning, ...) and what to do instead.
     """
     view.require(setup.adapter_names())
+    _check_knowledge(setup, view)
     return _check(setup, view)
+
+
+def _check_knowledge(setup: Setup, view: ModelView) -> None:
+    """Knowledge adapters (K-Adapter) read the frozen model from outside and answer through a head
+    over the concatenation of its last hidden state and their outputs: they run alone, by name,
+    never inside a block (where other adapters would change the layers they read, or heads would
+    get rows they were not trained for)."""
+    knowledge = set(methods_with("knowledge"))
+    found = [n for n in setup.adapter_names() if view.adapters[n].method in knowledge]
+    if found and not (isinstance(setup, Stack) and len(setup.items) == 1 and isinstance(setup.items[0], str)):
+        raise ValueError(
+            f"{setup!r} puts knowledge adapters ({', '.join(found)}) inside a composition; a knowledge adapter (k_adapter) "
+            "or a task head over several (k_task) runs alone, by name: adapters='name'. To combine knowledge adapters, "
+            "add a k_task over them: model.add_adapter(task, 'k_task', HeadConfig(...), adapters=(...))"
+        )
 
 
 def _check(item: str | Setup, view: ModelView) -> str | Setup:

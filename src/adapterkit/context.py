@@ -23,7 +23,10 @@ layer norm, values cached for the rest of the pass).
 
 **Taps.** Callers that want to observe passes (the fusion-attention recorder of
 :mod:`adapterkit.inference.fusion`) set them with :func:`tapping` around the passes; each new
-state picks them up.
+state picks them up. Plug-ins that read the model from outside (K-Adapter's knowledge adapters,
+``methods/kadapter.py``) get the outputs of the layers they read in ``tapped``: the hooks of
+``taps.py`` keep each such layer's output there as the layer returns, and the readout before the
+head (``execution.BoundSetup.read_out``) takes them from there; nothing is written onto a module.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class ForwardState:
         captured: sublayer inputs captured for sites whose modules read them (``site`` -> the
             sublayer input, ``(site, "residual")`` -> its residual input).
         cache: per-pass values (key -> tensor), e.g. a prefix MLP's output.
+        tapped: outputs of the base layers the setup reads from outside the model (layer index
+            -> hidden states ``(batch, seq, d)``), kept by ``taps.LayerTaps`` for the readout.
         taps: observers set with :func:`tapping` (name -> object).
     """
 
@@ -76,12 +81,13 @@ class ForwardState:
     prompts: tuple = ()
     captured: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    tapped: dict[int, torch.Tensor] = field(default_factory=dict)
     taps: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self) -> ForwardState:
-        """A copy whose per-pass dicts (``captured``, ``cache``) are its own: what a layer saw
-        when it started, kept apart from what later layers write."""
-        return dataclasses.replace(self, captured=dict(self.captured), cache=dict(self.cache))
+        """A copy whose per-pass dicts (``captured``, ``cache``, ``tapped``) are its own: what a
+        layer saw when it started, kept apart from what later layers write."""
+        return dataclasses.replace(self, captured=dict(self.captured), cache=dict(self.cache), tapped=dict(self.tapped))
 
     def cached(self, key: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``compute()`` once per pass under ``key``: later calls in the same pass reuse it."""

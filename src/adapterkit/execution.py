@@ -8,7 +8,11 @@ model's site router, and works out once, per site, what runs there:
   gathered batched operation for ``Routed`` and for ``Parallel`` over single adapters, a skip
   below the drop depth for ``AdapterDrop``;
 * at every attention site the prefixes that act and the rows that see each (``Routed``);
-* at the input and at every layer input the prompts that act, in stack order.
+* at the input and at every layer input the prompts that act, in stack order;
+* the plug-ins outside the model whose outputs the head reads (K-Adapter's knowledge adapters,
+  ``methods/kadapter.py``), and the base layers they read (``taps.py`` keeps those layers'
+  outputs in the pass's state; :meth:`BoundSetup.read_out` runs the plug-ins on them and
+  concatenates their outputs to the last hidden state before the head).
 
 Forward passes then only look these up (``apply``, ``prefixes``, ``prompts_at``), so a repeated
 forward does no walk over the setup; the facade caches bound setups per model revision. The
@@ -91,12 +95,24 @@ class BoundSetup:
         merged: the adapter currently merged into the base weights, if any.
         task_heads: adapter names with a head of their own on the hidden states (classification,
             regression, tagging).
+        readers: the plug-ins whose outputs the head reads beside the last hidden state, in
+            order: modules with ``taps`` (the base layers they read) and
+            ``forward(tapped, attention_mask) -> (batch, seq, d)`` (``methods/kadapter.py``).
     """
 
     def __init__(
-        self, setup: Setup | None, router: SiteRouter, parts: ResolvedModel, merged: str | None, task_heads: set[str]
+        self,
+        setup: Setup | None,
+        router: SiteRouter,
+        parts: ResolvedModel,
+        merged: str | None,
+        task_heads: set[str],
+        readers: Sequence[nn.Module] = (),
     ):
         self.setup = setup
+        self.readers = tuple(readers)
+        self.tapped_layers: frozenset[int] = frozenset(i for reader in self.readers for i in reader.taps)
+        """The base layers whose outputs this setup reads (``taps.LayerTaps`` keeps them)."""
         self.num_layers = parts.num_layers
         self.head_name = setup.head_name() if setup is not None else None
         inner, self.drop_first, self.drop_robust = _split(setup)
@@ -238,6 +254,21 @@ class BoundSetup:
         return index
 
     # ----------------------------------------------------------------- heads
+    def read_out(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, state: ForwardState) -> torch.Tensor:
+        """What the head reads: the last hidden state ``(batch, seq, d)`` followed, along the
+        features, by each reader's output over the layers it tapped in this pass: ``(batch, seq,
+        d · (1 + readers))`` (K-Adapter, Sec. 3.1: the concatenation of the model's and the
+        adapters' last hidden features). Without readers, ``hidden`` itself."""
+        if not self.readers:
+            return hidden
+        missing = sorted(self.tapped_layers - set(state.tapped))
+        if missing:
+            raise RuntimeError(
+                f"layers {missing} did not run in this pass, so the knowledge adapters reading them have no input; "
+                "run the model through AdapterModel.forward (model(**batch, adapters=...)) with all its layers"
+            )
+        return torch.cat([hidden, *(reader(state.tapped, attention_mask) for reader in self.readers)], dim=-1)
+
     def outputs(
         self, heads: Mapping[str, nn.Module], hidden: torch.Tensor, attention_mask, labels, state: ForwardState
     ) -> MultiTaskOutput:

@@ -48,6 +48,7 @@ from .placement import PLACEMENTS, ConvPlacement, Placement, resolve
 from .registry import MethodConfig, config_from_dict, config_from_saved, make_config, method_spec, methods_with
 from .sequence import PromptHooks, max_positions
 from .sites import SiteRouter, enumerate_sites
+from .taps import LayerTaps
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _BOUND_CACHE = 256  # bound setups kept per model (a server sees many Routed row lists)
@@ -156,7 +157,9 @@ class AdapterModel(nn.Module):
             )
         if head is not None and head.kind == "causal_lm" and not self.is_decoder:
             raise ValueError(f"a causal_lm head needs a decoder model; {self.parts.model_type!r} is an encoder")
-        ctx = BindContext(self.parts, self.sites, name, self.tokenizer, head, self._record, self.view())
+        ctx = BindContext(
+            self.parts, self.sites, name, self.tokenizer, head, self._record, self.view(), dict(self.adapters.items())
+        )
         reference = next(self.base.parameters())
         module = module_cls(config, ctx).to(device=reference.device, dtype=reference.dtype)
         # a new adapter runs in the base's mode (a loaded model is in eval mode: its BatchNorms,
@@ -164,7 +167,8 @@ class AdapterModel(nn.Module):
         self.adapters[name] = module.train(self.base.training)
         if head is not None:
             lm_head = self.base.get_output_embeddings() if self.is_decoder else None
-            built = build_head(head, self.parts.hidden_size, lm_head).to(reference.device, reference.dtype)
+            width = module.head_width(self.parts.hidden_size)
+            built = build_head(head, width, lm_head).to(reference.device, reference.dtype)
             self.heads[name] = built.train(self.base.training)
         try:
             for site, site_module in module.attachments():
@@ -385,7 +389,10 @@ class AdapterModel(nn.Module):
             return bound
         checked = None if setup is None else check(setup, self.view())
         task_heads = {name for name, head in self.heads.items() if head.config.kind != "causal_lm"}
-        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, task_heads)
+        readers = () if checked is None else tuple(
+            reader for name in checked.adapter_names() for reader in self.adapters[name].readers(self.adapters)
+        )
+        bound = BoundSetup(checked, self.router, self.parts, self.merged_adapter, task_heads, readers)
         if bound.parallel is not None and "parallel" not in self._hooks:
             self._hooks["parallel"] = replication_hooks(self.parts, self.router)
         self._bound[setup] = bound
@@ -435,11 +442,13 @@ class AdapterModel(nn.Module):
     def _sync_hooks(self) -> None:
         """Install or remove the model-wide hooks that attached prefixes and prompts need (the
         sequence hooks also number a decoder's positions from the mask for prefixes, and shift
-        the tokens' positions for prefixes with ``shift_positions``)."""
+        the tokens' positions for prefixes with ``shift_positions``), and the layer taps that
+        knowledge adapters read through (``taps.py``)."""
         kinds = self.router.kinds()
         sequence = bool(kinds & {"input", "layer_input", "attention"})
         own_lm_head = any(head.config.own_lm_head for head in self.heads.values())
-        wanted = {"prefixes": "attention" in kinds, "sequence": sequence, "lm_heads": own_lm_head}
+        taps = any("knowledge" in adapter.capabilities for adapter in self.adapters.values())
+        wanted = {"prefixes": "attention" in kinds, "sequence": sequence, "lm_heads": own_lm_head, "taps": taps}
         for key, needed in wanted.items():
             if needed and key not in self._hooks:
                 if key == "prefixes":
@@ -447,6 +456,8 @@ class AdapterModel(nn.Module):
                     self._hooks[key] = PrefixHooks(modules)
                 elif key == "lm_heads":
                     self._hooks[key] = OwnLMHeads(self.base.get_output_embeddings(), self.heads, self.router)
+                elif key == "taps":
+                    self._hooks[key] = LayerTaps(self.parts, self.router)
                 else:
                     self._hooks[key] = PromptHooks(self.parts, self.body, self.router)
             elif not needed and key in self._hooks:
@@ -483,7 +494,9 @@ class AdapterModel(nn.Module):
         classification/regression heads, a ``TokenClassifierOutput`` (logits ``(batch, seq,
         num_labels)``) for tagging heads, the base model's ``CausalLMOutput`` for a causal-LM head
         or a decoder without head, and a ``BaseModelOutput`` with the hidden states otherwise.
-        ``Parallel`` and ``Routed`` setups return an ``execution.MultiTaskOutput`` (one head
+        A knowledge adapter's head (K-Adapter) reads the last hidden states with the knowledge
+        adapters' outputs concatenated (``BoundSetup.read_out``); so does the ``BaseModelOutput``
+        of one without a head. ``Parallel`` and ``Routed`` setups return an ``execution.MultiTaskOutput`` (one head
         output per task). While a fusion trains, its regulariser is part of ``loss``.
         """
         outer = context.current(self.router)
@@ -503,6 +516,7 @@ class AdapterModel(nn.Module):
                 output = bound.outputs(self.heads, hidden, attention_mask, labels, state)
                 output.loss = self._regularized(bound, output.loss)
                 return output
+            hidden = bound.read_out(hidden, attention_mask, state)  # + knowledge adapters' outputs (K-Adapter)
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
             logits = head(hidden, attention_mask, sequence_start(state))

@@ -82,11 +82,12 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-CAPABILITIES = ("merge", "fold", "fuse", "fusion", "modifies_base")
+CAPABILITIES = ("merge", "fold", "fuse", "fusion", "modifies_base", "knowledge")
 """What a method's module class may declare in ``capabilities``: folded into the base weights
 (LoRA), a training-only reparameterisation folded away (prefix MLP), fusable by AdapterFusion,
 is itself an AdapterFusion over other adapters, trains base weights in place (full and partial
-fine-tuning)."""
+fine-tuning), reads the model's layers from outside and answers through a head over the
+concatenation of the model's and its plug-ins' outputs (K-Adapter: ``k_adapter``, ``k_task``)."""
 
 
 @dataclass(frozen=True)

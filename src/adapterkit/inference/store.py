@@ -6,7 +6,8 @@ folders. ``adapterkit train --store`` puts each trained task adapter there, ``ad
 reads adapters from it and adds a fusion, ``adapterkit eval`` / ``predict --adapters a,b,c`` load
 from it. A fusion's saved config records where the adapters it fuses were loaded from
 (``fused_adapters``), so it can be loaded on its own from anywhere; failing that it looks for them
-beside itself in the store.
+beside itself in the store. A K-Adapter task head (``k_task``) records the knowledge adapters it
+reads the same way (``knowledge_adapters``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 SAVED_EXTRAS = ("task", "training")
 """Keys of a trained adapter's saved config that travel with it into the store (data, max length)."""
+READS_ADAPTERS = {"fusion": "fused_adapters", "k_task": "knowledge_adapters"}
+"""Methods whose adapters read other saved adapters, with the key of their saved config that
+records where those were loaded from."""
 
 
 def adapter_folder(item: str | Path, store: str | Path | None) -> Path:
@@ -42,20 +46,22 @@ def save_to_store(
     kept: dict[str, Any] = {}
     if like is not None and (Path(like) / CONFIG_FILE).is_file():
         saved = read_adapter_config(like)
-        kept = {k: saved[k] for k in (*SAVED_EXTRAS, "fused_adapters") if k in saved}
+        kept = {k: saved[k] for k in (*SAVED_EXTRAS, *READS_ADAPTERS.values()) if k in saved}
     return model.save_adapter(name, Path(store) / name, extra={**kept, **(extra or {})})
 
 
 def load_fused_adapters(model: AdapterModel, directory: str | Path, meta: dict[str, Any]) -> list[str]:
-    """If the adapter saved in ``directory`` is a fusion, load the adapters it fuses first.
+    """If the adapter saved in ``directory`` is a fusion (or a ``k_task``), load the adapters it
+    fuses (the knowledge adapters it reads) first.
 
-    Each is looked up at the path recorded when the fusion was saved, then beside the fusion in
-    its store. Adapters already on the model are kept. Returns the names loaded.
+    Each is looked up at the path recorded when the adapter was saved, then beside it in its
+    store. Adapters already on the model are kept. Returns the names loaded.
     """
     config = meta.get("config", {})
-    if config.get("method") != "fusion":
+    method = config.get("method")
+    if method not in READS_ADAPTERS:
         return []
-    recorded = meta.get("fused_adapters", {})
+    recorded = meta.get(READS_ADAPTERS[method], {})
     loaded = []
     for name in config.get("adapters", ()):
         if name in model.adapters:
@@ -65,7 +71,7 @@ def load_fused_adapters(model: AdapterModel, directory: str | Path, meta: dict[s
         found = next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
         if found is None:
             raise FileNotFoundError(
-                f"fusion {directory} fuses adapter {name!r}, found neither at "
+                f"{method} {directory} reads adapter {name!r}, found neither at "
                 f"{' nor '.join(str(c) for c in candidates)}; put it in the same adapter store"
             )
         model.load_adapter(found, name=name, activate=False)

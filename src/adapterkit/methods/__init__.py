@@ -7,6 +7,7 @@ from .bottleneck import BottleneckAdapter, HoulsbyConfig, ParallelConfig, Pfeiff
 from .finetune import FullConfig, FullFineTune, PartialConfig, PartialFineTune, Probe, ProbeConfig
 from .fusion import FusionAdapter, FusionConfig
 from .ia3 import IA3Adapter, IA3Config
+from .kadapter import KAdapter, KAdapterConfig, KTask, KTaskConfig
 from .lora import LoraAdapter, LoraConfig
 from .prefix import PrefixAdapter, PrefixConfig
 from .prompt import DeepPromptConfig, PromptAdapter, PromptConfig
@@ -29,6 +30,8 @@ BUILT_IN = (
     (FusionConfig, FusionAdapter),
     (ResidualConfig, ResidualAdapter),
     (ResidualParallelConfig, ResidualAdapter),
+    (KAdapterConfig, KAdapter),
+    (KTaskConfig, KTask),
     (FullConfig, FullFineTune),
     (PartialConfig, PartialFineTune),
     (ProbeConfig, Probe),

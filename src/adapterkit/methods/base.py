@@ -42,6 +42,8 @@ class BindContext:
             plain base model (eval mode, no adapter) on one example and return what each module
             produced (or, with ``inputs=True``, received).
         view: the adapters already on the model (a fusion reads where its adapters act).
+        adapters: the modules of the adapters already on the model, by name, for reading only (a
+            K-Adapter task head that retrains knowledge adapters copies their networks).
     """
 
     parts: ResolvedModel
@@ -51,6 +53,7 @@ class BindContext:
     head: HeadConfig | None = None
     record: Callable[..., list[torch.Tensor]] | None = None
     view: ModelView | None = None
+    adapters: Mapping[str, nn.Module] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +119,17 @@ class AdapterMethod(nn.Module):
         """Base-model buffers (by name) that training this method changes: the running statistics
         of the base BatchNorms it trains (full and partial fine-tuning of a CNN)."""
         return {}
+
+    def head_width(self, hidden_size: int) -> int:
+        """Features per position the adapter's head reads: the model's ``hidden_size``, or more
+        where the head also reads plug-ins outside the model (K-Adapter, ``kadapter.py``)."""
+        return hidden_size
+
+    def readers(self, adapters: Mapping[str, AdapterMethod]) -> tuple[nn.Module, ...]:
+        """The plug-ins outside the model whose outputs this adapter's head reads beside the last
+        hidden state, in order, given the model's adapters by name (``execution.BoundSetup``
+        runs them): K-Adapter's knowledge networks; none for a method acting inside the model."""
+        return ()
 
     def owned_state(self, head: nn.Module | None = None) -> OwnedState:
         """Everything this adapter (with ``head``) owns; see the module docstring."""
