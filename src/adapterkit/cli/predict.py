@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.tables import field_text, read_delimited, read_json_lines, require_columns
 from ..data.task import require_text
+from .generation import add_generation_arguments
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".json")
@@ -36,6 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--text-column", action="append", metavar="COLUMN", help="text column(s) of a CSV/TSV/JSONL input")
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--language", help="translation adapters: the target language, e.g. German "
+                        "(default: the adapter's only one)")
+    add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -90,6 +94,12 @@ def run(args: argparse.Namespace) -> int:
     if args.images or meta.get("task", {}).get("modality") == "image":
         return predict_image_files(model, name, args)
     columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
+    if model.heads[name].config.kind == "causal_lm":  # translate (the source column only), or continue the text
+        from .generation import predict_generation
+
+        texts = read_inputs(args.input, columns[:1])
+        print("\n".join(predict_generation(model, name, meta, texts, args)))
+        return 0
     texts = read_inputs(args.input, columns)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
     for prediction in predict(model, texts, name, max_length=max_length, batch_size=args.batch_size):
