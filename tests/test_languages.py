@@ -240,6 +240,7 @@ def test_perplexity_is_exp_of_the_token_weighted_mean_nll():
 
 def test_perplexity_of_a_model_matches_its_mean_loss_and_adapters_change_it():
     model = with_adapters({"a": "lora"})
+    model.set_active("a")  # None still means the plain base, as after training (which activates the adapter)
     examples = [Example((text,), 0) for text in ("hello there", "a much longer text than the first one")]
     base = perplexity(model, examples, "language_model", None, max_length=64, batch_size=1)
     # one example per batch: token-weighted = each batch's mean loss weighted by its token count
@@ -253,6 +254,11 @@ def test_perplexity_of_a_model_matches_its_mean_loss_and_adapters_change_it():
     expected = sum(l * n for l, n in zip(losses, tokens)) / sum(tokens)
     assert math.isclose(base["nll"], expected, rel_tol=1e-5) and base["tokens"] == sum(tokens)
     assert perplexity(model, examples, "language_model", "a", max_length=64)["nll"] != pytest.approx(base["nll"])
+    sources = ["Save", "Delete the file"]
+    with model.using(None):
+        expected = translate(model, sources, "German", None, max_new_tokens=5)
+    assert translate(model, sources, "German", None, max_new_tokens=5) == expected
+    assert translate(model, sources, "German", "a", max_new_tokens=5) != expected
 
 
 def test_bleu_and_chrf_come_from_sacrebleu_and_the_eval_path_scores_generations():

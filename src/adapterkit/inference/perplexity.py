@@ -9,6 +9,7 @@ given the prompt.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,13 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return total, (target != IGNORE_INDEX).sum()
 
 
+def plain(model: torch.nn.Module, adapters: str | Setup | None):
+    """A context in which a pass that names no setup runs the plain base model: ``adapters=None``
+    means no adapter here, where ``AdapterModel.forward`` would take the active setup (after
+    training, the trained adapter)."""
+    return model.using(None) if adapters is None and hasattr(model, "using") else contextlib.nullcontext()
+
+
 def summarize(total: float, count: int) -> dict[str, float]:
     """``{"nll": mean NLL per token (nats), "perplexity": exp(nll), "tokens": count}``.
 
@@ -50,7 +58,7 @@ def summarize(total: float, count: int) -> dict[str, float]:
 def loader_perplexity(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], adapters: str | Setup | None,
                       accelerator: Any = None) -> dict[str, float]:
     """:func:`summarize` over every batch of ``loader`` (``input_ids``, ``attention_mask``,
-    ``labels``), run with ``adapters`` (None: the plain base); sums are added across processes
+    ``labels``), run with ``adapters`` (None: the plain base model, not the active setup); sums are added across processes
     when an ``accelerator`` is given. The model is put in eval mode and handed back as found."""
     was_training = model.training
     model.eval()
@@ -61,7 +69,8 @@ def loader_perplexity(model: torch.nn.Module, loader: Iterable[dict[str, torch.T
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
-            nll, tokens = token_nll(model(**batch, adapters=adapters).logits, labels)
+            with plain(model, adapters):
+                nll, tokens = token_nll(model(**batch, adapters=adapters).logits, labels)
             total += nll.double()
             count += tokens
     finally:

@@ -21,6 +21,7 @@ import torch
 from ..composition import Routed, Setup
 from ..data.causal_lm import cut_translation, left_padded, prompt_ids
 from ..data.task import Example
+from .perplexity import plain
 
 if TYPE_CHECKING:
     from ..model import AdapterModel
@@ -54,7 +55,8 @@ def translate(
     Args:
         sources: English texts.
         languages: the target language's English name (``"German"``), one for all or one per source.
-        adapters: a setup for every row (an adapter name, a block, None for the plain base), or
+        adapters: a setup for every row (an adapter name, a block, None for the plain base model,
+            whatever setup is active), or
             one adapter name (or None) per source, which routes each row to its own adapter.
         max_length: the source is cut to half of it, as in training.
         max_new_tokens: the longest translation, in tokens.
@@ -81,15 +83,16 @@ def translate(
         for start in range(0, len(prompts), batch_size):
             stop = min(start + batch_size, len(prompts))
             batch = {k: v.to(device) for k, v in left_padded(tokenizer, prompts[start:stop]).items()}
-            generated = model.generate(
-                **batch,
-                adapters=_row_setup(adapters, start, stop, len(prompts)),
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            with plain(model, adapters):
+                generated = model.generate(
+                    **batch,
+                    adapters=_row_setup(adapters, start, stop, len(prompts)),
+                    max_new_tokens=max_new_tokens,
+                    num_beams=num_beams,
+                    do_sample=False,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
             new = generated[:, batch["input_ids"].shape[1]:]
             outputs += [cut_translation(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:
