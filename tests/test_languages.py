@@ -318,3 +318,35 @@ def test_cli_trains_evaluates_and_translates_with_a_django_task(tiny_decoder_dir
         assert len(out.splitlines()) == 2
     code, _, err = run_cli("predict", "--adapter", str(output / "best"), "--input", str(lines), "--language", "Klingon")
     assert code != 0 and "not 'Klingon'" in err
+
+
+def write_ztext(folder: Path, verses: list[str]) -> None:
+    """A SWORD ztext module: one zlib block per testament holding ``verses`` ("" = empty slot)."""
+    import zlib
+
+    folder.mkdir(parents=True)
+    for testament in ("ot", "nt"):
+        text, index = b"", b""
+        for verse in verses:
+            raw = verse.encode()
+            index += struct.pack("<IIH", 0, len(text), len(raw))
+            text += raw
+        block = zlib.compress(text)
+        (folder / f"{testament}.bzs").write_bytes(struct.pack("<3I", 0, len(block), len(text)))
+        (folder / f"{testament}.bzv").write_bytes(index)
+        (folder / f"{testament}.bzz").write_bytes(block)
+
+
+def test_the_bible_reader_aligns_verse_slots_and_keeps_the_words(tmp_path):
+    from adapterkit.data.bible import load_bible_task, read_ztext
+
+    english = ["", 'In the <w lemma="strong:H7225">beginning</w> God<note type="x">a note</note>.', "And it was so."]
+    spanish = ["", '<w lemma="strong:H7225">EN el principio</w> Dios.', ""]
+    write_ztext(tmp_path / "engKJV2006eb", english)
+    write_ztext(tmp_path / "spaRV1909eb", spanish)
+    assert read_ztext(tmp_path / "engKJV2006eb")[:3] == ["", "In the beginning God.", "And it was so."]
+    task = load_bible_task("bible_es", root=tmp_path)
+    pairs = {e.texts for split in (task.train, task.validation, task.test) for e in split}
+    assert pairs == {("In the beginning God.", "EN el principio Dios.")}  # one slot empty in Spanish: dropped
+    with pytest.raises(FileNotFoundError, match="apt-get install sword-text-kjv"):
+        load_bible_task("bible_es", root=tmp_path / "nowhere")

@@ -1,4 +1,5 @@
-"""The causal-LM tasks ``load_task`` knows: Django translation tasks and domain language modelling.
+"""The causal-LM tasks ``load_task`` knows: translation (Django's catalogues, the Bible in English
+and Spanish) and domain language modelling.
 
 Domain language modelling (``<corpus>_lm``): the texts of a bundled English corpus of one domain
 (parliament speeches, news articles, health tweets, film reviews) with the corpus's own seeded
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from adapterkit.data import bundled
+from adapterkit.data.bible import TASKS as BIBLE_TASKS
+from adapterkit.data.bible import load_bible_task
 from adapterkit.data.django_catalogues import TASKS as DJANGO_TASKS
 from adapterkit.data.django_catalogues import load_django_task
 from adapterkit.data.task import LANGUAGE_MODEL, Example, TaskData
@@ -22,7 +25,7 @@ DOMAIN_TASKS = tuple(f"{domain}_lm" for domain in DOMAINS)
 
 def generation_tasks() -> list[str]:
     """Names of the causal-LM tasks (translation and domain language modelling), sorted."""
-    return sorted([*DJANGO_TASKS, *DOMAIN_TASKS])
+    return sorted([*DJANGO_TASKS, *BIBLE_TASKS, *DOMAIN_TASKS])
 
 
 def language_model_task(task: TaskData, name: str) -> TaskData:
@@ -44,6 +47,8 @@ def load_generation_task(name: str, seed: int = 0, max_examples: int | None = No
     """
     if name in DJANGO_TASKS:
         return load_django_task(name, seed, max_examples)
+    if name in BIBLE_TASKS:
+        return load_bible_task(name, seed, max_examples)
     if name not in DOMAIN_TASKS:
         raise ValueError(f"unknown causal-LM task {name!r}; available: {', '.join(generation_tasks())}")
     return language_model_task(bundled.load_task(name.removesuffix("_lm"), seed, max_examples), name)
