@@ -92,6 +92,8 @@ def translate(
                     do_sample=False,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
+                    stop_strings=["\n"],  # a translation is one line (cut_translation): stop each row there
+                    tokenizer=tokenizer,
                 )
             new = generated[:, batch["input_ids"].shape[1]:]
             outputs += [cut_translation(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
