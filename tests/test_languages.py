@@ -350,3 +350,29 @@ def test_the_bible_reader_aligns_verse_slots_and_keeps_the_words(tmp_path):
     assert pairs == {("In the beginning God.", "EN el principio Dios.")}  # one slot empty in Spanish: dropped
     with pytest.raises(FileNotFoundError, match="apt-get install sword-text-kjv"):
         load_bible_task("bible_es", root=tmp_path / "nowhere")
+
+
+def test_cli_routes_mixed_language_inputs_to_their_adapters(tiny_decoder_dir, tmp_path):
+    pytest.importorskip("django")
+    folders = []
+    for code in ("de", "es"):
+        output = tmp_path / code
+        code_, _, err = run_cli("train", "--model", str(tiny_decoder_dir), "--task", f"django_{code}", "--method", "lora",
+                                "--max-examples", "4", "--epochs", "1", "--batch-size", "4", "--max-length", "64",
+                                "--lr", "0.05", "--output-dir", str(output), "--quiet")
+        assert code_ == 0, err
+        folders.append(str(output / "best"))
+    lines = tmp_path / "mixed.txt"
+    lines.write_text("German\tSave\nSpanish\tSave\nGerman\tDelete\n")
+    code, out, err = run_cli("predict", "--adapters", ",".join(folders), "--input", str(lines), "--max-new-tokens", "3")
+    assert code == 0, err
+    routed = out.splitlines()
+    for language, folder, rows in (("German", folders[0], [0, 2]), ("Spanish", folders[1], [1])):
+        single = tmp_path / f"{language}.txt"
+        single.write_text("Save\nSpanish-only\nDelete\n" if language == "German" else "x\nSave\ny\n")
+        code, out, err = run_cli("predict", "--adapter", folder, "--input", str(single), "--max-new-tokens", "3")
+        assert code == 0, err
+        assert [out.splitlines()[r] for r in rows] == [routed[r] for r in rows]
+    lines.write_text("French\tSave\n")
+    code, _, err = run_cli("predict", "--adapters", ",".join(folders), "--input", str(lines))
+    assert code != 0 and "no adapter translates into French" in err

@@ -92,3 +92,31 @@ def continue_texts(model, name: str, texts: list[str], max_length: int, args: ar
         new = generated[:, batch["input_ids"].shape[1]:]
         outputs += [cut_translation(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
+
+
+def route_translations(
+    model, names: list[str], metas: list[dict[str, Any]], rows: list[tuple[str, ...]], args: argparse.Namespace
+) -> list[str]:
+    """``adapterkit predict --adapters A,B,...`` with translation adapters: each input is
+    ``Language<TAB>source`` (``rows``: (language, source) pairs) and goes to the adapter that translates into that language, all rows
+    of a batch in one routed pass (``Routed``).
+
+    Raises:
+        ValueError: two adapters for one language, or an input naming a language none translates into.
+    """
+    from ..inference.translation import translate
+
+    route: dict[str, str] = {}
+    for name, meta in zip(names, metas):
+        for language in saved_languages(meta, name):
+            if language in route:
+                raise ValueError(f"adapters {route[language]!r} and {name!r} both translate into {language}; give one of them")
+            route[language] = name
+    unknown = sorted({language for language, _ in rows} - set(route))
+    if unknown:
+        raise ValueError(f"no adapter translates into {', '.join(unknown)}; the adapters translate into {', '.join(route)} "
+                         "(each input line is LANGUAGE<TAB>SOURCE)")
+    max_length = args.max_length or max(m.get("training", {}).get("max_length", 128) for m in metas)
+    return translate(model, [s for _, s in rows], [lang for lang, _ in rows], [route[lang] for lang, _ in rows],
+                     max_length=max_length, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                     batch_size=args.batch_size)

@@ -18,7 +18,9 @@ regression. Input is --input FILE or standard input: plain text with one input p
 lines are skipped; for pair tasks the two texts are separated by a tab), or a .csv/.tsv/.jsonl file
 read with --text-column (default: the columns the adapter was trained on), where a row with an
 empty text is an error. With --images, an image model's adapter predicts one label per image
-file (printed as PATH<TAB>LABEL)."""
+file (printed as PATH<TAB>LABEL). Translation adapters: --adapter translates each line (--language names
+the target of a shared adapter); --adapters A,B,... reads LANGUAGE<TAB>SOURCE lines and routes each to
+the adapter translating into LANGUAGE, all in one pass per batch."""
 
 
 def register(subparsers) -> None:
@@ -116,6 +118,12 @@ def run_parallel(args: argparse.Namespace) -> int:
 
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
     model, names, metas = load_adapters(folders, args.model)
+    if all(model.heads[n].config.kind == "causal_lm" for n in names if n in model.heads):
+        from .generation import route_translations  # translation adapters: one per row, by its language
+
+        rows = read_inputs(args.input, ("language", "source"))
+        print("\n".join(route_translations(model, names, metas, rows, args)))
+        return 0
     setup = AdapterDrop(Parallel(*names), first=args.drop_first)
     columns = tuple(args.text_column or metas[0].get("task", {}).get("text_columns") or ("text",))
     texts = read_inputs(args.input, columns)
