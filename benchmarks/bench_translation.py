@@ -11,7 +11,8 @@ English test sources for every language. Rows, BLEU and chrF (sacrebleu) per lan
 (c) ``full``: full fine-tuning, one model per language;
 (d) ``shared lora``: one LoRA for all languages, trained on the union (the prompt names the target).
 
-Every row trains on the same ``--train-pairs`` sources per language, one epoch, batch
+A reference row ``copy`` scores the English source itself as the translation (Django strings
+are full of placeholders, names and words the target languages share). Every row trains on the same ``--train-pairs`` sources per language, one epoch, batch
 ``--batch-size``, each method at its default learning rate, and decodes greedily. Trainable and
 stored parameters are per language (the shared row: its one adapter). Results go to
 ``OUT/translation.json`` after every row (a rerun skips rows already there) and the table to
@@ -98,7 +99,10 @@ def decode(args, model, tasks, adapters_of, few_shot=None) -> dict[str, list[str
 def run_row(args, row: str, tasks: dict[str, TaskData]) -> dict:
     started = time.perf_counter()
     record: dict = {"row": row}
-    if row == "base":
+    if row == "copy":  # no model: the English source as the translation (what copying scores)
+        hypotheses = {code: [e.texts[0] for e in t.test] for code, t in tasks.items()}
+        record.update(trainable_params=0, stored_params=0, row="copy the English source (no model)")
+    elif row == "base":
         model = AdapterModel.from_pretrained(args.model)
         shots = {code: [t.train[k].texts for k in range(args.shots)] for code, t in tasks.items()}
         hypotheses = decode(args, model, tasks, lambda code: None, few_shot=shots)
@@ -156,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--languages", default="de,es,fr,nl", type=lambda s: s.split(","))
-    parser.add_argument("--rows", default="base,lora,pfeiffer,shared,full", type=lambda s: s.split(","))
+    parser.add_argument("--rows", default="copy,base,lora,pfeiffer,shared,full", type=lambda s: s.split(","))
     parser.add_argument("--train-pairs", type=int, default=64)
     parser.add_argument("--eval-pairs", type=int, default=8, help="validation pairs per language (perplexity, model selection)")
     parser.add_argument("--test-strings", type=int, default=32)
