@@ -192,7 +192,7 @@ def main() -> None:
         results[row] = run_row(args, row, tasks)
         print(f"{results[row]['row']}: {json.dumps(results[row]['scores'])} in {results[row]['seconds']:.0f} s", flush=True)
         path.write_text(json.dumps({"settings": settings, "rows": results, "threads": torch.get_num_threads()}, indent=2, ensure_ascii=False))
-    text = table(results, args)
+    text = table({row: results[row] for row in args.rows if row in results}, args)
     (out / "translation.md").write_text(text + "\n")
     print(text)
 
