@@ -201,6 +201,9 @@ def test_clear_errors_on_cnns():
         model.add_adapter("a", "lora", targets=["conv1"], use_dora=True)
     with pytest.raises(ValueError, match="no layer of this model has the sublayers"):
         model.add_adapter("a", "pfeiffer")
+    for method in ("prefix", "prompt", "deep_prompt", "mam", "k_adapter"):  # no KeyError or shape error
+        with pytest.raises(ValueError, match="works on a transformer's token sequences; .* is a CNN"):
+            model.add_adapter("a", method, default_head())
     assert not model.adapters
     model.add_adapter("r", "residual", default_head())
     with pytest.raises(ValueError, match="a CNN's adapters are saved and loaded in adapterkit's format"):
