@@ -17,7 +17,7 @@ from adapterkit import AdapterModel
 from adapterkit.data import image_tasks
 from adapterkit.data.image_folders import load_image_folders
 from adapterkit.data.image_tasks import image_task_data
-from adapterkit.data.images import Augment, ImageExample, ImageProcessor, make_image_loader
+from adapterkit.data.images import Augment, ImageExample, ImageProcessor, make_image_loader, read_image
 from adapterkit.data.letters import LETTERS, render, split_fonts
 from adapterkit.data.numpy_pickle import load_arrays
 
@@ -120,6 +120,16 @@ def test_image_folders_load_one_class_per_sub_folder(tmp_path):
     Image.new("L", (4, 4)).save(tmp_path / "test" / "cat" / "0.png")
     with pytest.raises(ValueError, match="class 'bird' is not among the training classes"):
         load_image_folders(tmp_path / "train", test_dir=tmp_path / "test")
+
+
+def test_read_image_scales_16_bit_and_float_grey_and_names_a_missing_file(tmp_path):
+    ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # 16-bit grey: scaled, not clipped to white
+    assert np.array_equal(read_image(tmp_path / "deep.png"), np.round(ramp / 257).astype(np.uint8))
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "float.tif")  # floats in [0, 1]
+    assert np.abs(read_image(tmp_path / "float.tif").astype(int) - np.round(ramp / 257)).max() <= 1
+    with pytest.raises(FileNotFoundError, match="missing.png: no such image file"):
+        read_image(tmp_path / "missing.png")
 
 
 def test_the_processor_resizes_repeats_grey_and_normalises():
