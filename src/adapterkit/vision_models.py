@@ -100,6 +100,6 @@ VISION_MODELS: dict[str, VisionModel] = {
 def load_vision_model(name: str, image_size: int | None = None) -> tuple[ImageBackbone, ImageProcessor]:
     """The bundled CNN ``name`` built for ``image_size`` (default 64) and its preprocessor."""
     spec = VISION_MODELS[name]
-    size = image_size or spec.processor.size
+    size = spec.processor.size if image_size is None else image_size
     processor = ImageProcessor(size, spec.processor.mean, spec.processor.scale)
     return spec.build(size), processor
