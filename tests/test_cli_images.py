@@ -46,6 +46,8 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(test), "--json")
     assert code == 0, err
     assert set(json.loads(out)) == {"accuracy", "macro_f1"}
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--model", "minilm", "--test-dir", str(test))
+    assert code == 2 and "trained on base model efficientnet-lite0" in err and "image_size" not in err
     files = [str(test / "dark" / "0.png"), str(test / "light" / "1.png")]
     code, out, err = run_cli("predict", "--adapter", str(tmp_path / "run" / "best"), "--images", *files)
     assert code == 0, err
