@@ -8,6 +8,8 @@ import json
 from test_cli import run_cli, workspace  # noqa: F401 (the fixture)
 from test_training import one_thread  # noqa: F401 (autouse fixture)
 
+from adapterkit.formats.native import FORMAT
+
 
 def train(workspace, output, *extra: str) -> tuple[int, str, str]:
     return run_cli(
@@ -44,3 +46,9 @@ def test_pretrain_knowledge_adapters_then_a_task_head_over_both(workspace, tmp_p
 def test_knowledge_is_only_for_k_task(workspace, tmp_path):
     code, out, err = train(workspace, tmp_path / "x", "--method", "houlsby", "--knowledge", str(tmp_path))
     assert code == 2 and "--knowledge loads knowledge adapters for --method k_task, not for houlsby" in err
+    for folder in ("a", "b"):  # two knowledge adapters of one name: the head would read only one
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "adapter_config.json").write_text(json.dumps({"format": FORMAT, "name": "fac"}))
+    code, out, err = train(workspace, tmp_path / "x", "--method", "k_task",
+                           "--knowledge", str(tmp_path / "a"), "--knowledge", str(tmp_path / "b"))  # fmt: skip
+    assert code == 2 and f"--knowledge {tmp_path / 'b'} and {(tmp_path / 'a').resolve()} are both adapter 'fac'" in err

@@ -89,7 +89,15 @@ def run(args: argparse.Namespace) -> int:
     options = options_dict(args.option)
     if args.knowledge and args.method != "k_task":
         raise ValueError(f"--knowledge loads knowledge adapters for --method k_task, not for {args.method}")
-    knowledge = {read_adapter_config(folder)["name"]: folder.resolve() for folder in args.knowledge or ()}
+    knowledge: dict[str, Path] = {}
+    for folder in args.knowledge or ():
+        known = read_adapter_config(folder)["name"]
+        if known in knowledge:  # the head would read one of them, silently
+            raise ValueError(
+                f"--knowledge {folder} and {knowledge[known]} are both adapter {known!r}; give each knowledge "
+                "adapter once, and train knowledge adapters meant to be read together under different --name"
+            )
+        knowledge[known] = folder.resolve()
     if args.method == "k_task" and "adapters" not in options:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
