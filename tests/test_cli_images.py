@@ -43,6 +43,7 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     saved = json.loads((tmp_path / "run" / "best" / "adapter_config.json").read_text())
     assert saved["task"]["modality"] == "image" and saved["training"]["image_size"] == 32
     assert saved["base_model"]["image_size"] == 32 and saved["head"]["label_names"] == ["dark", "light"]
+    assert saved["name"] == saved["task"]["name"] == tmp_path.name  # train/ is a split's folder: named after its parent
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(test), "--json")
     assert code == 0, err
     assert set(json.loads(out)) == {"accuracy", "macro_f1"}

@@ -15,7 +15,7 @@ from tiny_models import IMAGE, tiny_base
 
 from adapterkit import AdapterModel
 from adapterkit.data import image_tasks
-from adapterkit.data.image_folders import load_image_folders
+from adapterkit.data.image_folders import folder_task_name, load_image_folders
 from adapterkit.data.image_tasks import image_task_data
 from adapterkit.data.images import Augment, ImageExample, ImageProcessor, make_image_loader, read_image
 from adapterkit.data.letters import LETTERS, render, split_fonts
@@ -109,11 +109,12 @@ def test_image_folders_load_one_class_per_sub_folder(tmp_path):
             Image.new("L" if k else "RGB", (12, 10), 40 * i).save(tmp_path / "train" / name / f"{i}.png")
     (tmp_path / "train" / "notes.txt").write_text("not an image")
     task = load_image_folders(tmp_path / "train", seed=0)
-    assert task.label_names == ("cat", "dog") and task.modality == "image" and task.name == "train"
+    assert task.label_names == ("cat", "dog") and task.modality == "image" and task.name == tmp_path.name  # not "train"
     assert (len(task.train), len(task.validation), len(task.test)) == (16, 2, 2)
     assert {e.image.ndim for e in task.train} == {2, 3}  # grey stays grey until the processor
     with pytest.raises(ValueError, match="has 0 class sub-folder.*one sub-folder per class"):
         load_image_folders(tmp_path / "train" / "cat")
+    assert folder_task_name(tmp_path / "sketches") == "sketches"
     (tmp_path / "test" / "bird").mkdir(parents=True)
     Image.new("L", (4, 4)).save(tmp_path / "test" / "bird" / "0.png")
     (tmp_path / "test" / "cat").mkdir()

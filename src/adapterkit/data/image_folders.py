@@ -1,6 +1,8 @@
 """The user's own images: a folder with one sub-folder per class (``train/cat/*.jpg``, ...).
 
-Class names are the sub-folders' names, sorted. Without a validation or test folder, a seeded,
+Class names are the sub-folders' names, sorted; the task is named after the training folder, or
+after its parent when that folder is named for a split (``photos/train``: ``photos``, so that
+domains trained from ``photos/train`` and ``sketches/train`` keep apart). Without a validation or test folder, a seeded,
 stratified 10% of the training images is held out for each. Every problem names the folder or
 file and the fix.
 """
@@ -17,6 +19,13 @@ from .task import TaskData
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _HELD_OUT = 0.1
+_SPLITS = ("train", "training", "validation", "val", "test")
+
+
+def folder_task_name(folder: str | os.PathLike[str]) -> str:
+    """The task name of an image folder (see the module docstring)."""
+    path = Path(folder).absolute()
+    return path.parent.name if path.name.lower() in _SPLITS and path.parent.name else path.name
 
 
 def class_folders(folder: Path) -> list[Path]:
@@ -55,7 +64,7 @@ def load_image_folders(
     test_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> TaskData:
-    """An image task from class sub-folders (named after the training folder)."""
+    """An image task from class sub-folders (named by :func:`folder_task_name`)."""
     train_path = Path(train_dir)
     names = tuple(p.name for p in class_folders(train_path))
     fractions = (_HELD_OUT if validation_dir is None else 0.0, _HELD_OUT if test_dir is None else 0.0)
@@ -67,4 +76,4 @@ def load_image_folders(
             raise ValueError(
                 f"{train_path} has too few images per class to hold out a {split} set; add images or give --{split}-dir"
             )
-    return image_task_data(train_path.name, train, validation, test, names)
+    return image_task_data(folder_task_name(train_path), train, validation, test, names)
