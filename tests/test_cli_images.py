@@ -4,6 +4,7 @@ packages are not installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -78,8 +79,11 @@ def test_the_decathlon_score_and_the_domains_table(tmp_path):
     assert "| 115 (11.5%) | 1.2K (1.23x) |" in residual  # the base once plus 110 + 120
     score = 1000 * (0.2 - 0.05) ** 2 / 0.2**2 + 1000 * (0.4 - 0.3) ** 2 / 0.4**2
     assert residual.rstrip(" |").endswith(f"| {score:.0f}")
-    with pytest.raises(ValueError, match="baseline's runs \\('full'\\)"):
+    with pytest.raises(ValueError, match="baseline's runs \\('full'\\).*--baseline METHOD"):
         domains_table(runs[2:])
+    regression = dataclasses.replace(result("full", "c", 0.0, 1030), kind="regression", test_metrics={"pearson": 0.5})
+    with pytest.raises(ValueError, match="run 'full' on 'c' has no test accuracy \\(regression\\)"):  # no KeyError
+        domains_table([*runs, regression])
     paths = []
     for k, run in enumerate(runs):
         run.save(tmp_path / f"r{k}" / "results.json")
