@@ -84,6 +84,8 @@ def test_the_decathlon_score_and_the_domains_table(tmp_path):
     regression = dataclasses.replace(result("full", "c", 0.0, 1030), kind="regression", test_metrics={"pearson": 0.5})
     with pytest.raises(ValueError, match="run 'full' on 'c' has no test accuracy \\(regression\\)"):  # no KeyError
         domains_table([*runs, regression])
+    with pytest.raises(ValueError, match="two 'residual' runs on 'b' \\(None and runs/b2\\)"):  # not the last one silently
+        domains_table([*runs, dataclasses.replace(runs[3], output_dir="runs/b2")])
     paths = []
     for k, run in enumerate(runs):
         run.save(tmp_path / f"r{k}" / "results.json")
