@@ -50,6 +50,11 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     assert set(json.loads(out)) == {"accuracy", "macro_f1"}
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--model", "minilm", "--test-dir", str(test))
     assert code == 2 and "trained on base model efficientnet-lite0" in err and "image_size" not in err
+    (tmp_path / "texts.csv").write_text("text,label\nsome words,dark\nmore words,light\n")
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-file", str(tmp_path / "texts.csv"))
+    assert code == 2 and "texts.csv is text data; give it an image task or --test-dir" in err
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--task", "trec6")
+    assert code == 2 and "reads image data, but trec6 is text data" in err  # not "labels ['ABBR', ...] are not among"
     files = [str(test / "dark" / "0.png"), str(test / "light" / "1.png")]
     code, out, err = run_cli("predict", "--adapter", str(tmp_path / "run" / "best"), "--images", *files)
     assert code == 0, err
