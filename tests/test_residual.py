@@ -197,6 +197,8 @@ def test_clear_errors_on_cnns():
         model.add_adapter("a", "residual", targets=["expand"])
     with pytest.raises(ValueError, match="unknown convolution role.*'q'"):
         model.add_adapter("a", "residual", targets=["q"])
+    with pytest.raises(ValueError, match="lora: no projection plays the role.* roles it has: conv1, conv2$"):
+        model.add_adapter("a", "lora")  # the CNN's convolution roles, not q, k, v
     with pytest.raises(ValueError, match="use_dora is defined for linear projections only"):
         model.add_adapter("a", "lora", targets=["conv1"], use_dora=True)
     with pytest.raises(ValueError, match="no layer of this model has the sublayers"):
