@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -48,6 +49,9 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(test), "--json")
     assert code == 0, err
     assert set(json.loads(out)) == {"accuracy", "macro_f1"}
+    shutil.copytree(test / "light", tmp_path / "lights" / "light")  # some of the classes: evaluated
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(tmp_path / "lights"))
+    assert code == 0 and "(3 examples)" in out, err
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--model", "minilm", "--test-dir", str(test))
     assert code == 2 and "trained on base model efficientnet-lite0" in err and "image_size" not in err
     (tmp_path / "texts.csv").write_text("text,label\nsome words,dark\nmore words,light\n")

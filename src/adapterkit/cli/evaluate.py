@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.test_dir:
         from ..data.image_folders import load_image_folders
 
-        # the folder is the whole evaluation set, with the classes the adapter predicts
-        data = load_image_folders(args.test_dir, args.test_dir, args.test_dir)
+        # the folder is the whole evaluation set, with the classes the adapter predicts (or some of them)
+        data = load_image_folders(args.test_dir, args.test_dir, args.test_dir, classes=head.label_names)
         examples = data.train[: args.max_examples] if args.max_examples else data.train
     else:
         columns = tuple(args.text_column or saved_task.get("text_columns") or ("text",))

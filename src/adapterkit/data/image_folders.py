@@ -28,19 +28,19 @@ def folder_task_name(folder: str | os.PathLike[str]) -> str:
     return path.parent.name if path.name.lower() in _SPLITS and path.parent.name else path.name
 
 
-def class_folders(folder: Path) -> list[Path]:
+def class_folders(folder: Path, minimum: int = 2) -> list[Path]:
     """The class sub-folders of ``folder``, sorted by name.
 
     Raises:
-        ValueError: ``folder`` is missing or has fewer than two class sub-folders with images.
+        ValueError: ``folder`` is missing or has fewer than ``minimum`` class sub-folders with images.
     """
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder; give a folder with one sub-folder of images per class")
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and any(_images(p)))
-    if len(classes) < 2:
+    if len(classes) < minimum:
         raise ValueError(
             f"{folder} has {len(classes)} class sub-folder(s) with images; give one sub-folder per class "
-            f"(at least two), e.g. {folder}/cat/1.jpg and {folder}/dog/2.jpg"
+            f"(at least {minimum}), e.g. {folder}/cat/1.jpg and {folder}/dog/2.jpg"
         )
     return classes
 
@@ -51,7 +51,7 @@ def _images(folder: Path) -> list[Path]:
 
 def _read(folder: Path, names: tuple[str, ...]) -> list[ImageExample]:
     examples = []
-    for class_folder in class_folders(folder):
+    for class_folder in class_folders(folder, minimum=1):  # an evaluation folder may hold some of the classes
         if class_folder.name not in names:
             raise ValueError(f"{class_folder}: class {class_folder.name!r} is not among the training classes {list(names)}")
         examples += [ImageExample(read_image(path), names.index(class_folder.name)) for path in _images(class_folder)]
@@ -63,10 +63,12 @@ def load_image_folders(
     validation_dir: str | os.PathLike[str] | None = None,
     test_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    classes: tuple[str, ...] | None = None,
 ) -> TaskData:
-    """An image task from class sub-folders (named by :func:`folder_task_name`)."""
+    """An image task from class sub-folders (named by :func:`folder_task_name`); ``classes``: its
+    class names (default: the training folder's sub-folders, at least two)."""
     train_path = Path(train_dir)
-    names = tuple(p.name for p in class_folders(train_path))
+    names = classes or tuple(p.name for p in class_folders(train_path))
     fractions = (_HELD_OUT if validation_dir is None else 0.0, _HELD_OUT if test_dir is None else 0.0)
     train, validation, test = split_examples(_read(train_path, names), fractions, seed, stratify=True)
     validation = validation if validation_dir is None else _read(Path(validation_dir), names)
