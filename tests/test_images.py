@@ -123,7 +123,7 @@ def test_image_folders_load_one_class_per_sub_folder(tmp_path):
         load_image_folders(tmp_path / "train", test_dir=tmp_path / "test")
 
 
-def test_read_image_scales_16_bit_and_float_grey_and_names_a_missing_file(tmp_path):
+def test_read_image_scales_16_bit_and_float_grey_and_names_a_missing_or_huge_file(tmp_path, monkeypatch):
     ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")  # 16-bit grey: scaled, not clipped to white
     assert np.array_equal(read_image(tmp_path / "deep.png"), np.round(ramp / 257).astype(np.uint8))
@@ -131,6 +131,9 @@ def test_read_image_scales_16_bit_and_float_grey_and_names_a_missing_file(tmp_pa
     assert np.abs(read_image(tmp_path / "float.tif").astype(int) - np.round(ramp / 257)).max() <= 1
     with pytest.raises(FileNotFoundError, match="missing.png: no such image file"):
         read_image(tmp_path / "missing.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # PIL refuses more than twice that: a decompression bomb
+    with pytest.raises(ValueError, match="deep.png: Image size \\(64 pixels\\) exceeds limit.*Shrink it first"):
+        read_image(tmp_path / "deep.png")
 
 
 def test_the_processor_resizes_repeats_grey_and_normalises():

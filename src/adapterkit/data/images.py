@@ -174,7 +174,7 @@ def read_image(path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not an image PIL can read (naming it).
+        ValueError: the file is not an image PIL can read, or one too large to open safely (naming it).
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such image file")
@@ -186,5 +186,7 @@ def read_image(path) -> np.ndarray:
             if picture.mode == "F":
                 return as_uint8(np.asarray(picture))
             return np.asarray(picture.convert("L" if picture.mode in ("L", "1") else "RGB"))
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: {error} Shrink it first: it is resized to the model's input size anyway") from error
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not an image adapterkit can read ({error}); use PNG, JPEG, BMP, GIF or WebP") from error
