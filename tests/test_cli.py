@@ -188,6 +188,10 @@ def test_tasks_lists_the_bundled_tasks():
         (["train", "--method", "houlsby", "--task", "no_such_task"], "unknown task 'no_such_task'"),
         (["train", "--method", "houlsby", "--train-file", "missing.csv"], "file not found"),
         (["train", "--method", "houlsby", "--task", "rotten_tomatoes", "--epochs", "0"], "epochs must be a positive integer"),
+        (["train", "--method", "houlsby", "--task", "rotten_tomatoes", "--test-file", "t.csv"], "--test-file cannot go with --task"),
+        (["train", "--method", "residual", "--train-dir", "photos", "--test-file", "t.csv"],  # not silently ignored
+         "--test-file cannot go with --train-dir"),
+        (["train", "--method", "houlsby", "--train-file", "a.csv", "--validation-dir", "v"], "--validation-dir cannot go with --train-file"),
         (["eval", "--adapter", ".", "--task", "rotten_tomatoes"], "is not a saved adapter"),
         (["report", "no-such-run"], "results.json not found"),
     ],
