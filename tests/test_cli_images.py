@@ -66,6 +66,13 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     assert [line.split("\t")[0] for line in lines] == files and all(line.split("\t")[1] in ("dark", "light") for line in lines)
 
 
+def test_a_missing_cnn_package_is_a_one_line_error_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    code, out, err = run_cli("train", "--model", "efficientnet-lite0", "--method", "residual", "--train-dir",
+                             str(image_folder(tmp_path / "train", 10)), "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert code == 2 and "Traceback" not in err and "pip install --no-deps efficientnet-lite-pytorch" in err
+
+
 def result(method: str, task: str, accuracy: float, trained: int, saved: int | None = None) -> TrainingResult:
     return TrainingResult(
         adapter=task, method=method, model="efficientnet-lite0", task=task, kind="classification",

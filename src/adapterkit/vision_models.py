@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from .bundled_models import ModelInstallError
 from .data.images import ImageProcessor
 
 DEFAULT_IMAGE_SIZE = 64
@@ -63,8 +64,9 @@ class VisionModel:
     processor: ImageProcessor
 
 
-class VisionModelMissing(RuntimeError):
-    """A bundled vision model's packages are not installed; the message says how to install them."""
+class VisionModelMissing(ModelInstallError):
+    """A bundled vision model's packages are not installed; the message says how to install them
+    (the command line prints it as its one-line error)."""
 
 
 def _efficientnet_lite0(image_size: int) -> ImageBackbone:
