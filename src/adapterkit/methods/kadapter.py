@@ -175,7 +175,7 @@ def _networks(names: tuple[str, ...], adapters: Mapping[str, nn.Module], who: st
     if missing:
         raise ValueError(
             f"{who} reads knowledge adapters {missing}, which are not on the model; add or load them first "
-            "(model.load_adapter(folder) for a saved one)"
+            "(model.load_adapter(folder) for a saved one; --knowledge DIR with `adapterkit train`)"
         )
     wrong = [n for n in names if not isinstance(adapters[n], KAdapter)]
     if wrong:
