@@ -41,6 +41,10 @@ def test_pretrain_knowledge_adapters_then_a_task_head_over_both(workspace, tmp_p
                              "--text-column", "review", "--label-column", "sentiment")  # fmt: skip
     assert code == 0, err
     assert f"{100 * results['test_metrics']['accuracy']:.2f}" in out or str(round(results["test_metrics"]["accuracy"], 4)) in out
+    (tmp_path / "fac").rename(tmp_path / "moved")
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "task" / "best"), "--test-file", str(workspace["test"]),
+                             "--text-column", "review", "--label-column", "sentiment")  # fmt: skip
+    assert code == 2 and "reads adapter 'fac', found neither at" in err and "put its saved folder back at one of those" in err
 
 
 def test_knowledge_is_only_for_k_task(workspace, tmp_path):
