@@ -20,6 +20,7 @@ from adapterkit.data.image_tasks import image_task_data
 from adapterkit.data.images import Augment, ImageExample, ImageProcessor, make_image_loader, read_image
 from adapterkit.data.letters import LETTERS, render, split_fonts
 from adapterkit.data.numpy_pickle import load_arrays
+from adapterkit.data.task import Example, TaskData
 
 
 def write_pickle(path, value) -> None:
@@ -191,6 +192,9 @@ def test_training_a_residual_adapter_on_an_image_task_end_to_end(tmp_path):
     text.add_adapter("bright", "probe", model.heads["bright"].config)
     with pytest.raises(ValueError, match="task 'bright' is images.*--model efficientnet-lite0"):
         Trainer(text, "bright", task, config)
+    words = TaskData("words", "classification", ("text",), ("dark", "light"), [Example(("x",), 1)], [], [])
+    with pytest.raises(ValueError, match="task 'words' is text, but .* model reads images; .*--model minilm"):
+        Trainer(model, "bright", words, config)  # not "the model has no tokenizer"
 
 
 @pytest.mark.integration
