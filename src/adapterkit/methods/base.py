@@ -161,5 +161,5 @@ def require_transformer(ctx: BindContext, method: str) -> None:
     if ctx.parts.placement.layout == "image":
         raise ValueError(
             f"{method} works on a transformer's token sequences; this {ctx.parts.model_type!r} model is a CNN "
-            "(use residual, residual_parallel, lora with targets=[\"expand\",\"project\"], bitfit or probe there)"
+            "(use residual, residual_parallel, bitfit, probe, or lora with targets naming its convolutions there)"
         )
