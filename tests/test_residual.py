@@ -201,7 +201,7 @@ def test_clear_errors_on_cnns():
         model.add_adapter("a", "lora")  # the CNN's convolution roles, not q, k, v
     with pytest.raises(ValueError, match="use_dora is defined for linear projections only"):
         model.add_adapter("a", "lora", targets=["conv1"], use_dora=True)
-    for method in ("pfeiffer", "houlsby", "prefix", "prompt", "deep_prompt", "mam", "k_adapter"):  # no KeyError
+    for method in ("pfeiffer", "houlsby", "ia3", "prefix", "prompt", "deep_prompt", "mam", "k_adapter"):  # no KeyError
         with pytest.raises(ValueError, match="works on a transformer's token sequences; .* is a CNN"):
             model.add_adapter("a", method, default_head())
     assert not model.adapters
