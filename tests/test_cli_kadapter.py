@@ -56,3 +56,7 @@ def test_knowledge_is_only_for_k_task(workspace, tmp_path):
     code, out, err = train(workspace, tmp_path / "x", "--method", "k_task",
                            "--knowledge", str(tmp_path / "a"), "--knowledge", str(tmp_path / "b"))  # fmt: skip
     assert code == 2 and f"--knowledge {tmp_path / 'b'} and {(tmp_path / 'a').resolve()} are both adapter 'fac'" in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "a").rename(tmp_path / "run" / "best")
+    code, out, err = train(workspace, tmp_path / "x", "--method", "k_task", "--knowledge", str(tmp_path / "run"))
+    assert code == 2 and f"is a training run, not a saved adapter: give its best adapter, {tmp_path / 'run' / 'best'}" in err
