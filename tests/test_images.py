@@ -116,6 +116,8 @@ def test_image_folders_load_one_class_per_sub_folder(tmp_path):
     with pytest.raises(ValueError, match="has 0 class sub-folder.*one sub-folder per class"):
         load_image_folders(tmp_path / "train" / "cat")
     assert folder_task_name(tmp_path / "sketches") == "sketches"
+    with pytest.raises(ValueError, match="notes.txt: not a folder; give a folder with one sub-folder of images per class"):
+        load_image_folders(tmp_path / "train" / "notes.txt")
     (tmp_path / "test" / "bird").mkdir(parents=True)
     Image.new("L", (4, 4)).save(tmp_path / "test" / "bird" / "0.png")
     (tmp_path / "test" / "cat").mkdir()

@@ -35,7 +35,8 @@ def class_folders(folder: Path, minimum: int = 2) -> list[Path]:
         ValueError: ``folder`` is missing or has fewer than ``minimum`` class sub-folders with images.
     """
     if not folder.is_dir():
-        raise ValueError(f"{folder}: no such folder; give a folder with one sub-folder of images per class")
+        problem = "not a folder" if folder.exists() else "no such folder"
+        raise ValueError(f"{folder}: {problem}; give a folder with one sub-folder of images per class")
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and any(_images(p)))
     if len(classes) < minimum:
         raise ValueError(
