@@ -64,6 +64,9 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == files and all(line.split("\t")[1] in ("dark", "light") for line in lines)
+    best = str(tmp_path / "run" / "best")
+    code, out, err = run_cli("predict", "--adapters", f"{best},{best}", "--images", *files)  # not an AttributeError
+    assert code == 2 and "for an image model's adapters run predict --adapter A --images FILE ... once per adapter" in err
 
 
 def test_a_missing_cnn_package_is_a_one_line_error_saying_what_to_install(tmp_path, monkeypatch):
