@@ -124,6 +124,10 @@ def test_image_folders_load_one_class_per_sub_folder(tmp_path):
     Image.new("L", (4, 4)).save(tmp_path / "test" / "cat" / "0.png")
     with pytest.raises(ValueError, match="class 'bird' is not among the training classes"):
         load_image_folders(tmp_path / "train", test_dir=tmp_path / "test")
+    (tmp_path / "train" / "owl" / "2020").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(tmp_path / "train" / "owl" / "2020" / "0.png")
+    with pytest.raises(ValueError, match="owl has its images in sub-folders, which are not read"):  # not 2 classes of 3
+        load_image_folders(tmp_path / "train")
 
 
 def test_read_image_scales_16_bit_and_float_grey_and_names_a_missing_or_huge_file(tmp_path, monkeypatch):

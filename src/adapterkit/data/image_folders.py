@@ -32,12 +32,18 @@ def class_folders(folder: Path, minimum: int = 2) -> list[Path]:
     """The class sub-folders of ``folder``, sorted by name.
 
     Raises:
-        ValueError: ``folder`` is missing or has fewer than ``minimum`` class sub-folders with images.
+        ValueError: ``folder`` is missing, has fewer than ``minimum`` class sub-folders with images, or
+            a sub-folder whose images are only in deeper folders.
     """
     if not folder.is_dir():
         problem = "not a folder" if folder.exists() else "no such folder"
         raise ValueError(f"{folder}: {problem}; give a folder with one sub-folder of images per class")
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and any(_images(p)))
+    for nested in sorted(p for p in folder.iterdir() if p.is_dir() and p not in classes):  # not silently one class fewer
+        if any(q.suffix.lower() in IMAGE_SUFFIXES for q in nested.rglob("*")):
+            raise ValueError(
+                f"{nested} has its images in sub-folders, which are not read; put a class's images directly in its folder"
+            )
     if len(classes) < minimum:
         raise ValueError(
             f"{folder} has {len(classes)} class sub-folder(s) with images; give one sub-folder per class "
