@@ -106,6 +106,11 @@ def run_parallel(args: argparse.Namespace) -> int:
 
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
     model, names, metas = load_adapters(folders, args.model)
+    if args.images or model.processor is not None:
+        raise ValueError(
+            "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
+            "run predict --adapter A --images FILE ... once per adapter"
+        )
     setup = AdapterDrop(Parallel(*names), first=args.drop_first)
     columns = tuple(args.text_column or metas[0].get("task", {}).get("text_columns") or ("text",))
     texts = read_inputs(args.input, columns)
