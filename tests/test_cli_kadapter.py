@@ -8,6 +8,8 @@ import json
 from test_cli import run_cli, workspace  # noqa: F401 (the fixture)
 from test_training import one_thread  # noqa: F401 (autouse fixture)
 
+from adapterkit.formats.native import FORMAT
+
 
 def train(workspace, output, *extra: str) -> tuple[int, str, str]:
     return run_cli(
@@ -39,8 +41,22 @@ def test_pretrain_knowledge_adapters_then_a_task_head_over_both(workspace, tmp_p
                              "--text-column", "review", "--label-column", "sentiment")  # fmt: skip
     assert code == 0, err
     assert f"{100 * results['test_metrics']['accuracy']:.2f}" in out or str(round(results["test_metrics"]["accuracy"], 4)) in out
+    (tmp_path / "fac").rename(tmp_path / "moved")
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "task" / "best"), "--test-file", str(workspace["test"]),
+                             "--text-column", "review", "--label-column", "sentiment")  # fmt: skip
+    assert code == 2 and "reads adapter 'fac', found neither at" in err and "put its saved folder back at one of those" in err
 
 
 def test_knowledge_is_only_for_k_task(workspace, tmp_path):
     code, out, err = train(workspace, tmp_path / "x", "--method", "houlsby", "--knowledge", str(tmp_path))
     assert code == 2 and "--knowledge loads knowledge adapters for --method k_task, not for houlsby" in err
+    for folder in ("a", "b"):  # two knowledge adapters of one name: the head would read only one
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "adapter_config.json").write_text(json.dumps({"format": FORMAT, "name": "fac"}))
+    code, out, err = train(workspace, tmp_path / "x", "--method", "k_task",
+                           "--knowledge", str(tmp_path / "a"), "--knowledge", str(tmp_path / "b"))  # fmt: skip
+    assert code == 2 and f"--knowledge {tmp_path / 'b'} and {(tmp_path / 'a').resolve()} are both adapter 'fac'" in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "a").rename(tmp_path / "run" / "best")
+    code, out, err = train(workspace, tmp_path / "x", "--method", "k_task", "--knowledge", str(tmp_path / "run"))
+    assert code == 2 and f"is a training run, not a saved adapter: give its best adapter, {tmp_path / 'run' / 'best'}" in err

@@ -15,11 +15,12 @@ from tiny_models import IMAGE, tiny_base
 
 from adapterkit import AdapterModel
 from adapterkit.data import image_tasks
-from adapterkit.data.image_folders import load_image_folders
+from adapterkit.data.image_folders import folder_task_name, load_image_folders
 from adapterkit.data.image_tasks import image_task_data
-from adapterkit.data.images import Augment, ImageExample, ImageProcessor, make_image_loader
+from adapterkit.data.images import Augment, ImageExample, ImageProcessor, make_image_loader, read_image
 from adapterkit.data.letters import LETTERS, render, split_fonts
 from adapterkit.data.numpy_pickle import load_arrays
+from adapterkit.data.task import Example, TaskData
 
 
 def write_pickle(path, value) -> None:
@@ -109,17 +110,37 @@ def test_image_folders_load_one_class_per_sub_folder(tmp_path):
             Image.new("L" if k else "RGB", (12, 10), 40 * i).save(tmp_path / "train" / name / f"{i}.png")
     (tmp_path / "train" / "notes.txt").write_text("not an image")
     task = load_image_folders(tmp_path / "train", seed=0)
-    assert task.label_names == ("cat", "dog") and task.modality == "image" and task.name == "train"
+    assert task.label_names == ("cat", "dog") and task.modality == "image" and task.name == tmp_path.name  # not "train"
     assert (len(task.train), len(task.validation), len(task.test)) == (16, 2, 2)
     assert {e.image.ndim for e in task.train} == {2, 3}  # grey stays grey until the processor
     with pytest.raises(ValueError, match="has 0 class sub-folder.*one sub-folder per class"):
         load_image_folders(tmp_path / "train" / "cat")
+    assert folder_task_name(tmp_path / "sketches") == "sketches"
+    with pytest.raises(ValueError, match="notes.txt: not a folder; give a folder with one sub-folder of images per class"):
+        load_image_folders(tmp_path / "train" / "notes.txt")
     (tmp_path / "test" / "bird").mkdir(parents=True)
     Image.new("L", (4, 4)).save(tmp_path / "test" / "bird" / "0.png")
     (tmp_path / "test" / "cat").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "test" / "cat" / "0.png")
     with pytest.raises(ValueError, match="class 'bird' is not among the training classes"):
         load_image_folders(tmp_path / "train", test_dir=tmp_path / "test")
+    (tmp_path / "train" / "owl" / "2020").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(tmp_path / "train" / "owl" / "2020" / "0.png")
+    with pytest.raises(ValueError, match="owl has its images in sub-folders, which are not read"):  # not 2 classes of 3
+        load_image_folders(tmp_path / "train")
+
+
+def test_read_image_scales_16_bit_and_float_grey_and_names_a_missing_or_huge_file(tmp_path, monkeypatch):
+    ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # 16-bit grey: scaled, not clipped to white
+    assert np.array_equal(read_image(tmp_path / "deep.png"), np.round(ramp / 257).astype(np.uint8))
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "float.tif")  # floats in [0, 1]
+    assert np.abs(read_image(tmp_path / "float.tif").astype(int) - np.round(ramp / 257)).max() <= 1
+    with pytest.raises(FileNotFoundError, match="missing.png: no such image file"):
+        read_image(tmp_path / "missing.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # PIL refuses more than twice that: a decompression bomb
+    with pytest.raises(ValueError, match="deep.png: Image size \\(64 pixels\\) exceeds limit.*Shrink it first"):
+        read_image(tmp_path / "deep.png")
 
 
 def test_the_processor_resizes_repeats_grey_and_normalises():
@@ -177,6 +198,9 @@ def test_training_a_residual_adapter_on_an_image_task_end_to_end(tmp_path):
     text.add_adapter("bright", "probe", model.heads["bright"].config)
     with pytest.raises(ValueError, match="task 'bright' is images.*--model efficientnet-lite0"):
         Trainer(text, "bright", task, config)
+    words = TaskData("words", "classification", ("text",), ("dark", "light"), [Example(("x",), 1)], [], [])
+    with pytest.raises(ValueError, match="task 'words' is text, but .* model reads images; .*--model minilm"):
+        Trainer(model, "bright", words, config)  # not "the model has no tokenizer"
 
 
 @pytest.mark.integration

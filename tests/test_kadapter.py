@@ -182,7 +182,7 @@ def test_save_and_load_knowledge_adapters_and_their_task_head(tmp_path):
     assert saved["head.layers.0.weight"].shape == (5, 3 * HIDDEN)  # the head's width follows the concatenation
 
     fresh = AdapterModel(tiny_base("bert"))
-    with pytest.raises(ValueError, match=r"k_task 'task' reads knowledge adapters \['fac', 'lin'\], which are not on the model; add or load"):
+    with pytest.raises(ValueError, match=r"reads knowledge adapters \['fac', 'lin'\], which are not on the model; add or load.*--knowledge DIR"):
         fresh.load_adapter(tmp_path / "task")
     assert "task" not in fresh.adapters
     for name in ("lin", "fac", "task"):  # any order of the knowledge adapters
@@ -215,6 +215,8 @@ def test_knowledge_adapters_run_alone_and_a_task_names_only_knowledge_adapters()
     model.add_adapter("fusion", "fusion", default_head(), adapters=["bottleneck"])
     with pytest.raises(ValueError, match="inside a composition"):
         model(**batch, adapters=Fuse("bottleneck", "fac", fusion="fusion"))
+    with pytest.raises(ValueError, match=r"'fac' \(k_adapter\) cannot be fused: .*combine them with a k_task head over them"):
+        model.add_adapter("fused", "fusion", default_head(), adapters=["fac", "lin"])  # not "Stack('fac', Fuse(...))"
     with pytest.raises(ValueError, match=r"k_task 'wrong' reads knowledge adapters \(k_adapter\); \{'bottleneck': 'pfeiffer'\} are not"):
         model.add_adapter("wrong", "k_task", default_head(), adapters=["fac", "bottleneck"])
     with pytest.raises(ValueError, match="name the knowledge adapters"):

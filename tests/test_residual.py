@@ -197,10 +197,13 @@ def test_clear_errors_on_cnns():
         model.add_adapter("a", "residual", targets=["expand"])
     with pytest.raises(ValueError, match="unknown convolution role.*'q'"):
         model.add_adapter("a", "residual", targets=["q"])
+    with pytest.raises(ValueError, match="lora: no projection plays the role.* roles it has: conv1, conv2$"):
+        model.add_adapter("a", "lora")  # the CNN's convolution roles, not q, k, v
     with pytest.raises(ValueError, match="use_dora is defined for linear projections only"):
         model.add_adapter("a", "lora", targets=["conv1"], use_dora=True)
-    with pytest.raises(ValueError, match="no layer of this model has the sublayers"):
-        model.add_adapter("a", "pfeiffer")
+    for method in ("pfeiffer", "houlsby", "ia3", "prefix", "prompt", "deep_prompt", "mam", "k_adapter"):  # no KeyError
+        with pytest.raises(ValueError, match="works on a transformer's token sequences; .* is a CNN"):
+            model.add_adapter("a", method, default_head())
     assert not model.adapters
     model.add_adapter("r", "residual", default_head())
     with pytest.raises(ValueError, match="a CNN's adapters are saved and loaded in adapterkit's format"):

@@ -52,6 +52,8 @@ def test_residual_adapters_on_the_bundled_cnn(model):
             model.add_adapter("l", "lora", targets=["depthwise"])
         with pytest.raises(ValueError, match="divisible by 32"):
             AdapterModel.from_pretrained("efficientnet-lite0", image_size=72)
+        with pytest.raises(ValueError, match="between 8 and 1024 pixels, got 0"):  # not the default 64
+            AdapterModel.from_pretrained("efficientnet-lite0", image_size=0)
     finally:
         for name in ("r", "p"):
             model.delete_adapter(name)

@@ -454,10 +454,16 @@ def check_fusable(view: ModelView, names: Sequence[str], where: str) -> None:
         if not adapter.kinds <= FUSABLE_KINDS or not adapter.sublayer_sites:
             changed = [_KIND_WORDS[k] for k in sorted(adapter.kinds - FUSABLE_KINDS) if k in _KIND_WORDS]
             acts = f"changes {' and '.join(changed)}" if changed else "acts on no sublayer output"
+            instead = (
+                "knowledge adapters run alone: combine them with a k_task head over them instead "
+                "(adapterkit train --method k_task --knowledge DIR ...)"
+                if adapter.method in methods_with("knowledge")
+                else f"stack {name!r} with the fusion instead: Stack({name!r}, Fuse(...))"
+            )
             raise ValueError(
                 f"{where}: adapter {name!r} ({adapter.method}) cannot be fused: AdapterFusion combines adapters' "
                 f"sublayer outputs, and {name!r} {acts}. The methods that can be fused are "
-                f"{', '.join(methods_with('fuse'))}; stack {name!r} with the fusion instead: Stack({name!r}, Fuse(...))"
+                f"{', '.join(methods_with('fuse'))}; {instead}"
             )
 
 

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from .bundled_models import ModelInstallError
 from .data.images import ImageProcessor
 
 DEFAULT_IMAGE_SIZE = 64
@@ -63,8 +64,9 @@ class VisionModel:
     processor: ImageProcessor
 
 
-class VisionModelMissing(RuntimeError):
-    """A bundled vision model's packages are not installed; the message says how to install them."""
+class VisionModelMissing(ModelInstallError):
+    """A bundled vision model's packages are not installed; the message says how to install them
+    (the command line prints it as its one-line error)."""
 
 
 def _efficientnet_lite0(image_size: int) -> ImageBackbone:
@@ -100,6 +102,6 @@ VISION_MODELS: dict[str, VisionModel] = {
 def load_vision_model(name: str, image_size: int | None = None) -> tuple[ImageBackbone, ImageProcessor]:
     """The bundled CNN ``name`` built for ``image_size`` (default 64) and its preprocessor."""
     spec = VISION_MODELS[name]
-    size = image_size or spec.processor.size
+    size = spec.processor.size if image_size is None else image_size
     processor = ImageProcessor(size, spec.processor.mean, spec.processor.scale)
     return spec.build(size), processor

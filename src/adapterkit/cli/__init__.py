@@ -1,10 +1,10 @@
 """The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``convert``, ``serve``, ``methods``, ``tasks``, ``report``.
 
 Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. Mistakes a user
-can fix (a bad option, a missing file, an unknown task) reach the library as ``ValueError`` or
-``FileNotFoundError`` with a message that says what to do; here they become one line on stderr
-and exit status 2, like argparse's own usage errors, instead of a traceback. Set
-``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
+can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
+the library as ``ValueError``, ``FileNotFoundError`` or ``ModuleNotFoundError`` with a message that
+says what to do; here they become one line on stderr and exit status 2, like argparse's own usage
+errors, instead of a traceback. Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches itself with it
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModelInstallError) as error:
+    except (ValueError, FileNotFoundError, ModelInstallError, ModuleNotFoundError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
         message = " ".join(str(error).split())

@@ -68,6 +68,15 @@ def cap(task: TaskData, max_examples: int | None) -> TaskData:
 
 
 def load_training_data(args: argparse.Namespace) -> TaskData:
+    source = "--task" if args.task else "--train-dir" if args.train_dir else "--train-file"
+    held_out = {"--train-file": ("validation_file", "test_file"), "--train-dir": ("validation_dir", "test_dir")}
+    stray = [f"--{n.replace('_', '-')}" for n in ("validation_file", "test_file", "validation_dir", "test_dir")
+             if getattr(args, n) is not None and n not in held_out.get(source, ())]  # fmt: skip
+    if stray:  # they would be ignored
+        raise ValueError(
+            f"{', '.join(stray)} cannot go with {source}: a bundled task brings its own splits, --train-file takes "
+            "--validation-file and --test-file, --train-dir takes --validation-dir and --test-dir"
+        )
     if args.task:
         return load_task(args.task, seed=args.seed, max_examples=args.max_examples)
     if args.train_dir:

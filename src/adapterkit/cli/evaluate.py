@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     head = model.heads[name].config
     saved_task = meta.get("task", {})
+    if args.test_dir or args.test_file:  # before reading them as the adapter's data
+        require_modality(args.adapter, model, str(args.test_dir or args.test_file), "image" if args.test_dir else "text")
     if head.kind == "causal_lm":  # translation (BLEU, chrF) or language modelling (perplexity)
         from .generation import evaluate_generation
 
@@ -50,14 +52,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.test_dir:
         from ..data.image_folders import load_image_folders
 
-        # the folder is the whole evaluation set, with the classes the adapter predicts
-        data = load_image_folders(args.test_dir, args.test_dir, args.test_dir)
+        # the folder is the whole evaluation set, with the classes the adapter predicts (or some of them)
+        data = load_image_folders(args.test_dir, args.test_dir, args.test_dir, classes=head.label_names)
         examples = data.train[: args.max_examples] if args.max_examples else data.train
     else:
         columns = tuple(args.text_column or saved_task.get("text_columns") or ("text",))
         # the file is the whole evaluation set: read it as train, validation and test alike
         data = load_files(args.test_file, args.test_file, args.test_file, columns, args.label_column, kind=head.kind)
         examples = data.train[: args.max_examples] if args.max_examples else data.train
+    require_modality(args.adapter, model, data.name, data.modality)
     if data.kind != head.kind:
         raise ValueError(f"adapter {args.adapter} has a {head.kind} head, but the data is {data.kind}")
     examples = relabel(examples, data.label_names, head.label_names, head.kind)
@@ -77,3 +80,11 @@ def _report(metrics: dict[str, float], title: str, as_json: bool) -> int:
         for metric, value in metrics.items():
             print(f"{metric} {value:.4f}")
     return 0
+
+
+def require_modality(adapter: Path, model, data: str, modality: str) -> None:
+    """Refuse ``data`` of another modality than the adapter's model reads (naming the fix)."""
+    reads = "image" if model.processor is not None else "text"
+    if modality != reads:  # before the labels, which then differ too
+        source = "an image task or --test-dir" if reads == "image" else "a text task or --test-file"
+        raise ValueError(f"adapter {adapter} reads {reads} data, but {data} is {modality} data; give it {source}")

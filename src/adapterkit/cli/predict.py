@@ -118,7 +118,12 @@ def run_parallel(args: argparse.Namespace) -> int:
 
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
     model, names, metas = load_adapters(folders, args.model)
-    if all(model.heads[n].config.kind == "causal_lm" for n in names if n in model.heads):
+    if args.images or model.processor is not None:
+        raise ValueError(
+            "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
+            "run predict --adapter A --images FILE ... once per adapter"
+        )
+    if all(n in model.heads and model.heads[n].config.kind == "causal_lm" for n in names):
         from .generation import route_translations  # translation adapters: one per row, by its language
 
         rows = read_inputs(args.input, ("language", "source"))

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
 
     from ..composition import AdapterDrop
+    from ..data.image_folders import folder_task_name
     from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model
     from ..inference.store import save_to_store
@@ -89,11 +90,19 @@ def run(args: argparse.Namespace) -> int:
     options = options_dict(args.option)
     if args.knowledge and args.method != "k_task":
         raise ValueError(f"--knowledge loads knowledge adapters for --method k_task, not for {args.method}")
-    knowledge = {read_adapter_config(folder)["name"]: folder.resolve() for folder in args.knowledge or ()}
+    knowledge: dict[str, Path] = {}
+    for folder in args.knowledge or ():
+        known = read_adapter_config(folder)["name"]
+        if known in knowledge:  # the head would read one of them, silently
+            raise ValueError(
+                f"--knowledge {folder} and {knowledge[known]} are both adapter {known!r}; give each knowledge "
+                "adapter once, and train knowledge adapters meant to be read together under different --name"
+            )
+        knowledge[known] = folder.resolve()
     if args.method == "k_task" and "adapters" not in options:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
-    name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else args.train_dir.name))
+    name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else folder_task_name(args.train_dir)))
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

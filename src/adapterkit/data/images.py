@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,14 +170,23 @@ def make_image_loader(
 
 def read_image(path) -> np.ndarray:
     """An image file as ``uint8`` pixels: ``(H, W)`` for grey images, ``(H, W, 3)`` otherwise.
+    16-bit grey images are scaled from ``0..65535`` and float ones by :func:`as_uint8`, not clipped.
 
     Raises:
-        ValueError: the file is not an image PIL can read (naming it).
+        FileNotFoundError: no such file.
+        ValueError: the file is not an image PIL can read, or one too large to open safely (naming it).
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
     try:
         with Image.open(path) as picture:
             picture.load()
-            mode = "L" if picture.mode in ("L", "1", "I;16", "I") else "RGB"
-            return np.asarray(picture.convert(mode))
+            if picture.mode.startswith("I"):  # 16-bit grey (PNG, TIFF; "I" in older Pillows)
+                return np.clip(np.asarray(picture, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8)
+            if picture.mode == "F":
+                return as_uint8(np.asarray(picture))
+            return np.asarray(picture.convert("L" if picture.mode in ("L", "1") else "RGB"))
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: {error} Shrink it first: it is resized to the model's input size anyway") from error
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not an image adapterkit can read ({error}); use PNG, JPEG, BMP, GIF or WebP") from error

@@ -57,7 +57,14 @@ def read_format_json(directory: str | Path, filename: str, expected_format: str,
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    """The config JSON of a saved adapter (see the module docstring)."""
+    """The config JSON of a saved adapter (see the module docstring).
+
+    Raises:
+        FileNotFoundError: not a saved adapter (for a training run's folder: naming its ``best``).
+    """
+    best = Path(directory) / "best"
+    if not (Path(directory) / CONFIG_FILE).is_file() and (best / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{directory} is a training run, not a saved adapter: give its best adapter, {best}")
     return read_format_json(directory, CONFIG_FILE, FORMAT, "a saved adapter")
 
 

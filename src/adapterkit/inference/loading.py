@@ -15,6 +15,7 @@ from typing import Any
 from ..data.task import GENERATION_KINDS, KINDS
 from ..formats.native import read_adapter_config
 from ..model import AdapterModel
+from ..vision_models import VISION_MODELS
 from .store import READS_ADAPTERS, load_fused_adapters
 
 
@@ -29,7 +30,9 @@ def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], mod
         raise ValueError(
             f"{folders[0]} does not record its base model; name it (--model on the command line, model= in Python)"
         )
-    return AdapterModel.from_pretrained(reference, image_size=metas[0].get("base_model", {}).get("image_size"))
+    # the recorded image size is for a bundled CNN; another model then says it is not the adapter's
+    image_size = metas[0].get("base_model", {}).get("image_size") if reference in VISION_MODELS else None
+    return AdapterModel.from_pretrained(reference, image_size=image_size)
 
 
 def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[AdapterModel, list[str], list[dict[str, Any]]]:

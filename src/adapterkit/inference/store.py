@@ -72,7 +72,7 @@ def load_fused_adapters(model: AdapterModel, directory: str | Path, meta: dict[s
         if found is None:
             raise FileNotFoundError(
                 f"{method} {directory} reads adapter {name!r}, found neither at "
-                f"{' nor '.join(str(c) for c in candidates)}; put it in the same adapter store"
+                f"{' nor '.join(str(c) for c in candidates)}; put its saved folder back at one of those paths"
             )
         model.load_adapter(found, name=name, activate=False)
         loaded.append(name)

@@ -154,3 +154,12 @@ def select_layers(layers: tuple[int, ...] | None, num_layers: int, method: str) 
             )
         chosen.append(index % num_layers)
     return tuple(sorted(set(chosen)))
+
+
+def require_transformer(ctx: BindContext, method: str) -> None:
+    """Refuse a CNN for a method that works on a transformer's token sequences."""
+    if ctx.parts.placement.layout == "image":
+        raise ValueError(
+            f"{method} works on a transformer's token sequences; this {ctx.parts.model_type!r} model is a CNN "
+            "(use residual, residual_parallel, bitfit, probe, or lora with targets naming its convolutions there)"
+        )

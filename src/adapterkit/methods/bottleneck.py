@@ -56,7 +56,7 @@ from ..placement import SUBLAYERS
 from ..registry import MethodConfig
 from ..routing import groups, select, stack_padded
 from ..sites import SiteModule
-from .base import AdapterMethod, BindContext, select_layers
+from .base import AdapterMethod, BindContext, require_transformer, select_layers
 from .deltas import NormDelta
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh}
@@ -262,6 +262,7 @@ class BottleneckAdapter(AdapterMethod):
 
     def __init__(self, config: BottleneckConfig, ctx: BindContext):
         super().__init__(config, ctx)
+        require_transformer(ctx, config.method)
         parts, sites = ctx.parts, ctx.sites
         size = config.size_for(parts.hidden_size)
         for layer in select_layers(config.layers, parts.num_layers, config.method):

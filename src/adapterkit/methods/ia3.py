@@ -46,7 +46,7 @@ from torch import nn
 from ..placement import LINEAR_ROLES
 from ..registry import MethodConfig
 from ..routing import groups, select
-from .base import BindContext
+from .base import BindContext, require_transformer
 from .merging import MergeableAdapter, MergeableDelta, linear_sites
 
 SCALED = ("output", "input")
@@ -142,6 +142,7 @@ class IA3Adapter(MergeableAdapter):
 
     def __init__(self, config: IA3Config, ctx: BindContext):
         super().__init__(config, ctx)
+        require_transformer(ctx, config.method)  # its roles are a transformer's, whatever the targets
         for scaled, roles in (("output", config.targets), ("input", config.input_targets)):
             if roles:
                 for site in linear_sites(ctx, config.layers, roles, "ia3"):

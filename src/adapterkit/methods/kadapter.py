@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..registry import MethodConfig
-from .base import AdapterMethod, BindContext, select_layers
+from .base import AdapterMethod, BindContext, require_transformer, select_layers
 from .knowledge_net import KnowledgeNetwork
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -105,6 +105,7 @@ class KAdapter(AdapterMethod):
 
     def __init__(self, config: KAdapterConfig, ctx: BindContext):
         super().__init__(config, ctx)
+        require_transformer(ctx, config.method)
         count = ctx.parts.num_layers
         taps = default_taps(count) if config.layers is None else select_layers(config.layers, count, "k_adapter")
         self.network = KnowledgeNetwork(
@@ -174,7 +175,7 @@ def _networks(names: tuple[str, ...], adapters: Mapping[str, nn.Module], who: st
     if missing:
         raise ValueError(
             f"{who} reads knowledge adapters {missing}, which are not on the model; add or load them first "
-            "(model.load_adapter(folder) for a saved one)"
+            "(model.load_adapter(folder) for a saved one; --knowledge DIR with `adapterkit train`)"
         )
     wrong = [n for n in names if not isinstance(adapters[n], KAdapter)]
     if wrong:

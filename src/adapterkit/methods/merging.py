@@ -113,9 +113,10 @@ def linear_sites(ctx: BindContext, layers: tuple[int, ...] | None, roles: tuple[
     ]
     missing = [role for role in roles if role not in {site.role for site in sites}]
     if missing:
+        present = sorted({site.role for site in ctx.sites.values() if site.kind == "linear" and site.role})
         raise ValueError(
             f"{method}: no projection plays the role(s) {missing} in the chosen layers of this "
-            f"{ctx.parts.model_type!r} model; target roles it has, e.g. q, k, v, o, ffn_in, ffn_out"
+            f"{ctx.parts.model_type!r} model; target roles it has: {', '.join(present)}"
         )
     return sites
 

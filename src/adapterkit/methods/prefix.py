@@ -45,7 +45,7 @@ from torch import nn
 from .. import context
 from ..attention import check_attention_module
 from ..registry import MethodConfig
-from .base import AdapterMethod, BindContext, select_layers
+from .base import AdapterMethod, BindContext, require_transformer, select_layers
 
 INITS = ("random", "vocab", "text")
 
@@ -194,6 +194,7 @@ class PrefixAdapter(AdapterMethod):
 
     def __init__(self, config: PrefixConfig, ctx: BindContext):
         super().__init__(config, ctx)
+        require_transformer(ctx, config.method)
         parts = ctx.parts
         self.layer_indices = select_layers(config.layers, parts.num_layers, config.method)
         sites = [ctx.sites[f"{i}.attention"] for i in self.layer_indices]

@@ -55,7 +55,7 @@ from torch import nn
 from ..registry import MethodConfig
 from ..sequence import embedding_layer, max_positions
 from ..sites import Site
-from .base import AdapterMethod, BindContext
+from .base import AdapterMethod, BindContext, require_transformer
 from .prefix import INITS, init_token_ids
 
 INSERTS = ("input", "embedding_output")
@@ -129,6 +129,7 @@ class PromptAdapter(AdapterMethod):
 
     def __init__(self, config: PromptConfig, ctx: BindContext):
         super().__init__(config, ctx)
+        require_transformer(ctx, config.method)
         parts = ctx.parts
         self.length = config.prompt_length
         self.insert_at = config.insert_at

@@ -48,13 +48,28 @@ def domains_table(results: Sequence[TrainingResult], baseline: str = "full") -> 
     (mean; share of the base), total storage (and in base models), and the Decathlon score.
 
     Raises:
-        ValueError: no ``baseline`` run, or a method without a run on one of the baseline's domains.
+        ValueError: no ``baseline`` run, a run without a test accuracy (not classification), two
+            runs of a method on one domain, or a method without a run on one of the baseline's domains.
     """
     by_method: dict[str, dict[str, TrainingResult]] = {}
     for result in results:
-        by_method.setdefault(run_label(result), {})[result.task] = result
+        if "accuracy" not in result.test_metrics:
+            raise ValueError(
+                f"run {run_label(result)!r} on {result.task!r} has no test accuracy ({result.kind}): the domains "
+                "table compares classification runs; leave that run out"
+            )
+        runs = by_method.setdefault(run_label(result), {})
+        if result.task in runs:  # one would silently replace the other
+            raise ValueError(
+                f"two {run_label(result)!r} runs on {result.task!r} ({runs[result.task].output_dir} and "
+                f"{result.output_dir}): the table has one run per method and domain; leave one out"
+            )
+        runs[result.task] = result
     if baseline not in by_method:
-        raise ValueError(f"the Decathlon score needs the baseline's runs ({baseline!r}); methods found: {sorted(by_method)}")
+        raise ValueError(
+            f"the Decathlon score needs the baseline's runs ({baseline!r}); methods found: {sorted(by_method)}; "
+            f"train a {baseline} run on every domain or compare against one of those (--baseline METHOD)"
+        )
     domains = list(by_method[baseline])
     reference = {d: 1 - by_method[baseline][d].test_metrics["accuracy"] for d in domains}
     header = ["method", *domains, "mean", "params / domain", "storage, all domains", "score"]

@@ -406,10 +406,14 @@ def check_modality(model: AdapterModel, task: TaskData) -> None:
             f"task {task.name!r} is images, but this {model.parts.model_type!r} model reads text; "
             "train it on an image model (e.g. --model efficientnet-lite0)"
         )
+    if task.modality == "text" and model.processor is not None:
+        raise ValueError(
+            f"task {task.name!r} is text, but this {model.parts.model_type!r} model reads images; "
+            "train it on a text model (e.g. --model minilm), or give this one an image task"
+        )
     if task.modality == "text" and model.tokenizer is None:
         raise ValueError(
             "the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer= to AdapterModel"
-            + (f" (this {model.parts.model_type!r} model reads images: give it an image task)" if model.processor else "")
         )
 
 
