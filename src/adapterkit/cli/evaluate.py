@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import load_files, load_task
 from .common import add_data_arguments, relabel
+from .generation import add_generation_arguments
 
 
 def register(subparsers) -> None:
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -37,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     saved_task = meta.get("task", {})
     if args.test_dir or args.test_file:  # before reading them as the adapter's data
         require_modality(args.adapter, model, str(args.test_dir or args.test_file), "image" if args.test_dir else "text")
+    if head.kind == "causal_lm":  # translation (BLEU, chrF) or language modelling (perplexity)
+        from .generation import evaluate_generation
+
+        metrics = evaluate_generation(model, name, meta, args)
+        return _report(metrics, f"{name} on {args.task} ({int(metrics.get('examples', 0)) or 'the'} test examples)", args.json)
     if args.task:
         # the training seed also fixed the split: the same seed keeps training examples out of test
         seed = args.seed if args.seed is not None else meta.get("training", {}).get("seed", 0)
@@ -62,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_images(model, examples, name, batch_size=args.batch_size)
     else:
         metrics = evaluate(model, examples, name, max_length=max_length, batch_size=args.batch_size)
-    if args.json:
+    return _report(metrics, f"{name} on {data.name} ({len(examples)} examples)", args.json)
+
+
+def _report(metrics: dict[str, float], title: str, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(metrics, sort_keys=True))
     else:
-        print(f"{name} on {data.name} ({len(examples)} examples)")
+        print(title)
         for metric, value in metrics.items():
             print(f"{metric} {value:.4f}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.tables import field_text, read_delimited, read_json_lines, require_columns
 from ..data.task import require_text
+from .generation import add_generation_arguments
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".json")
@@ -17,7 +18,9 @@ regression. Input is --input FILE or standard input: plain text with one input p
 lines are skipped; for pair tasks the two texts are separated by a tab), or a .csv/.tsv/.jsonl file
 read with --text-column (default: the columns the adapter was trained on), where a row with an
 empty text is an error. With --images, an image model's adapter predicts one label per image
-file (printed as PATH<TAB>LABEL)."""
+file (printed as PATH<TAB>LABEL). Translation adapters: --adapter translates each line (--language names
+the target of a shared adapter); --adapters A,B,... reads LANGUAGE<TAB>SOURCE lines and routes each to
+the adapter translating into LANGUAGE, all in one pass per batch."""
 
 
 def register(subparsers) -> None:
@@ -36,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--text-column", action="append", metavar="COLUMN", help="text column(s) of a CSV/TSV/JSONL input")
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--language", help="translation adapters: the target language, e.g. German "
+                        "(default: the adapter's only one)")
+    add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -90,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
     if args.images or meta.get("task", {}).get("modality") == "image":
         return predict_image_files(model, name, args)
     columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
+    if model.heads[name].config.kind == "causal_lm":  # translate (the source column only), or continue the text
+        from .generation import predict_generation
+
+        texts = read_inputs(args.input, columns[:1])
+        print("\n".join(predict_generation(model, name, meta, texts, args)))
+        return 0
     texts = read_inputs(args.input, columns)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
     for prediction in predict(model, texts, name, max_length=max_length, batch_size=args.batch_size):
@@ -111,6 +123,12 @@ def run_parallel(args: argparse.Namespace) -> int:
             "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
             "run predict --adapter A --images FILE ... once per adapter"
         )
+    if all(n in model.heads and model.heads[n].config.kind == "causal_lm" for n in names):
+        from .generation import route_translations  # translation adapters: one per row, by its language
+
+        rows = read_inputs(args.input, ("language", "source"))
+        print("\n".join(route_translations(model, names, metas, rows, args)))
+        return 0
     setup = AdapterDrop(Parallel(*names), first=args.drop_first)
     columns = tuple(args.text_column or metas[0].get("task", {}).get("text_columns") or ("text",))
     texts = read_inputs(args.input, columns)

@@ -14,8 +14,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import available_tasks, knowledge_tasks, load_task
+    from ..data.lm_tasks import generation_tasks
 
-    for name in available_tasks() + knowledge_tasks():
+    for name in available_tasks() + knowledge_tasks() + generation_tasks():
         if not args.describe:
             print(name)
             continue

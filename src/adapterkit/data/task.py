@@ -12,6 +12,12 @@ from dataclasses import dataclass
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 KINDS = (CLASSIFICATION, REGRESSION)
+#: Causal-LM task forms (``data/causal_lm.py``): a translation example's texts are (source,
+#: target), its label the index of its target language in ``label_names``; a language-modelling
+#: example is one text whose label (0) is unused.
+TRANSLATION = "translation"
+LANGUAGE_MODEL = "language_model"
+GENERATION_KINDS = (TRANSLATION, LANGUAGE_MODEL)
 MODALITIES = ("text", "image")
 
 #: How many labels :meth:`TaskData.describe` spells out before it only gives the count.
@@ -81,16 +87,17 @@ class TaskData:
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ValueError(f"task {self.name!r}: modality must be one of {MODALITIES}, got {self.modality!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in KINDS + GENERATION_KINDS:
+            raise ValueError(f"task {self.name!r}: kind must be one of {KINDS + GENERATION_KINDS}, got {self.kind!r}")
         if not 1 <= len(self.text_columns) <= 2:
             raise ValueError(
                 f"task {self.name!r}: a task has one text column or a pair, "
                 f"got {len(self.text_columns)}: {self.text_columns}"
             )
-        if (self.kind == CLASSIFICATION) != bool(self.label_names):
+        if (self.kind in (CLASSIFICATION, TRANSLATION)) != bool(self.label_names):
             raise ValueError(
-                f"task {self.name!r}: classification needs label names and regression must have "
+                f"task {self.name!r}: classification needs label names (translation: its target languages) and "
+                f"regression and language modelling must have "
                 f"none; got kind={self.kind!r} with label_names={self.label_names}"
             )
 
@@ -101,8 +108,10 @@ class TaskData:
 
     def describe(self) -> str:
         """A one-line summary for logs and reports."""
-        if self.kind == REGRESSION:
-            target = "regression"
+        if self.kind in (REGRESSION, LANGUAGE_MODEL):
+            target = self.kind.replace("_", " ")
+        elif self.kind == TRANSLATION:
+            target = f"translation into {', '.join(self.label_names)}"
         elif len(self.label_names) <= _LABELS_SHOWN:
             target = f"{self.num_labels}-way classification ({', '.join(self.label_names)})"
         else:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.task import KINDS
+from ..data.task import GENERATION_KINDS, KINDS
 from ..formats.native import read_adapter_config
 from ..model import AdapterModel
 from ..vision_models import VISION_MODELS
@@ -58,9 +58,11 @@ def load_saved_adapter(directory: Path, model: str | None = None) -> tuple[Adapt
         ValueError: the adapter has no classification or regression head.
     """
     loaded, (name,), (meta,) = load_adapters([Path(directory)], model)
-    if name not in loaded.heads or loaded.heads[name].config.kind not in KINDS:
+    kind = loaded.heads[name].config.kind if name in loaded.heads else None
+    if kind not in KINDS and not (kind == "causal_lm" and meta.get("task", {}).get("kind") in GENERATION_KINDS):
         raise ValueError(
-            f"adapter {directory} has no classification or regression head, so it cannot evaluate or predict"
+            f"adapter {directory} has no classification or regression head, nor a causal_lm head trained on a "
+            "translation or language-modelling task, so it cannot evaluate or predict"
         )
     loaded.set_active(name)
     return loaded, name, meta

@@ -13,8 +13,15 @@ import numpy as np
 
 from ..data.task import REGRESSION
 
-#: The metric early stopping and model selection maximise, per task kind.
-MAIN_METRIC = {"classification": "accuracy", "regression": "pearson"}
+#: The metric early stopping and model selection optimise, per task kind (causal-LM tasks:
+#: held-out perplexity, ``inference/perplexity.py``, which is minimised).
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", "translation": "perplexity", "language_model": "perplexity"}
+LOWER_IS_BETTER = frozenset({"perplexity"})
+
+
+def improves(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (None: nothing yet)."""
+    return best is None or (value < best if metric in LOWER_IS_BETTER else value > best)
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from accelerate.utils import set_seed
 
-from ..data.task import TaskData
+from ..data.task import GENERATION_KINDS, TaskData
 from ..heads import HeadConfig
 
 if TYPE_CHECKING:
@@ -26,7 +26,10 @@ def default_pooling(model: AdapterModel) -> str:
 
 
 def task_head(task: TaskData, pooling: str = "mean", mlp: bool = False, dropout: float = 0.1) -> HeadConfig:
-    """The classification or regression head for ``task``, carrying its class names."""
+    """The classification or regression head for ``task``, carrying its class names; the
+    model's own LM head (``causal_lm``, no parameters) for translation and language modelling."""
+    if task.kind in GENERATION_KINDS:
+        return HeadConfig(kind="causal_lm", num_labels=1)
     return HeadConfig(
         kind=task.kind,
         num_labels=task.num_labels,

@@ -37,12 +37,14 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..composition import Setup
 from ..data.batching import Collator, encode_examples, make_loader
+from ..data.causal_lm import CausalLMCollator, encode_for
 from ..data.image_tasks import AUGMENTATION, DEFAULT_AUGMENT
 from ..data.images import make_image_loader
-from ..data.task import TaskData
+from ..data.task import GENERATION_KINDS, TaskData
 from ..distributed import make_accelerator
 from ..formats.native import CONFIG_FILE, read_adapter_config
-from ..inference.metrics import MAIN_METRIC, compute_metrics
+from ..inference.metrics import MAIN_METRIC, compute_metrics, improves
+from ..inference.perplexity import loader_perplexity
 from ..inference.predict import head_config, predict_loader
 from .checkpoint import (
     BEST_DIR,
@@ -179,7 +181,7 @@ class Trainer:
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     metrics = self._evaluate(acc, val_loader)
                     record["validation"] = metrics
-                    if progress.best_metric is None or metrics[main] > progress.best_metric:
+                    if improves(main, metrics[main], progress.best_metric):
                         progress.best_metric, progress.best_epoch, progress.bad_evaluations = metrics[main], epoch + 1, 0
                         record["best"] = True
                         if self._main:
@@ -271,15 +273,22 @@ class Trainer:
             return lambda examples, batch_size, shuffle_seed=None: make_image_loader(
                 examples, model.processor, batch_size, shuffle_seed, augment
             )
-        collator = Collator(model.tokenizer, task.kind)
+        if task.kind in GENERATION_KINDS:  # prompt/text ids with labels per token (data/causal_lm.py)
+            collator = CausalLMCollator(model.tokenizer)
+            encode = lambda examples: encode_for(task.kind, model.tokenizer, examples, task.label_names, self.max_length)  # noqa: E731
+        else:
+            collator = Collator(model.tokenizer, task.kind)
+            encode = lambda examples: encode_examples(model.tokenizer, examples, self.max_length)  # noqa: E731
 
         def loader(examples, batch_size, shuffle_seed=None):
-            encoded = encode_examples(model.tokenizer, examples, self.max_length)
+            encoded = encode(examples)
             return make_loader(encoded, collator, batch_size, shuffle_seed)
 
         return loader
 
     def _evaluate(self, acc, loader) -> dict[str, float]:
+        if self.task.kind in GENERATION_KINDS:  # teacher-forced: cheap enough for every epoch
+            return loader_perplexity(self.model, loader, self.setup, acc)
         predictions, labels = predict_loader(self.model, loader, self.setup, self.task.kind, acc)
         return compute_metrics(self.task.kind, predictions, labels)
 
@@ -296,6 +305,14 @@ class Trainer:
 
     def _check_head(self) -> None:
         head, task = head_config(self.model, self.setup), self.task
+        if (head.kind == "causal_lm") != (task.kind in GENERATION_KINDS):
+            raise ValueError(
+                f"adapter {self.adapter!r} has a {head.kind} head, but task {task.name!r} is {task.kind}; "
+                + ("causal-LM tasks train an adapter with a causal_lm head (add_task_adapter gives it one)"
+                   if task.kind in GENERATION_KINDS else "a causal_lm head trains on translation or language-modelling tasks")
+            )
+        if head.kind == "causal_lm":
+            return
         if head.kind != task.kind:
             raise ValueError(f"adapter {self.adapter!r} has a {head.kind} head, but task {task.name!r} is {task.kind}")
         if head.outputs != task.num_labels:
