@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
-KINDS = (CLASSIFICATION, REGRESSION)
+MASKED_LM = "masked_lm"
+"""Texts alone, for a masked-LM objective (``data/masking.py``): the examples' labels are unused."""
+KINDS = (CLASSIFICATION, REGRESSION, MASKED_LM)
 MODALITIES = ("text", "image")
 
 #: How many labels :meth:`TaskData.describe` spells out before it only gives the count.
@@ -103,6 +105,8 @@ class TaskData:
         """A one-line summary for logs and reports."""
         if self.kind == REGRESSION:
             target = "regression"
+        elif self.kind == MASKED_LM:
+            target = "masked-LM texts"
         elif len(self.label_names) <= _LABELS_SHOWN:
             target = f"{self.num_labels}-way classification ({', '.join(self.label_names)})"
         else:

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.task import REGRESSION
 
 #: The metric early stopping and model selection maximise, per task kind.
-MAIN_METRIC = {"classification": "accuracy", "regression": "pearson"}
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", "masked_lm": "masked_accuracy"}
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

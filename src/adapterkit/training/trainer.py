@@ -39,9 +39,11 @@ from ..composition import Setup
 from ..data.batching import Collator, encode_examples, make_loader
 from ..data.image_tasks import AUGMENTATION, DEFAULT_AUGMENT
 from ..data.images import make_image_loader
-from ..data.task import TaskData
+from ..data.masking import MaskedLMCollator
+from ..data.task import MASKED_LM, TaskData
 from ..distributed import make_accelerator
 from ..formats.native import CONFIG_FILE, read_adapter_config
+from ..inference.masked_lm import masked_lm_metrics
 from ..inference.metrics import MAIN_METRIC, compute_metrics
 from ..inference.predict import head_config, predict_loader
 from .checkpoint import (
@@ -271,7 +273,8 @@ class Trainer:
             return lambda examples, batch_size, shuffle_seed=None: make_image_loader(
                 examples, model.processor, batch_size, shuffle_seed, augment
             )
-        collator = Collator(model.tokenizer, task.kind)
+        # masked_lm: BERT's masking, seeded (data/masking.py)
+        collator = MaskedLMCollator(model.tokenizer, self.config.seed) if task.kind == MASKED_LM else Collator(model.tokenizer, task.kind)
 
         def loader(examples, batch_size, shuffle_seed=None):
             encoded = encode_examples(model.tokenizer, examples, self.max_length)
@@ -280,6 +283,8 @@ class Trainer:
         return loader
 
     def _evaluate(self, acc, loader) -> dict[str, float]:
+        if self.task.kind == MASKED_LM:
+            return masked_lm_metrics(self.model, loader, self.setup, acc)
         predictions, labels = predict_loader(self.model, loader, self.setup, self.task.kind, acc)
         return compute_metrics(self.task.kind, predictions, labels)
 
