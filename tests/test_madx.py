@@ -240,3 +240,44 @@ def test_trainer_trains_a_language_adapter_then_a_task_adapter_above_it(tmp_path
     Trainer(model, "task", task, quick(tmp_path / "task", epochs=1, max_length=64), setup=Stack("lang", "task")).train()
     assert all(torch.equal(v, model.adapter_state("lang").tensors()[k]) for k, v in lang.items()), "the language adapter trained"
     assert all(torch.equal(v, model.base.state_dict()[k]) for k, v in base.items())
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_cli_trains_language_adapters_a_task_adapter_above_one_and_swaps_them(tmp_path):
+    import json
+
+    from test_cli import run_cli, write_csv
+
+    model = str(build_tiny_model_dir(tmp_path / "base"))
+    common = ("--model", model, "--method", "pfeiffer", "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--quiet")
+    for lang in ("en", "de"):
+        code, out, err = run_cli(
+            "train", *common, "--task", f"mlm_parlspeech_{lang}", "--max-examples", "16",
+            "--name", f"lang_{lang}", "--output-dir", str(tmp_path / f"lang_{lang}"),
+        )
+        assert code == 0, err
+        assert "masked_accuracy" in out
+    files = {split: write_csv(tmp_path / f"{split}.csv", 24, seed) for seed, split in enumerate(("train", "validation", "test"))}
+    code, out, err = run_cli(
+        "train", *common, "--train-file", str(files["train"]), "--validation-file", str(files["validation"]),
+        "--test-file", str(files["test"]), "--text-column", "review", "--label-column", "sentiment",
+        "--name", "task", "--stack-under", str(tmp_path / "lang_en" / "best"), "--output-dir", str(tmp_path / "task"),
+    )
+    assert code == 0, err
+    meta = json.loads((tmp_path / "task" / "best" / "adapter_config.json").read_text())
+    assert meta["stacked_under"] == {"lang_en": str((tmp_path / "lang_en" / "best").resolve())}
+    assert "lang_en" not in json.dumps(meta["config"])  # only the task adapter's weights are in the folder
+    results = {}
+    evaluated = {"recorded": (), "swapped": ("--stack-under", str(tmp_path / "lang_de" / "best")), "alone": ("--alone",)}
+    for row, extra in evaluated.items():
+        code, out, err = run_cli(
+            "eval", "--adapter", str(tmp_path / "task" / "best"), "--test-file", str(files["test"]),
+            "--text-column", "review", "--label-column", "sentiment", *extra, "--json",
+        )
+        assert code == 0, err
+        results[row] = json.loads(out)
+    recorded = json.loads((tmp_path / "task" / "results.json").read_text())["test_metrics"]
+    assert results["recorded"] == pytest.approx(recorded)  # eval reruns the trained Stack(lang_en, task)
+    code, out, err = run_cli("eval", "--adapter", str(tmp_path / "lang_de" / "best"), "--task", "mlm_parlspeech_en", "--max-examples", "8")
+    assert code == 0, err
+    assert "masked_accuracy" in out and "perplexity" in out
