@@ -7,8 +7,8 @@ are synchronised, i.e. the adapter), splits each batch into one equal slice per 
 processes take the steps one process takes), and ``is_main_process`` guards every file write.
 
 One epoch = a pass over the (shuffled) training split, then, every ``eval_every`` epochs,
-validation. An improvement of the main validation metric (accuracy, or Pearson for
-regression) saves the adapter to ``output_dir/best``; ``patience`` validations in a row without
+validation. An improvement of the main validation metric (accuracy, Pearson for regression,
+masked-token accuracy for a masked-LM task: its batches masked as BERT's, ``data/masking.py``) saves the adapter to ``output_dir/best``; ``patience`` validations in a row without
 one end the run. After every epoch the full state goes to ``output_dir/checkpoint`` (see
 ``checkpoint.py``), so ``resume=True`` continues after the last completed epoch and ends with
 the same weights as a run that was never interrupted. At the end the best adapter is loaded
