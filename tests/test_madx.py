@@ -28,14 +28,6 @@ from adapterkit.training import Trainer, task_head
 MLM = HeadConfig(kind="masked_lm", dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- masking
 def encoded_batch(rows: int = 400, seed: int = 0) -> list[dict]:
     """Tokenised word sequences of random lengths (so the padded batch has padding)."""

@@ -76,12 +76,7 @@ def masked_lm_metrics(
 
 
 def evaluate_masked_lm(
-    model: AdapterModel,
-    examples: Sequence[Example],
-    adapters: str | Setup,
-    max_length: int = 128,
-    batch_size: int = 32,
-    seed: int = 0,
+    model: AdapterModel, examples: Sequence[Example], adapters: str | Setup, *, max_length: int = 128, batch_size: int = 32, seed: int = 0
 ) -> dict[str, float]:
     """:func:`masked_lm_metrics` of ``adapters`` on the texts of ``examples`` (labels unused),
     masked with ``seed``; inputs truncated as in ``predict.evaluate``.
