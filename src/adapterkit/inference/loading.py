@@ -15,7 +15,7 @@ from typing import Any
 from ..data.task import KINDS
 from ..formats.native import read_adapter_config
 from ..model import AdapterModel
-from .store import READS_ADAPTERS, load_fused_adapters
+from .store import READS_ADAPTERS, STACKED_UNDER, load_fused_adapters
 
 
 def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], model: str | None) -> AdapterModel:
@@ -46,11 +46,6 @@ def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[Ad
         if meta["name"] not in loaded.adapters:
             loaded.load_adapter(folder, activate=False)
     return loaded, [meta["name"] for meta in metas], metas
-
-
-STACKED_UNDER = "stacked_under"
-"""Key of a saved adapter's config: the adapters it was trained above (``Stack(under..., it)``),
-name -> folder, lowest first (``adapterkit train --stack-under``)."""
 
 
 def load_under(model: AdapterModel, folders: Sequence[Path]) -> list[str]:
