@@ -54,7 +54,8 @@ IGNORE_INDEX = -100
 class HeadConfig:
     """Args:
         kind: classification, regression, causal_lm, tagging (one label per token) or masked_lm
-            (a token prediction per position over the base's vocabulary; ``num_labels`` unused).
+            (a token prediction per position over the base's vocabulary; ``num_labels``, pooling,
+            ``mlp`` and ``dropout`` unused: BERT's prediction head has none of them).
         num_labels: classes for classification and tagging (1 for regression).
         pooling: cls, mean, last or first (see module docstring); not read by tagging heads.
         mlp: a hidden layer (tanh) before the output layer instead of a single linear layer.
