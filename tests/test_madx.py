@@ -41,7 +41,7 @@ def test_masking_never_touches_specials_or_padding_and_keeps_bert_proportions():
     tokenizer = tiny_tokenizer()
     items = encoded_batch()
     padded = MaskedLMCollator(tokenizer, seed=3).pad(items)
-    batch = MaskedLMCollator(tokenizer, seed=3)(items)
+    batch = MaskedLMCollator(tokenizer, seed=3, dynamic=True)(items)
     original, ids, labels = padded["input_ids"], batch["input_ids"], batch["labels"]
     special = torch.isin(original, torch.tensor(tokenizer.all_special_ids)) | (padded["attention_mask"] == 0)
     assert special.any() and (padded["attention_mask"] == 0).any()
@@ -56,7 +56,10 @@ def test_masking_never_touches_specials_or_padding_and_keeps_bert_proportions():
     to_mask = (ids[chosen] == tokenizer.mask_token_id).sum().item() / n
     kept = (ids[chosen] == original[chosen]).sum().item() / n
     assert abs(to_mask - 0.8) < 0.03 and abs(kept - 0.1) < 0.03  # random: 10% (a random id may equal the original)
-    assert torch.equal(MaskedLMCollator(tokenizer, seed=3)(items)["labels"], labels), "not reproducible"
+    assert torch.equal(MaskedLMCollator(tokenizer, seed=3, dynamic=True)(items)["labels"], labels), "not reproducible"
+    per_text = MaskedLMCollator(tokenizer, seed=3)(items)  # evaluation: each text alone
+    assert (per_text["labels"][special] == IGNORE_INDEX).all() and torch.equal(per_text["input_ids"][special], original[special])
+    assert abs((per_text["labels"] != IGNORE_INDEX).sum().item() / maskable - 0.15) < 0.01
     assert not torch.equal(MaskedLMCollator(tokenizer, seed=4)(items)["labels"], labels)
 
 
@@ -224,8 +227,8 @@ def test_trainer_trains_a_language_adapter_then_a_task_adapter_above_it(tmp_path
     model.add_adapter("lang", "pfeiffer", task_head(mlm), reduction_factor=4)
     result = Trainer(model, "lang", mlm, quick(tmp_path / "lang", epochs=2, max_length=64)).train()
     assert set(result.test_metrics) == {"masked_accuracy", "loss", "perplexity"}
-    again = evaluate_masked_lm(model, mlm.test, "lang", max_length=64, batch_size=4)
-    assert again == pytest.approx(evaluate_masked_lm(model, mlm.test, "lang", max_length=64, batch_size=4))  # same masks
+    again = evaluate_masked_lm(model, mlm.test, "lang", max_length=64, batch_size=3)  # the trainer's batches: 64
+    assert again == pytest.approx(result.test_metrics)  # the same masks whatever the batches
     lang = {k: v.clone() for k, v in model.adapter_state("lang").tensors().items()}
     task = text_task()
     model.add_adapter("task", "pfeiffer", task_head(task), reduction_factor=4)
@@ -273,3 +276,21 @@ def test_cli_trains_language_adapters_a_task_adapter_above_one_and_swaps_them(tm
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "lang_de" / "best"), "--task", "mlm_parlspeech_en", "--max-examples", "8")
     assert code == 0, err
     assert "masked_accuracy" in out and "perplexity" in out
+
+
+def test_evaluation_masks_each_text_alike_whatever_the_batch_and_the_padding_side():
+    tokenizer = tiny_tokenizer()
+    items = encoded_batch(rows=12, seed=5)
+    whole = MaskedLMCollator(tokenizer, seed=1)(items)
+    halves = [MaskedLMCollator(tokenizer, seed=1)(part) for part in (items[:5], items[5:])]
+    for row in range(12):
+        part, index = (halves[0], row) if row < 5 else (halves[1], row - 5)
+        n = len(items[row]["input_ids"])
+        assert torch.equal(whole["labels"][row, :n], part["labels"][index, :n])
+        assert torch.equal(whole["input_ids"][row, :n], part["input_ids"][index, :n])
+    tokenizer.padding_side = "left"
+    left = MaskedLMCollator(tokenizer, seed=1)(items)
+    width = whole["labels"].shape[1]
+    for row in range(12):
+        n = len(items[row]["input_ids"])
+        assert torch.equal(left["labels"][row, width - n :], whole["labels"][row, :n])

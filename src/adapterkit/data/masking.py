@@ -6,10 +6,12 @@ token at the chosen positions only. Special tokens (``[CLS]``, ``[SEP]``, ...) a
 never chosen. MAD-X (Pfeiffer et al. 2020, arXiv 2005.00052) trains its language adapters with
 this objective.
 
-Masks are drawn from a generator seeded by ``(seed, the batch's token ids)``, a pure function of
-the batch: a rerun, a resumed run and every validation pass draw exactly the same masks, while a
-shuffled training epoch, grouping the examples differently, masks them anew (RoBERTa's "dynamic
-masking").
+Masks are a pure function of a seed and the token ids, so a rerun and a resumed run draw exactly
+the same ones. For evaluation each text is masked on its own (a generator seeded by ``(seed, its
+token ids)``): the same masks whatever the batch size or order, so any two evaluations of the same
+texts compare on the same masked tokens. For training (``dynamic=True``) one generator per batch
+is seeded by ``(seed, the batch's token ids)``: a shuffled epoch groups the examples differently
+and masks them anew (RoBERTa's "dynamic masking").
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def batch_seed(seed: int, input_ids: torch.Tensor) -> int:
 
 
 class MaskedLMCollator:
-    """Pads like :class:`~adapterkit.data.batching.Collator`, then masks (:func:`mask_tokens`).
+    """Pads like :class:`~adapterkit.data.batching.Collator`, then masks (:func:`mask_tokens`):
+    each text on its own, or with ``dynamic`` the whole batch at once (module docstring).
 
     The batch's ``labels`` become the masked-LM targets ``(batch, seq)`` (the examples' own labels
     are dropped); ``input_ids`` the masked ids.
@@ -91,7 +94,7 @@ class MaskedLMCollator:
         ValueError: the tokenizer has no mask token.
     """
 
-    def __init__(self, tokenizer: Any, seed: int = 0, probability: float = MASK_PROBABILITY):
+    def __init__(self, tokenizer: Any, seed: int = 0, probability: float = MASK_PROBABILITY, dynamic: bool = False):
         if tokenizer.mask_token_id is None:
             raise ValueError("the masked-LM objective needs a tokenizer with a mask token ([MASK]); this one has none")
         self.pad = Collator(tokenizer, MASKED_LM)
@@ -100,17 +103,29 @@ class MaskedLMCollator:
         self.vocab_size = len(tokenizer)
         self.seed = seed
         self.probability = probability
+        self.dynamic = dynamic
+
+    def _mask(self, ids: torch.Tensor, maskable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, ids))
+        return mask_tokens(ids, maskable, self.mask_token_id, self.vocab_size, generator, self.probability)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.pad([{k: v for k, v in item.items() if k != "labels"} for item in items])
+        items = [{k: v for k, v in item.items() if k != "labels"} for item in items]
+        batch = self.pad(items)
         ids = batch["input_ids"]
         maskable = ~torch.isin(ids, self.special)
         if "attention_mask" in batch:
             maskable &= batch["attention_mask"].bool()
-        generator = torch.Generator().manual_seed(batch_seed(self.seed, ids))
-        batch["input_ids"], batch["labels"] = mask_tokens(
-            ids, maskable, self.mask_token_id, self.vocab_size, generator, self.probability
-        )
+        if self.dynamic:
+            batch["input_ids"], batch["labels"] = self._mask(ids, maskable)
+            return batch
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for row, item in enumerate(items):  # each text alone, on its unpadded ids
+            own = torch.tensor(item["input_ids"], dtype=torch.long)
+            where = ids.shape[1] - len(own) if self.pad.left else 0
+            span = slice(where, where + len(own))
+            ids[row, span], labels[row, span] = self._mask(own.unsqueeze(0), maskable[row, span].unsqueeze(0))
+        batch["input_ids"], batch["labels"] = ids, labels
         return batch
 
 

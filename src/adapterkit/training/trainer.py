@@ -273,11 +273,12 @@ class Trainer:
             return lambda examples, batch_size, shuffle_seed=None: make_image_loader(
                 examples, model.processor, batch_size, shuffle_seed, augment
             )
-        # masked_lm: BERT's masking, seeded (data/masking.py)
-        collator = MaskedLMCollator(model.tokenizer, self.config.seed) if task.kind == MASKED_LM else Collator(model.tokenizer, task.kind)
+        collator = Collator(model.tokenizer, task.kind)
 
         def loader(examples, batch_size, shuffle_seed=None):
             encoded = encode_examples(model.tokenizer, examples, self.max_length)
+            if task.kind == MASKED_LM:  # BERT's masking, seeded; new masks each epoch in training (data/masking.py)
+                return make_loader(encoded, MaskedLMCollator(model.tokenizer, self.config.seed, dynamic=shuffle_seed is not None), batch_size, shuffle_seed)
             return make_loader(encoded, collator, batch_size, shuffle_seed)
 
         return loader
