@@ -21,6 +21,7 @@ LAYERS = {
     "adapterkit.registry": 0,
     "adapterkit.placement": 0,
     "adapterkit.heads": 0,
+    "adapterkit.masked_lm_head": 0,
     "adapterkit.atomic": 0,
     "adapterkit.bundled_models": 0,
     "adapterkit.vision_models": 0,

@@ -23,6 +23,10 @@ The causal-LM head is the model's own (frozen) LM head and adds no parameters, u
 ``own_lm_head``: then it holds its own copy of the LM head's weights, initialised from the base's
 and trained with the adapter (peft's ``modules_to_save=["lm_head"]``); the model's
 :class:`OwnLMHeads` hook computes the logits of passes running such an adapter with it.
+
+The masked-LM head (``masked_lm``, an encoder's language adapter as in MAD-X) is BERT's
+prediction head with its output layer tied to the base's word embeddings
+(``masked_lm_head.py``); its loss is the cross-entropy over the masked positions.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import MaskedLMOutput, ModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 
 from . import context
+from .masked_lm_head import MaskedLMHead
 
-HEAD_KINDS = ("classification", "regression", "causal_lm", "tagging")
+HEAD_KINDS = ("classification", "regression", "causal_lm", "tagging", "masked_lm")
 POOLINGS = ("cls", "mean", "last", "first")
 SEQUENCE_START = "sequence_start"
 """Key, in a pass's cache, of the hidden state ``(batch, d)`` at the first position of the sequence
@@ -48,7 +53,9 @@ IGNORE_INDEX = -100
 @dataclass(frozen=True)
 class HeadConfig:
     """Args:
-        kind: classification, regression, causal_lm or tagging (one label per token).
+        kind: classification, regression, causal_lm, tagging (one label per token) or masked_lm
+            (a token prediction per position over the base's vocabulary; ``num_labels``, pooling,
+            ``mlp`` and ``dropout`` unused: BERT's prediction head has none of them).
         num_labels: classes for classification and tagging (1 for regression).
         pooling: cls, mean, last or first (see module docstring); not read by tagging heads.
         mlp: a hidden layer (tanh) before the output layer instead of a single linear layer.
@@ -209,15 +216,18 @@ class OwnLMHeads:
 
 def build_head(config: HeadConfig, hidden_size: int, lm_head: nn.Module | None = None) -> nn.Module:
     """The head module of ``config`` (``lm_head``: the base's output embeddings, for
-    ``own_lm_head``)."""
+    ``own_lm_head``; its input word embeddings, which a ``masked_lm`` head ties to)."""
     if config.kind == "causal_lm":
         return CausalLMHead(config, lm_head)
+    if config.kind == "masked_lm":
+        return MaskedLMHead(config, hidden_size, lm_head)
     return TaggingHead(config, hidden_size) if config.kind == "tagging" else PooledHead(config, hidden_size)
 
 
 def head_output(config: HeadConfig, logits: torch.Tensor, loss: torch.Tensor | None) -> ModelOutput:
-    """A head's output: a ``TokenClassifierOutput`` for tagging, else a ``SequenceClassifierOutput``."""
-    output = TokenClassifierOutput if config.kind == "tagging" else SequenceClassifierOutput
+    """A head's output: a ``TokenClassifierOutput`` for tagging, a ``MaskedLMOutput`` for masked_lm,
+    else a ``SequenceClassifierOutput``."""
+    output = {"tagging": TokenClassifierOutput, "masked_lm": MaskedLMOutput}.get(config.kind, SequenceClassifierOutput)
     return output(loss=loss, logits=logits)
 
 
@@ -239,7 +249,7 @@ def head_loss(
             ``(B,)`` predictions would otherwise broadcast to a ``(B, B)`` difference and give a
             wrong loss with only a warning.
     """
-    if config.kind == "tagging":
+    if config.kind in ("tagging", "masked_lm"):  # masked_lm: labels are -100 except at masked positions
         return _tagging_loss(logits, labels, attention_mask)
     batch = logits.shape[0]
     logits_shape = "(batch,)" if config.kind == "regression" else "(batch, num_labels)"

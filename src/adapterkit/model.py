@@ -43,6 +43,7 @@ from .formats.layout import Converted, ModelLayout, SiteRef
 from .formats.native import read_adapter_config, read_adapter_weights, write_adapter
 from .formats.peers import PeerFolder, read_peer, write_peer
 from .heads import CausalLMHead, HeadConfig, OwnLMHeads, build_head, head_loss, head_output, sequence_start
+from .masked_lm_head import MaskedLMHead
 from .methods.base import AdapterMethod, BindContext, OwnedState
 from .placement import PLACEMENTS, ConvPlacement, Placement, resolve
 from .registry import MethodConfig, config_from_dict, config_from_saved, make_config, method_spec, methods_with
@@ -157,6 +158,8 @@ class AdapterModel(nn.Module):
             )
         if head is not None and head.kind == "causal_lm" and not self.is_decoder:
             raise ValueError(f"a causal_lm head needs a decoder model; {self.parts.model_type!r} is an encoder")
+        if head is not None and head.kind == "masked_lm" and (self.is_decoder or self.processor is not None):
+            raise ValueError(f"a masked_lm head needs a text encoder (it predicts masked tokens); {self.parts.model_type!r} is not one")
         ctx = BindContext(
             self.parts, self.sites, name, self.tokenizer, head, self._record, self.view(), dict(self.adapters.items())
         )
@@ -167,6 +170,8 @@ class AdapterModel(nn.Module):
         self.adapters[name] = module.train(self.base.training)
         if head is not None:
             lm_head = self.base.get_output_embeddings() if self.is_decoder else None
+            if head.kind == "masked_lm":  # tied to the word embeddings, as BertForMaskedLM's decoder
+                lm_head = self.base.get_input_embeddings()
             width = module.head_width(self.parts.hidden_size)
             built = build_head(head, width, lm_head).to(reference.device, reference.dtype)
             self.heads[name] = built.train(self.base.training)
@@ -519,6 +524,9 @@ class AdapterModel(nn.Module):
             hidden = bound.read_out(hidden, attention_mask, state)  # + knowledge adapters' outputs (K-Adapter)
             if head is None:
                 return BaseModelOutput(last_hidden_state=hidden)
+            if labels is not None and isinstance(head, MaskedLMHead):  # logits (n_masked, vocab): masked_lm_head.py
+                logits, loss = head.labelled(hidden, labels)
+                return head_output(head.config, logits, self._regularized(bound, loss))
             logits = head(hidden, attention_mask, sequence_start(state))
             loss = head_loss(head.config, logits, labels, attention_mask) if labels is not None else None
             return head_output(head.config, logits, self._regularized(bound, loss))

@@ -17,11 +17,19 @@ def register(subparsers) -> None:
         help="evaluate a saved adapter",
         description="Evaluate a saved adapter (e.g. RUN/best) on the test split of a bundled task, on a "
         "labelled file, or on a folder of images with one sub-folder per class (--test-dir). The base model "
-        "recorded in the adapter is loaded unless --model is given.",
+        "recorded in the adapter is loaded unless --model is given. An adapter trained above others "
+        "(train --stack-under) runs above them again, or above the ones --stack-under names (a MAD-X language "
+        "adapter swapped for another language's), or alone with --alone. A masked-LM adapter (a language "
+        "adapter) reports masked-token accuracy, loss and perplexity (exp of the mean loss over masked tokens).",
     )
     parser.add_argument("--adapter", required=True, type=Path, help="a saved adapter folder")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     add_data_arguments(parser, training=False)
+    under = parser.add_mutually_exclusive_group()
+    under.add_argument("--stack-under", action="append", type=Path, metavar="DIR",
+                       help="run the adapter above these saved adapters, lowest first (repeatable), instead of the "
+                       "ones it was trained above")
+    under.add_argument("--alone", action="store_true", help="run the adapter without the adapters it was trained above")
     parser.add_argument("--seed", type=int, help="split seed of a bundled task (default: the training seed)")
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -31,11 +39,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.loading import load_saved_adapter
+    from ..composition import Stack
+    from ..inference.loading import load_saved_adapter, load_under, recorded_under
+    from ..inference.masked_lm import evaluate_masked_lm
     from ..inference.predict import evaluate, evaluate_images
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     head = model.heads[name].config
+    folders = [] if args.alone else args.stack_under or recorded_under(meta)
+    under = load_under(model, folders)
+    setup = Stack(*under, name) if under else name
     saved_task = meta.get("task", {})
     if args.test_dir or args.test_file:  # before reading them as the adapter's data
         require_modality(args.adapter, model, str(args.test_dir or args.test_file), "image" if args.test_dir else "text")
@@ -66,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
     examples = relabel(examples, data.label_names, head.label_names, head.kind)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
     if data.modality == "image":
-        metrics = evaluate_images(model, examples, name, batch_size=args.batch_size)
+        metrics = evaluate_images(model, examples, setup, batch_size=args.batch_size)
+    elif head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
+        seed = meta.get("training", {}).get("seed", 0)
+        metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed)
     else:
-        metrics = evaluate(model, examples, name, max_length=max_length, batch_size=args.batch_size)
-    return _report(metrics, f"{name} on {data.name} ({len(examples)} examples)", args.json)
+        metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size)
+    return _report(metrics, f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)", args.json)
 
 
 def _report(metrics: dict[str, float], title: str, as_json: bool) -> int:

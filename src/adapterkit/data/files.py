@@ -14,7 +14,7 @@ from typing import NamedTuple
 from adapterkit.data.labels import LabelCodec, infer_kind
 from adapterkit.data.splitting import split_examples
 from adapterkit.data.tables import Row, field_text, read_delimited, read_json_lines, require_columns
-from adapterkit.data.task import CLASSIFICATION, KINDS, Example, TaskData, require_text
+from adapterkit.data.task import CLASSIFICATION, KINDS, MASKED_LM, Example, TaskData, require_text
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".json")
@@ -100,6 +100,11 @@ def load_files(
         )
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be None (to infer it) or one of {KINDS}, got {kind!r}")
+    if kind == MASKED_LM:
+        raise ValueError(
+            "masked_lm files are not read yet: load them as classification and convert with "
+            "adapterkit.data.masking.as_masked_lm(task), or use a bundled mlm_<task>"
+        )
     train_path = Path(train_file)
     train_raw = _read_examples(train_path, columns, label_column)
     labels = [raw.label for raw in train_raw]

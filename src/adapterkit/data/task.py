@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
-KINDS = (CLASSIFICATION, REGRESSION)
+MASKED_LM = "masked_lm"
+"""Texts alone, for a masked-LM objective (``data/masking.py``): the examples' labels are unused."""
+KINDS = (CLASSIFICATION, REGRESSION, MASKED_LM)
 #: Causal-LM task forms (``data/causal_lm.py``): a translation example's texts are (source,
 #: target), its label the index of its target language in ``label_names``; a language-modelling
 #: example is one text whose label (0) is unused.
@@ -112,6 +114,8 @@ class TaskData:
             target = self.kind.replace("_", " ")
         elif self.kind == TRANSLATION:
             target = f"translation into {', '.join(self.label_names)}"
+        elif self.kind == MASKED_LM:
+            target = "masked-LM texts"
         elif len(self.label_names) <= _LABELS_SHOWN:
             target = f"{self.num_labels}-way classification ({', '.join(self.label_names)})"
         else:

@@ -16,7 +16,7 @@ from ..data.task import GENERATION_KINDS, KINDS
 from ..formats.native import read_adapter_config
 from ..model import AdapterModel
 from ..vision_models import VISION_MODELS
-from .store import READS_ADAPTERS, load_fused_adapters
+from .store import READS_ADAPTERS, STACKED_UNDER, load_fused_adapters
 
 
 def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], model: str | None) -> AdapterModel:
@@ -49,6 +49,27 @@ def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[Ad
         if meta["name"] not in loaded.adapters:
             loaded.load_adapter(folder, activate=False)
     return loaded, [meta["name"] for meta in metas], metas
+
+
+def load_under(model: AdapterModel, folders: Sequence[Path]) -> list[str]:
+    """Load saved adapters to run under another one (MAD-X's language adapters under a task
+    adapter), none active, and return their names, lowest first.
+
+    Raises:
+        ValueError: two of them have the same name, or one is already on the model.
+    """
+    names = []
+    for folder in folders:
+        name = read_adapter_config(folder)["name"]
+        if name in names or name in model.adapters:
+            raise ValueError(f"{folder} holds adapter {name!r}, which is already loaded; stack adapters of distinct names")
+        names.append(model.load_adapter(folder, activate=False))
+    return names
+
+
+def recorded_under(meta: dict[str, Any]) -> list[Path]:
+    """The folders of the adapters a saved adapter was trained above (:data:`STACKED_UNDER`)."""
+    return [Path(folder) for folder in meta.get(STACKED_UNDER, {}).values()]
 
 
 def load_saved_adapter(directory: Path, model: str | None = None) -> tuple[AdapterModel, str, dict[str, Any]]:

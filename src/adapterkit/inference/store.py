@@ -25,6 +25,9 @@ SAVED_EXTRAS = ("task", "training")
 READS_ADAPTERS = {"fusion": "fused_adapters", "k_task": "knowledge_adapters"}
 """Methods whose adapters read other saved adapters, with the key of their saved config that
 records where those were loaded from."""
+STACKED_UNDER = "stacked_under"
+"""Key of a saved adapter's config: the adapters it was trained above (``Stack(under..., it)``, a
+MAD-X task adapter above a language adapter), name -> folder, lowest first (``train --stack-under``)."""
 
 
 def adapter_folder(item: str | Path, store: str | Path | None) -> Path:
@@ -46,7 +49,7 @@ def save_to_store(
     kept: dict[str, Any] = {}
     if like is not None and (Path(like) / CONFIG_FILE).is_file():
         saved = read_adapter_config(like)
-        kept = {k: saved[k] for k in (*SAVED_EXTRAS, *READS_ADAPTERS.values()) if k in saved}
+        kept = {k: saved[k] for k in (*SAVED_EXTRAS, *READS_ADAPTERS.values(), STACKED_UNDER) if k in saved}
     return model.save_adapter(name, Path(store) / name, extra={**kept, **(extra or {})})
 
 

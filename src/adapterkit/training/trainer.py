@@ -7,8 +7,8 @@ are synchronised, i.e. the adapter), splits each batch into one equal slice per 
 processes take the steps one process takes), and ``is_main_process`` guards every file write.
 
 One epoch = a pass over the (shuffled) training split, then, every ``eval_every`` epochs,
-validation. An improvement of the main validation metric (accuracy, or Pearson for
-regression) saves the adapter to ``output_dir/best``; ``patience`` validations in a row without
+validation. An improvement of the main validation metric (accuracy, Pearson for regression,
+masked-token accuracy for a masked-LM task: its batches masked as BERT's, ``data/masking.py``) saves the adapter to ``output_dir/best``; ``patience`` validations in a row without
 one end the run. After every epoch the full state goes to ``output_dir/checkpoint`` (see
 ``checkpoint.py``), so ``resume=True`` continues after the last completed epoch and ends with
 the same weights as a run that was never interrupted. At the end the best adapter is loaded
@@ -40,9 +40,11 @@ from ..data.batching import Collator, encode_examples, make_loader
 from ..data.causal_lm import CausalLMCollator, encode_for
 from ..data.image_tasks import AUGMENTATION, DEFAULT_AUGMENT
 from ..data.images import make_image_loader
-from ..data.task import GENERATION_KINDS, TaskData
+from ..data.masking import MaskedLMCollator
+from ..data.task import GENERATION_KINDS, MASKED_LM, TaskData
 from ..distributed import make_accelerator
 from ..formats.native import CONFIG_FILE, read_adapter_config
+from ..inference.masked_lm import masked_lm_metrics
 from ..inference.metrics import MAIN_METRIC, compute_metrics, improves
 from ..inference.perplexity import loader_perplexity
 from ..inference.predict import head_config, predict_loader
@@ -282,6 +284,8 @@ class Trainer:
 
         def loader(examples, batch_size, shuffle_seed=None):
             encoded = encode(examples)
+            if task.kind == MASKED_LM:  # BERT's masking, seeded; new masks each epoch in training (data/masking.py)
+                return make_loader(encoded, MaskedLMCollator(model.tokenizer, self.config.seed, dynamic=shuffle_seed is not None), batch_size, shuffle_seed)
             return make_loader(encoded, collator, batch_size, shuffle_seed)
 
         return loader
@@ -289,6 +293,8 @@ class Trainer:
     def _evaluate(self, acc, loader) -> dict[str, float]:
         if self.task.kind in GENERATION_KINDS:  # teacher-forced: cheap enough for every epoch
             return loader_perplexity(self.model, loader, self.setup, acc)
+        if self.task.kind == MASKED_LM:
+            return masked_lm_metrics(self.model, loader, self.setup, acc)
         predictions, labels = predict_loader(self.model, loader, self.setup, self.task.kind, acc)
         return compute_metrics(self.task.kind, predictions, labels)
 
