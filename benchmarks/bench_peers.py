@@ -96,6 +96,11 @@ def overhead(rs: list[dict]) -> float:
     return (med(rs, "infer_ms") / med(rs, "plain_ms") - 1) * 100
 
 
+def ratio(a: list[dict] | None, b: list[dict] | None, key: str) -> str:
+    """``a``'s median ``key`` over ``b``'s, or "-" where either is missing (a cut run)."""
+    return f"{med(a, key) / med(b, key):.2f}x" if a and b else "-"
+
+
 def speed_tables(runs: dict[tuple[str, str], list[dict]]) -> None:
     """Per library against its own full fine-tuning, then adapterkit against each peer."""
     print("\n### Each library against its own full fine-tuning and its own plain model")
@@ -103,14 +108,16 @@ def speed_tables(runs: dict[tuple[str, str], list[dict]]) -> None:
           "| saved activations MiB | inference ms (plain) | inference overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (library, method), rs in runs.items():
-        full = runs[(library, "full")]
+        if not rs:
+            continue  # a run cut before this worker
+        full = runs.get((library, "full"))
         extra = infer = "-"
         if "infer_ms" in rs[0]:
             infer = f"{med(rs, 'infer_ms'):.1f} ({med(rs, 'plain_ms'):.1f})"
             extra = f"{overhead(rs):+.1f}%"
-        print(f"| {library} | {method} | {rs[0]['trainable']:,} | {med(rs, 'step_ms'):.0f} | "
-              f"{med(full, 'step_ms') / med(rs, 'step_ms'):.2f}x | {med(rs, 'peak_mib'):.0f} ({med(rs, 'peak_mib') / med(full, 'peak_mib'):.2f}x) | "
-              f"{med(rs, 'heap_mib'):.0f} ({med(rs, 'heap_mib') / med(full, 'heap_mib'):.2f}x) | {med(rs, 'saved_mib'):.0f} | {infer} | {extra} |")
+        print(f"| {library} | {method} | {rs[0]['trainable']:,} | {med(rs, 'step_ms'):.0f} | {ratio(full, rs, 'step_ms')} | "
+              f"{med(rs, 'peak_mib'):.0f} ({ratio(rs, full, 'peak_mib')}) | {med(rs, 'heap_mib'):.0f} ({ratio(rs, full, 'heap_mib')}) | "
+              f"{med(rs, 'saved_mib'):.0f} | {infer} | {extra} |")
 
     print("\n### adapterkit against each peer, equivalent method (ratio < 1: adapterkit faster; the ratio is the median of")
     print("### each round's ratio of the two runs, which ran one right after the other)")
@@ -171,6 +178,17 @@ def measure(args: argparse.Namespace) -> dict:
     runs: dict[tuple[str, str], list[dict]] = {job: [] for job in jobs}
     routing: dict[str, list[dict]] = {"adapterkit": [], "peft": []}
     difference = effect = None
+
+    def record() -> dict:
+        """Every figure so far; written to ``--json`` after each worker, so a cut run keeps what it measured."""
+        found = {"args": {k: v if isinstance(v, (int, list)) else str(v) for k, v in vars(args).items()},
+                 "speed": [{"library": library, "method": method, "runs": rs} for (library, method), rs in runs.items()],
+                 "routing": None if args.no_routing else {"runs": routing, "max_difference": difference, "max_adapter_effect": effect}}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(found, indent=1))
+        return found
+
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as work:
         work = Path(work)
         if not args.no_routing:
@@ -182,6 +200,7 @@ def measure(args: argparse.Namespace) -> dict:
                 result = run_worker(pythons[library], "peer_speed.py", library, [f"--library={library}", f"--method={method}", *speed_args], args.threads)
                 runs[(library, method)].append(result)
                 print(f"round {round_index + 1}: {library} {method}: step {result['step_ms']:.0f} ms", file=sys.stderr, flush=True)
+                record()
             if args.no_routing:
                 continue
             for library in ("adapterkit", "peft") if round_index % 2 == 0 else ("peft", "adapterkit"):
@@ -192,9 +211,8 @@ def measure(args: argparse.Namespace) -> dict:
             ours, theirs = (load_file(work / f"{library}.safetensors") for library in ("adapterkit", "peft"))
             difference = max(difference or 0.0, (ours["routed"] - theirs["routed"]).abs().max().item())
             effect = min((out["routed"] - out["plain"]).abs().max().item() for out in (ours, theirs))
-    return {"args": {k: v if isinstance(v, (int, list)) else str(v) for k, v in vars(args).items()},
-            "speed": [{"library": library, "method": method, "runs": rs} for (library, method), rs in runs.items()],
-            "routing": {"runs": routing, "max_difference": difference, "max_adapter_effect": effect} if not args.no_routing else None}
+            record()
+    return record()
 
 
 def report(record: dict) -> None:
@@ -203,9 +221,9 @@ def report(record: dict) -> None:
     runs = {(entry["library"], entry["method"]): entry["runs"] for entry in record["speed"]}
     print(f"model={a['model']} batch={a['batch']} seq={a['seq']} steps={a['steps']} rounds={a['rounds']} "
           f"infer_repeats={a['infer_repeats']} threads={a['threads']}")
-    print("versions: " + "; ".join(f"{library}: {rs[0]['versions']}" for (library, method), rs in runs.items() if method == "full"))
+    print("versions: " + "; ".join(f"{library}: {rs[0]['versions']}" for (library, method), rs in runs.items() if method == "full" and rs))
     speed_tables(runs)
-    if record["routing"]:
+    if record["routing"] and all(record["routing"]["runs"].values()):
         routing_table(record["routing"]["runs"], record["routing"]["max_difference"], record["routing"]["max_adapter_effect"])
 
 
@@ -223,16 +241,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--adapters", type=int, default=16)
     parser.add_argument("--peer-root", type=Path, default=REPO / ".peer-envs")
-    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--json", type=Path, help="write every run's figures here (after each worker)")
     parser.add_argument("--report", type=Path, metavar="JSON", help="print the tables of a run saved with --json; run nothing")
     args = parser.parse_args()
     if args.report:
         record = json.loads(args.report.read_text())
     else:
         record = measure(args)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(record, indent=1))
     report(record)
 
 
