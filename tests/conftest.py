@@ -15,3 +15,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def adapterkit_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ADAPTERKIT_CACHE, with pip disabled so that no test downloads by accident (a test
+    that needs pip replaces ``bundled_models.run_pip``)."""
+    from adapterkit import bundled_models
+
+    monkeypatch.setenv("ADAPTERKIT_CACHE", str(tmp_path / "cache"))
+
+    def no_pip(*args: str) -> None:
+        raise AssertionError(f"unexpected pip call: {args}")
+
+    monkeypatch.setattr(bundled_models, "run_pip", no_pip)
+    return tmp_path / "cache"

