@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from test_cli import run_cli, write_csv
 from test_data import bundled
 from test_training import LABELS, build_tiny_model_dir, tiny_tokenizer
-from tiny_models import randomize, tiny_base, tiny_batch
+from tiny_models import adamw_steps, randomize, tiny_base, tiny_batch
 from transformers import AutoConfig, BertConfig, BertModel
 
 from adapterkit import AdapterDrop, AdapterModel, Fuse, HeadConfig, Parallel, Routed, Stack
@@ -454,11 +454,7 @@ def test_training_another_adapter_while_a_lora_is_merged_gives_the_weights_of_tr
             model.merge_adapter("l")
         model.train_adapter("task")
         model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        for _ in range(3):
-            model(**batch, labels=labels).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        adamw_steps(model, batch, labels, 3)
         trained.append({k: v.detach().clone() for k, v in model.adapter_parameters("task").items()})
     # the same float operations in the same order: bit-identical, not only close
     assert all(torch.equal(trained[1][k], v) for k, v in trained[0].items())

@@ -290,7 +290,7 @@ def test_fusion_misuse_is_a_clear_error():
         model(**batch, adapters=Routed(["f", "a", "a"]))
     with pytest.raises(TypeError, match="use it through Fuse"):
         ffn(model, "f", 0)(None, torch.zeros(1, 2, 32))
-    with pytest.raises(ValueError, match="name the adapters to fuse"):
+    with pytest.raises(ValueError, match="name the adapters it reads"):
         FusionConfig()
     with pytest.raises(ValueError, match="temperature must be > 0"):
         FusionConfig(adapters=("a",), temperature=0)

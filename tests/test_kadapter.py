@@ -10,7 +10,7 @@ import pytest
 import torch
 from method_table import K_OPTIONS, default_head, perturb
 from safetensors.torch import load_file
-from tiny_models import ARCHITECTURES, DECODERS, HIDDEN, LAYERS, tiny_base, tiny_batch
+from tiny_models import ARCHITECTURES, DECODERS, HIDDEN, LAYERS, adamw_steps, tiny_base, tiny_batch
 
 from adapterkit import AdapterModel, Fuse, HeadConfig, Parallel, Routed, Stack
 
@@ -31,12 +31,7 @@ def train_steps(model: AdapterModel, name: str, steps: int = 3) -> None:
     batch = tiny_batch()
     model.train_adapter(name)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    classes = model.heads[name].config.num_labels
-    for _ in range(steps):
-        model(**batch, labels=torch.arange(batch["input_ids"].shape[0]) % classes).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    adamw_steps(model, batch, torch.arange(batch["input_ids"].shape[0]) % model.heads[name].config.num_labels, steps)
     model.eval()
 
 
@@ -219,7 +214,7 @@ def test_knowledge_adapters_run_alone_and_a_task_names_only_knowledge_adapters()
         model.add_adapter("fused", "fusion", default_head(), adapters=["fac", "lin"])  # not "Stack('fac', Fuse(...))"
     with pytest.raises(ValueError, match=r"k_task 'wrong' reads knowledge adapters \(k_adapter\); \{'bottleneck': 'pfeiffer'\} are not"):
         model.add_adapter("wrong", "k_task", default_head(), adapters=["fac", "bottleneck"])
-    with pytest.raises(ValueError, match="name the knowledge adapters"):
+    with pytest.raises(ValueError, match="name the adapters it reads"):
         model.add_adapter("wrong", "k_task", default_head())
 
 

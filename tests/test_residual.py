@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from method_table import NUM_LABELS, default_head, perturb, train_and_check_isolation
 from safetensors.torch import load_file
-from tiny_models import tiny_base, tiny_images
+from tiny_models import adamw_steps, tiny_base, tiny_images
 
 from adapterkit import AdapterModel, Parallel, Routed
 from adapterkit.methods.conv_lora import ConvLoraDelta
@@ -39,15 +39,24 @@ def block_input(model: AdapterModel, images: dict) -> torch.Tensor:
     return seen["x"]
 
 
-def test_series_adapter_is_bn_d_of_x_plus_alpha_bn_a_x():
-    """Rebuffi et al. 2017, Fig. 2: after block 1's conv2, BN_d(c + α * BN_a(c)); its
-    bn1 is domain-specific too."""
-    model = cnn(("a", "residual", {"layers": [1]}))
+def adapted_block_one(method: str):
+    """A tiny CNN with adapter "a" of ``method`` in block 1 only, tiny images, block 1's input
+    ``x``, the block, the adapter's modules there, and ``h``: the block's conv1 through the
+    domain's own BatchNorm (both methods make it domain-specific)."""
+    model = cnn(("a", method, {"layers": [1]}))
     images = tiny_images()
     x, block = block_input(model, images), model.base.blocks[1]
     mods = model.adapters["a"].layers["1"]
     with torch.no_grad():
         h = torch.relu(bn(mods["conv1_norm"].norm, block.conv1(x)))
+    return model, images, x, block, mods, h
+
+
+def test_series_adapter_is_bn_d_of_x_plus_alpha_bn_a_x():
+    """Rebuffi et al. 2017, Fig. 2: after block 1's conv2, BN_d(c + α * BN_a(c)); its
+    bn1 is domain-specific too."""
+    model, images, x, block, mods, h = adapted_block_one("residual")
+    with torch.no_grad():
         c = block.conv2(h)
         z = c + F.conv2d(bn(mods["conv2_norm"].inner, c), mods["conv2_norm"].alpha[:, :, None, None])
         expected = torch.relu(bn(mods["conv2_norm"].norm, z) + block.shortcut(x))
@@ -59,12 +68,8 @@ def test_series_adapter_is_bn_d_of_x_plus_alpha_bn_a_x():
 def test_parallel_adapter_is_bn_d_of_the_convolutions_plus_a_strided_1x1_of_the_block_input():
     """Rebuffi et al. 2018 (parallel adapters): BN_d(W * x + α * x), α a 1x1 convolution of the block's input at
     the block's stride (2 here)."""
-    model = cnn(("a", "residual_parallel", {"layers": [1]}))
-    images = tiny_images()
-    x, block = block_input(model, images), model.base.blocks[1]
-    mods = model.adapters["a"].layers["1"]
+    model, images, x, block, mods, h = adapted_block_one("residual_parallel")
     with torch.no_grad():
-        h = torch.relu(bn(mods["conv1_norm"].norm, block.conv1(x)))
         z = block.conv2(h) + F.conv2d(x, mods["block"].alpha[:, :, None, None], stride=2)
         expected = torch.relu(bn(mods["conv2_norm"].norm, z) + block.shortcut(x))
         with model.using("a"):
@@ -158,11 +163,7 @@ def test_a_second_domain_leaves_the_first_bit_identical():
     model = cnn(("first", "residual", {}))
     model.train_adapter("first")
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        model(**images, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    adamw_steps(model, images, labels, 2)
     model.eval()
     model.add_adapter("task", "residual", default_head())  # the second domain
     model.eval()

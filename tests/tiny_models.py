@@ -132,3 +132,14 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
     with torch.no_grad():
         for param in module.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * std)
+
+
+def adamw_steps(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, steps: int,
+                lr: float = 1e-2) -> None:
+    """``steps`` AdamW steps on ``model``'s trainable parameters over one fixed batch, in the
+    model's current mode (the caller puts it in train mode and picks what trains)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()

@@ -14,6 +14,7 @@ the FSDP ignore list and the ``transformers.Trainer`` callback are all derived f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -140,6 +141,25 @@ class AdapterMethod(nn.Module):
         state.parameters.update({f"base.{k}": p for k, p in self.base_parameters().items()})
         state.buffers.update({f"base.{k}": b for k, b in self.base_buffers().items()})
         return state
+
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def require_adapter_names(method: str, names: tuple[str, ...], example: str) -> None:
+    """Check the other adapters a method reads (a fusion's members, a K-Adapter task's knowledge
+    adapters): at least one, each a plain adapter name, none twice.
+
+    Raises:
+        ValueError: naming the method and the offending names; ``example`` shows a valid value.
+    """
+    if not names:
+        raise ValueError(f"{method}: name the adapters it reads, e.g. adapters={example}")
+    bad = [a for a in names if not isinstance(a, str) or not _ADAPTER_NAME.match(a)]
+    if bad:
+        raise ValueError(f"{method}: {bad} are not adapter names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{method}: adapters {names} name an adapter twice")
 
 
 def select_layers(layers: tuple[int, ...] | None, num_layers: int, method: str) -> tuple[int, ...]:

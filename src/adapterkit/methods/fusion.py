@@ -58,7 +58,6 @@ each adapter receives are recorded on request and drive AdapterDrop's fusion pru
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 import torch
@@ -68,9 +67,8 @@ from ..composition import check_covered, check_fusable
 from ..placement import SUBLAYERS
 from ..registry import MethodConfig
 from ..sites import SiteModule
-from .base import AdapterMethod, BindContext, select_layers
+from .base import AdapterMethod, BindContext, require_adapter_names, select_layers
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -109,13 +107,7 @@ class FusionConfig(MethodConfig):
     )
 
     def validate(self) -> None:
-        if not self.adapters:
-            raise ValueError("fusion: name the adapters to fuse, e.g. adapters=('sst2', 'mnli')")
-        bad = [a for a in self.adapters if not isinstance(a, str) or not _NAME.match(a)]
-        if bad:
-            raise ValueError(f"fusion: {bad} are not adapter names")
-        if len(set(self.adapters)) != len(self.adapters):
-            raise ValueError(f"fusion: adapters {self.adapters} name an adapter twice")
+        require_adapter_names("fusion", self.adapters, "('sst2', 'mnli')")
         if self.sublayers is not None and (not self.sublayers or any(s not in SUBLAYERS for s in self.sublayers)):
             raise ValueError(f"fusion: sublayers must be a non-empty subset of {tuple(SUBLAYERS)}, got {self.sublayers}")
         if not self.temperature > 0:

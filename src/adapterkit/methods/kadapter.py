@@ -25,17 +25,15 @@ readout before the head is ``execution.BoundSetup.read_out``.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
 from ..registry import MethodConfig
-from .base import AdapterMethod, BindContext, require_transformer, select_layers
+from .base import AdapterMethod, BindContext, require_adapter_names, require_transformer, select_layers
 from .knowledge_net import KnowledgeNetwork
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 COMBINES = ("concat", "sum")
 
 
@@ -136,13 +134,7 @@ class KTaskConfig(MethodConfig):
     learning_rate_source = "a head on frozen features (the knowledge adapters frozen): 1e-3, as for a probe"
 
     def validate(self) -> None:
-        if not self.adapters:
-            raise ValueError("k_task: name the knowledge adapters the head reads, e.g. adapters=('facts', 'syntax')")
-        bad = [a for a in self.adapters if not isinstance(a, str) or not _NAME.match(a)]
-        if bad:
-            raise ValueError(f"k_task: {bad} are not adapter names")
-        if len(set(self.adapters)) != len(self.adapters):
-            raise ValueError(f"k_task: adapters {self.adapters} name an adapter twice")
+        require_adapter_names("k_task", self.adapters, "('facts', 'syntax')")
 
 
 class KTask(AdapterMethod):
