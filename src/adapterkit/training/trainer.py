@@ -48,6 +48,7 @@ from ..inference.masked_lm import masked_lm_metrics
 from ..inference.metrics import MAIN_METRIC, compute_metrics, improves
 from ..inference.perplexity import loader_perplexity
 from ..inference.predict import head_config, predict_loader
+from .batchnorm import recompute_batchnorm_statistics, trained_batchnorms
 from .checkpoint import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -152,6 +153,8 @@ class Trainer:
         eval_batch = -(-cfg.eval_batch_size // acc.num_processes) * acc.num_processes  # splits evenly
         val_loader = loader(task.validation, eval_batch)
         test_loader = loader(task.test, eval_batch)
+        # BatchNorms that train get precise statistics before each evaluation (training/batchnorm.py)
+        statistics_loader = loader(task.train, eval_batch) if trained_batchnorms(model) else ()  # unshuffled, not augmented
         # With split batches the prepared loader has as many steps as this one, and accelerate
         # steps the scheduler once per optimizer step.
         total_steps = len(train_loader) * cfg.epochs
@@ -181,6 +184,7 @@ class Trainer:
                 record["train_loss"] = self._train_epoch(acc, wrapped, train_loader, optimizer, scheduler, trainable, epoch, progress)
                 record["learning_rate"] = scheduler.get_last_lr()[0]
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    recompute_batchnorm_statistics(model, statistics_loader, self.setup)  # saved with the adapter
                     metrics = self._evaluate(acc, val_loader)
                     record["validation"] = metrics
                     if improves(main, metrics[main], progress.best_metric):
