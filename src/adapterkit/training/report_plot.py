@@ -14,8 +14,10 @@ of the task's test split where recorded. Drawn with matplotlib's object API (``F
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,8 +39,9 @@ def plot_format(path: str | Path) -> str:
 
 
 def check_plot_path(path: str | Path) -> None:
-    """Fail before any work if the plot cannot be written at ``path``: it is a folder, or its
-    folder cannot be created or written (tried by creating the file, removed again).
+    """Fail before any work if the plot cannot be written at ``path``: it is a folder, or it
+    cannot be created there (tried, and removed again; where its folder does not exist yet, a
+    temporary file in the nearest folder that does, which the plot's folders will be made in).
 
     Raises:
         ValueError: saying which, and what to give instead.
@@ -46,11 +49,16 @@ def check_plot_path(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--plot {path} is a folder; give a file name, such as {path / 'report.png'}")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == Path(p.anchor or "."))
     existed = path.exists()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
+        if existing != path.parent:
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            tempfile.TemporaryFile(dir=existing).close()
+        else:
+            with open(path, "ab"):
+                pass
     except OSError as error:
         raise ValueError(f"--plot {path} cannot be written ({error.strerror}); give a path in a folder you can write to") from None
     finally:
