@@ -423,7 +423,7 @@ def test_report_names_runs_of_one_method_apart_and_plots_one_panel_per_task(tmp_
     assert "prompt (prompt-text)" in format_table([text])
     one = imread(plot_results([text], tmp_path / "one.png"))
     two = imread(plot_results([text, other_task], tmp_path / "two.png"))
-    assert two.shape[1] == 2 * one.shape[1] and two.shape[0] == one.shape[0]
+    assert two.shape[1] > 1.5 * one.shape[1] and two.shape[0] == one.shape[0]  # two panels side by side
 
 
 # ---------------------------------------------------------------- the real model

@@ -3,7 +3,8 @@
 ``os.replace`` is atomic for files on POSIX. A directory cannot replace a non-empty directory in
 one step, so an existing target is first renamed aside and removed only after the new one is in
 place: at every instant either the old or the new complete directory exists under a name a
-reader can find (the old one under ``<target>.old-*`` during the swap).
+reader can find (the old one under ``<target>.old-*`` during the swap). An empty target folder
+(a name claimed with ``mkdir``, ``inference/store.py``) is replaced in one rename.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _usual_modes([tmp, *tmp.rglob("*")])
-        if target.exists():
+        try:
+            os.replace(tmp, target)  # one step when the target is absent or an empty folder (a claimed name)
+        except OSError:
+            if not target.exists():
+                raise
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(tmp, target)
             shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -10,17 +10,22 @@ from .common import add_data_arguments, adapter_name, load_training_data
 
 DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
 folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
-for the target task. The fusion is saved as its own adapter (OUTPUT_DIR/best, and STORE/NAME with
---store); `adapterkit eval --adapter` on it loads the adapters it fuses as well. With --prune K the
-K adapters that receive the most fusion attention on the validation split are kept (AdapterDrop's
-fusion pruning), trained further for --prune-epochs (default 0: used as pruned), evaluated and
-saved."""
+for the target task. The fusion is saved as its own adapter in OUTPUT_DIR/best with its result in
+OUTPUT_DIR/results.json; `adapterkit eval --adapter` on it loads the adapters it fuses as well,
+and refuses one that changed since (the fusion records each one's SHA-256). With --prune K the K
+adapters that receive the most fusion attention on the validation split are kept (AdapterDrop's
+fusion pruning), trained further for --prune-epochs (default 0: used as pruned) and saved as a run
+of its own, OUTPUT_DIR/pruned (best/ and results.json); the unpruned fusion stays in OUTPUT_DIR.
+--store STORE also saves the fusion as STORE/NAME: the pruned one when --prune is given."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("fuse", help="train an AdapterFusion over trained adapters", description=DESCRIPTION)
     parser.add_argument("--adapters", required=True, metavar="A,B,...", help="adapters to fuse: names in --store or folders")
-    parser.add_argument("--store", type=Path, help="adapter store to read adapters from and save the fusion into")
+    parser.add_argument("--store", type=Path, help="adapter store to read adapters from and save the fusion into "
+                        "(the pruned fusion with --prune); a fusion of that name already there is refused unless "
+                        "--replace-in-store")
+    parser.add_argument("--replace-in-store", action="store_true", help="replace STORE/NAME if it exists")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapters)")
     add_data_arguments(parser, training=True)
     parser.add_argument("--name", help="fusion name (default: <task>_fusion)")
@@ -45,21 +50,23 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.batching import Collator, encode_examples, make_loader
-    from ..formats.native import read_adapter_config
     from ..inference.fusion import fusion_attention, prune_fusion
     from ..inference.loading import load_adapters
-    from ..inference.predict import evaluate
-    from ..inference.store import SAVED_EXTRAS, adapter_folder
+    from ..inference.store import adapter_folder, adapter_hashes, check_store_entry, save_to_store
     from ..methods.fusion import FusionConfig
-    from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
+    from ..training import BEST_DIR, Trainer, TrainingConfig, add_task_adapter, format_table
 
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
     if len(folders) < 2:
         raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
+    if args.prune is not None and not 1 <= args.prune < len(folders):
+        raise ValueError(f"--prune K keeps K of the {len(folders)} adapters fused: give 1 <= K < {len(folders)}")
     task = load_training_data(args)
     name = args.name or adapter_name(f"{task.name}_fusion")
+    replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
     model, names, _ = load_adapters(folders, args.model)
     fused = {n: folder.resolve() for n, folder in zip(names, folders)}
+    hashes = adapter_hashes(fused)  # what the fusion is trained over; loading it checks them
     fusion = FusionConfig(adapters=tuple(fused), temperature=args.temperature, regularization=args.regularization)
     add_task_adapter(model, name, fusion, task, pooling=args.pooling, seed=args.seed)
     output = Path(args.output_dir or f"runs/{name}")
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, patience=args.patience or None, output_dir=str(output), progress=not args.quiet,
     )
     result = Trainer(model, name, task, config).train()
+    _save_with_records(model, name, output / BEST_DIR, fused, hashes)
     print(format_table([result]))
 
     collator = Collator(model.tokenizer, task.kind)
@@ -75,21 +83,59 @@ def run(args: argparse.Namespace) -> int:
     validation = make_loader(encode_examples(model.tokenizer, task.validation, length), collator, 64)
     print("\nfusion attention per layer (validation split):")
     print(fusion_attention(model, name, validation).format())
+    print(f"\nfusion over {', '.join(fused)}: {output / BEST_DIR} (result: {output / 'results.json'})")
+    final = output / BEST_DIR
     if args.prune is not None:
         kept, _ = prune_fusion(model, name, validation, keep=args.prune)
-        if args.prune_epochs > 0:  # its own run folder: best/ of the unpruned fusion stays as it was
-            retrain = dataclasses.replace(config, epochs=args.prune_epochs, output_dir=str(output / "pruned"))
-            Trainer(model, name, task, retrain).train()
-        metrics = evaluate(model, task.test, name, max_length=args.max_length)
-        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        pruned = _pruned_run(model, name, task, config, result, args.prune_epochs)
+        final = Path(pruned.output_dir) / BEST_DIR
+        _save_with_records(model, name, final, fused, hashes, pruned_from=list(fused))
+        shown = " ".join(f"{k} {v:.4f}" for k, v in pruned.test_metrics.items())
         retrained = f", trained {args.prune_epochs} more epoch(s)" if args.prune_epochs > 0 else ""
-        print(f"\npruned to {', '.join(kept)}{retrained}: test {shown}")
-    # the trainer saved the best fusion; save it again with (pruning and) where its adapters live
-    best = output / "best"
-    extra = {k: v for k, v in read_adapter_config(best).items() if k in SAVED_EXTRAS}
-    extra["fused_adapters"] = {n: str(f) for n, f in fused.items() if n in model.adapters[name].config.adapters}
-    model.save_adapter(name, best, extra=extra)
-    print(f"\nfusion: {best}")
+        print(f"pruned to {', '.join(kept)}{retrained}: test {shown}")
+        print(f"pruned fusion over {', '.join(kept)}: {final} (result: {Path(pruned.output_dir) / 'results.json'})")
+        print("\n" + format_table([result, pruned]))
     if args.store is not None:
-        print(f"saved in the store: {model.save_adapter(name, args.store / name, extra=extra)}")
+        stored = save_to_store(model, name, args.store, like=final, replace=args.replace_in_store)
+        which = "the pruned fusion" if args.prune is not None else "the fusion"
+        notes = "; ".join(n for n in (f"{which} of {final}", replacing) if n)
+        print(f"\nsaved in the store: {stored} ({notes})")
     return 0
+
+
+def _save_with_records(model, name: str, folder: Path, fused: dict[str, Path], hashes: dict[str, str], **more) -> None:
+    """Save the fusion again over the trainer's ``folder``, adding where the adapters it fuses were
+    loaded from and their digests (only those it fuses now: a pruned fusion fuses fewer)."""
+    from ..formats.native import read_adapter_config
+    from ..inference.store import ADAPTER_HASHES, SAVED_EXTRAS
+
+    extra = {k: v for k, v in read_adapter_config(folder).items() if k in SAVED_EXTRAS}
+    members = model.adapters[name].config.adapters
+    extra["fused_adapters"] = {n: str(fused[n]) for n in members}
+    extra[ADAPTER_HASHES] = {n: hashes[n] for n in members}
+    model.save_adapter(name, folder, extra={**extra, **more})
+
+
+def _pruned_run(model, name: str, task, config, unpruned, epochs: int):
+    """The pruned fusion as a run of its own in ``OUTPUT_DIR/pruned`` (best/ and results.json):
+    trained ``epochs`` more, or (0) as pruned: the unpruned run's record with its own metrics."""
+    from ..formats.native import read_adapter_config
+    from ..inference.predict import evaluate
+    from ..inference.store import SAVED_EXTRAS
+    from ..training import BEST_DIR, RESULTS_FILE, Trainer
+
+    folder = Path(config.output_dir) / "pruned"
+    if epochs > 0:
+        return Trainer(model, name, task, dataclasses.replace(config, epochs=epochs, output_dir=str(folder))).train()
+    measured = {split: evaluate(model, getattr(task, split), name, max_length=config.max_length) for split in ("validation", "test")}
+    saved = read_adapter_config(Path(config.output_dir) / BEST_DIR)  # how the (shared) weights were trained
+    extra = {k: saved[k] for k in SAVED_EXTRAS if k in saved}
+    if "training" in extra:
+        extra["training"] = {**extra["training"], "validation": measured["validation"]}
+    model.save_adapter(name, folder / BEST_DIR, extra=extra)
+    result = dataclasses.replace(
+        unpruned, test_metrics=measured["test"], validation_metrics=measured["validation"], output_dir=str(folder),
+        method_config=model.adapters[name].config.to_dict(),
+    )
+    result.save(folder / RESULTS_FILE)
+    return result

@@ -58,7 +58,10 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     parser.add_argument("--store", help="also save the best adapter as STORE/<name>, an adapter store that "
-                        "`fuse` and `predict --adapters` read; earlier adapters there are left as they are")
+                        "`fuse` and `predict --adapters` read; an adapter of that name already there is refused "
+                        "(checked before training) unless --replace-in-store")
+    parser.add_argument("--replace-in-store", action="store_true",
+                        help="replace STORE/<name> if it exists (fusions over it then refuse to load until retrained)")
     parser.add_argument("--robust-adapter-drop", action="store_true",
                         help="skip the adapters of a random number of lower layers in each batch (AdapterDrop), "
                         "so the adapter works with any number of lower layers dropped at inference")
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model
     from ..inference.loading import STACKED_UNDER, load_under
-    from ..inference.store import save_to_store
+    from ..inference.store import ADAPTER_HASHES, adapter_hashes, check_store_entry, save_to_store
     from ..model import AdapterModel
     from ..registry import make_config
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
     name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else folder_task_name(args.train_dir)))
+    replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -151,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     recorded = {}  # like a fusion: where the adapters it reads (runs above) were loaded from
     if knowledge:
         recorded["knowledge_adapters"] = {n: str(f) for n, f in knowledge.items()}
+        recorded[ADAPTER_HASHES] = adapter_hashes(knowledge)
     if under:
         recorded[STACKED_UNDER] = {n: str(f.resolve()) for n, f in zip(under, args.stack_under)}
     if recorded:
@@ -159,5 +164,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([result]))
     print(f"\nbest adapter (epoch {result.best_epoch} of {result.epochs_run}): {best}")
     if args.store:
-        print(f"saved in the store: {save_to_store(model, name, args.store, like=f'{config.output_dir}/best')}")
+        stored = save_to_store(model, name, args.store, like=f"{config.output_dir}/best", replace=args.replace_in_store)
+        print(f"saved in the store: {stored}" + (f" ({replacing})" if replacing else ""))
     return 0

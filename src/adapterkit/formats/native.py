@@ -12,6 +12,7 @@ This module reads and writes folders only; it knows no model (``AdapterModel.sav
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,12 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
 def read_adapter_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a saved adapter, by key (safetensors: no code runs while loading)."""
     return load_file(str(Path(directory) / WEIGHTS_FILE))
+
+
+def count_saved_values(directory: str | Path) -> int:
+    """How many values a saved adapter's weights file holds (parameters and persistent buffers,
+    head included), read from the safetensors header without loading the tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="pt") as weights:
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())

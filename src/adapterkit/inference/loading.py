@@ -40,14 +40,20 @@ def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[Ad
 
     Plain adapters load first, so a fusion (a ``k_task``) finds the adapters it fuses (the
     knowledge adapters it reads) already there; one whose adapters are not among ``folders`` loads
-    them from where it recorded them.
+    them from where it recorded them. Either way the adapters a fusion reads are checked against
+    the digests it recorded (``store.py``).
+
+    Raises:
+        ChangedAdapter: an adapter a fusion reads is not the one it was trained over.
     """
     metas = [read_adapter_config(folder) for folder in folders]
     loaded = base_model_for(metas, folders, model)
+    loaded_from: dict[str, Path] = {}
     for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] in READS_ADAPTERS):
-        load_fused_adapters(loaded, folder, meta)
+        load_fused_adapters(loaded, folder, meta, loaded_from)
         if meta["name"] not in loaded.adapters:
             loaded.load_adapter(folder, activate=False)
+            loaded_from[meta["name"]] = Path(folder)
     return loaded, [meta["name"] for meta in metas], metas
 
 

@@ -10,7 +10,9 @@ that is neither pinned nor needed by the pass about to run.
 (the names a model accepts), so ``../x`` and ``/etc`` are refused before any file is touched; the
 folder's real path (symlinks resolved) must lie inside the store's real path, so a symlink that
 points out of the store is refused too. **Base model.** Each adapter's recorded base-model
-fingerprint is checked before loading; an adapter trained on another base is refused.
+fingerprint is checked before loading; an adapter trained on another base is refused. **Fused
+adapters.** A fusion that records the digests of the adapters it fuses is refused when one of
+them in the store differs (replaced or retrained since, ``inference/store.py``).
 
 Not thread-safe on its own: the engine calls :meth:`ensure`, :meth:`unload` and the pass that
 follows under one lock (``lock``), so no adapter changes while a pass runs.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..formats.native import CONFIG_FILE, read_adapter_config
+from ..inference.store import ChangedAdapter, check_read_adapter
 from .errors import CapacityError, IncompatibleAdapter, RefusedAdapter, UnknownAdapter
 
 if TYPE_CHECKING:
@@ -222,6 +225,12 @@ class AdapterRegistry:
             self.model.check_base(meta["base_model"], folder)
         except ValueError as error:
             raise IncompatibleAdapter(f"adapter {name!r} is refused: {error}") from error
+        if meta.get("config", {}).get("method") == "fusion":
+            try:
+                for fused in meta["config"].get("adapters", ()):
+                    check_read_adapter(folder, meta, fused, self.folder(fused))
+            except ChangedAdapter as error:
+                raise IncompatibleAdapter(f"adapter {name!r} is refused: {error}") from error
         try:
             self.model.load_adapter(folder, name=name, activate=False)
         except (ValueError, KeyError, OSError) as error:

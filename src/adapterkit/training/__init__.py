@@ -20,7 +20,8 @@ from .checkpoint import BEST_DIR, CHECKPOINT_DIR, RESULTS_FILE, Progress, restor
 from .config import TrainingConfig, default_learning_rate
 from .memory import PeakMemory
 from .multitask import mixture_batches, train_multitask
-from .report import format_table, plot_results
+from .report import format_table
+from .report_plot import plot_results
 from .result import TrainingResult
 from .setup import add_task_adapter, default_pooling, task_head
 from .trainer import Trainer

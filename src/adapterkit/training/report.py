@@ -1,20 +1,24 @@
-"""Comparing runs: a table of results and a plot of accuracy against trainable parameters.
+"""Comparing runs: a table of results, as text, CSV or JSON records.
 
-The question every parameter-efficient method answers is "how much quality for how few trained
-parameters", so the plot puts the test score against the trained share of the base model on a
-log axis (shares span 0.01 % for BitFit to 100 % for full fine-tuning). The figure is drawn with
-matplotlib's object API (``Figure`` + ``savefig``), never ``pyplot``: no global state, no
-display backend needed on a headless machine.
+One row per run: the method, the task, the test metrics, the parameters trained and saved (a
+folded prefix saves far fewer than it trains), time and memory, and the run (its folder's name),
+so that two runs that read the same (seeds, settings) can still be told apart. The plot of the
+same runs is ``report_plot.py``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .result import TrainingResult
 
-_COLUMNS = ("method", "task", "test", "trainable params", "share", "saved params", "train time", "peak memory")
+_COLUMNS = ("method", "task", "test", "trainable params", "share", "saved params", "train time", "peak memory", "run")
+FORMATS = ("table", "csv", "json")
 
 
 def format_bytes(count: int) -> str:
@@ -43,7 +47,12 @@ def run_label(result: TrainingResult) -> str:
     return result.method if result.adapter in (result.method, result.task) else f"{result.method} ({result.adapter})"
 
 
-def _row(result: TrainingResult) -> list[str]:
+def default_run_names(results: Sequence[TrainingResult]) -> list[str]:
+    """The folder names of the runs' recorded output folders ("-" where none was kept)."""
+    return [Path(r.output_dir).name if r.output_dir else "-" for r in results]
+
+
+def _row(result: TrainingResult, run: str) -> list[str]:
     test = ", ".join(f"{name} {value:.4f}" for name, value in result.test_metrics.items())
     return [
         run_label(result),
@@ -54,14 +63,16 @@ def _row(result: TrainingResult) -> list[str]:
         format_count(result.trainable_params if result.saved_params is None else result.saved_params),
         format_seconds(result.train_time_s),
         format_bytes(result.peak_memory_bytes),
+        run,
     ]
 
 
-def format_table(results: Sequence[TrainingResult], style: str = "markdown") -> str:
-    """Results as a ``markdown`` (pipe) table or a ``plain`` aligned-columns table."""
+def format_table(results: Sequence[TrainingResult], style: str = "markdown", runs: Sequence[str] | None = None) -> str:
+    """Results as a ``markdown`` (pipe) table or a ``plain`` aligned-columns table; ``runs`` names
+    each run (default: :func:`default_run_names`)."""
     if style not in ("markdown", "plain"):
         raise ValueError(f"table style must be 'markdown' or 'plain', got {style!r}")
-    rows = [list(_COLUMNS)] + [_row(r) for r in results]
+    rows = [list(_COLUMNS)] + [_row(r, n) for r, n in zip(results, runs or default_run_names(results))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = []
     for index, row in enumerate(rows):
@@ -75,34 +86,37 @@ def format_table(results: Sequence[TrainingResult], style: str = "markdown") -> 
     return "\n".join(lines)
 
 
-def plot_results(results: Sequence[TrainingResult], path: str | Path, title: str | None = None) -> Path:
-    """Save a PNG of each run's main test metric against its trainable share (log x axis), one
-    panel per task, each run labelled as in the table and coloured by label across panels."""
-    from matplotlib.figure import Figure
+def result_records(results: Sequence[TrainingResult], runs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One flat record per run, for CSV and JSON: names, each test metric as ``test_<metric>``,
+    raw counts and shares (fractions), seconds and bytes, and the majority-class accuracy."""
+    records = []
+    for result, run in zip(results, runs or default_run_names(results)):
+        records.append({
+            "run": run, "method": result.method, "adapter": result.adapter, "task": result.task, "kind": result.kind,
+            "main_metric": result.main_metric,
+            **{f"test_{name}": value for name, value in result.test_metrics.items()},
+            "trainable_params": result.trainable_params, "trainable_share": result.trainable_share,
+            "saved_params": result.saved_params, "saved_share": result.saved_share, "base_params": result.base_params,
+            "train_time_s": result.train_time_s, "peak_memory_bytes": result.peak_memory_bytes,
+            "majority_accuracy": result.majority_accuracy, "output_dir": result.output_dir,
+        })  # fmt: skip
+    return records
 
-    if not results:
-        raise ValueError("no results to plot")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tasks = list(dict.fromkeys(r.task for r in results))
-    labels = list(dict.fromkeys(run_label(r) for r in results))
-    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
-    figure = Figure(figsize=(5.6 * len(tasks), 4.4), dpi=120, layout="constrained")
-    panels = figure.subplots(1, len(tasks), sharex=True, squeeze=False)[0]
-    for axes, task in zip(panels, tasks):
-        runs = [r for r in results if r.task == task]
-        metric = runs[0].main_metric
-        for result in runs:
-            share = max(100 * result.trainable_share, 1e-6)
-            score = result.test_metrics.get(result.main_metric, float("nan"))
-            axes.scatter(share, score, s=40, color=colours[run_label(result)])
-            axes.annotate(run_label(result), (share, score), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        axes.set_xscale("log")
-        axes.margins(x=0.15)  # room for the labels of the rightmost points
-        axes.set_xlabel("trainable parameters (% of the base model, log scale)")
-        axes.set_ylabel(f"test {metric}")
-        axes.set_title(task)
-        axes.grid(True, which="both", alpha=0.3)
-    figure.suptitle(title or "quality vs trained parameters")
-    figure.savefig(path)
-    return path
+
+def format_records(records: Sequence[dict[str, Any]], format: str) -> str:
+    """``records`` as ``csv`` (columns in order of first appearance; blank where a run has no such
+    value) or ``json`` (a list of objects).
+
+    Raises:
+        ValueError: another format.
+    """
+    if format == "json":
+        return json.dumps(list(records), indent=2)
+    if format != "csv":
+        raise ValueError(f"records are written as csv or json, not {format!r}")
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return stream.getvalue().rstrip("\n")

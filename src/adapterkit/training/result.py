@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
+from ..data.task import CLASSIFICATION, TaskData
 from ..inference.metrics import MAIN_METRIC
 
 
@@ -27,6 +29,8 @@ class TrainingResult:
         saved_params: parameters of the saved best adapter (head included); fewer than
             ``trainable_params`` when a training-only reparameterisation was folded away (a
             prefix's MLP). None in results written before this field existed.
+        majority_accuracy: the test accuracy of always answering the test split's most frequent
+            label (the floor a classifier must beat); None for other kinds and older results.
         base_params: parameters of the base model.
         train_time_s: wall-clock time of the training epochs, summed over resumed sessions
             (validation included; checkpoint writing and the test evaluation not).
@@ -56,6 +60,7 @@ class TrainingResult:
     stopped_early: bool
     learning_rate: float
     saved_params: int | None = None
+    majority_accuracy: float | None = None
     output_dir: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
@@ -67,6 +72,12 @@ class TrainingResult:
         return self.trainable_params / self.base_params if self.base_params else 0.0
 
     @property
+    def saved_share(self) -> float:
+        """Saved parameters (trained ones where not recorded) as a fraction of the base model's."""
+        saved = self.trainable_params if self.saved_params is None else self.saved_params
+        return saved / self.base_params if self.base_params else 0.0
+
+    @property
     def main_metric(self) -> str:
         return MAIN_METRIC[self.kind]
 
@@ -75,7 +86,7 @@ class TrainingResult:
         return self.test_metrics[self.main_metric]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "trainable_share": self.trainable_share}
+        return {**dataclasses.asdict(self), "trainable_share": self.trainable_share, "saved_share": self.saved_share}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingResult:
@@ -96,3 +107,11 @@ class TrainingResult:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is this the output folder of a finished training run?")
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def majority_accuracy(task: TaskData) -> float | None:
+    """The accuracy of always answering the most frequent label of ``task``'s test split (for a
+    classification task with a test split; else None)."""
+    if task.kind != CLASSIFICATION or not task.test:
+        return None
+    return max(Counter(example.label for example in task.test).values()) / len(task.test)

@@ -62,7 +62,7 @@ from .checkpoint import (
 )
 from .config import TrainingConfig
 from .memory import PeakMemory
-from .result import TrainingResult
+from .result import TrainingResult, majority_accuracy
 
 if TYPE_CHECKING:
     from ..model import AdapterModel
@@ -372,6 +372,7 @@ class Trainer:
             validation_metrics=_best_validation(progress),
             trainable_params=trained,
             saved_params=saved,
+            majority_accuracy=majority_accuracy(self.task),
             base_params=base,
             train_time_s=progress.train_time_s,
             peak_memory_bytes=progress.peak_memory_bytes,
