@@ -30,6 +30,8 @@ def register(subparsers) -> None:
                         "--option reduction_factor=8 --option layers=[4,5]")
     add_data_arguments(parser, training=True)
     parser.add_argument("--name", help="adapter name (default: the task name)")
+    parser.add_argument("--chat-template", action="store_true", help="instruction files: write prompts with the "
+                        "tokenizer's chat template (default: ### Instruction: ... ### Response:), recorded with the adapter")
     parser.add_argument("--knowledge", action="append", type=Path, metavar="DIR",
                         help="a saved knowledge adapter (k_adapter) to load first, for --method k_task (repeatable); "
                         "the head reads them in this order unless --option adapters=[...] names them")
