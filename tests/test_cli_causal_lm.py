@@ -22,6 +22,7 @@ from adapterkit.data.lm_files import load_lm_files
 from adapterkit.data.prompts import CHAT_TEMPLATE, SIMPLE, instruction_prompt_ids
 from adapterkit.heads import HeadConfig
 from adapterkit.inference.generating import respond
+from adapterkit.inference.perplexity import perplexity
 
 LM = HeadConfig(kind="causal_lm", num_labels=1)
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -157,6 +158,18 @@ def test_training_on_instruction_rows_reports_perplexity_and_records_the_prompt_
     assert meta["task"]["kind"] == "instruction" and meta["task"]["prompt_format"] == "simple"
 
 
+def test_eval_reports_the_response_perplexity_of_a_test_file(trained, decoder_dir, tmp_path):
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Repeat 5", "completion": "ok 5"}, {"prompt": "Repeat 6", "completion": "ok 6"}])
+    code, out, err = run_cli("eval", "--adapter", str(trained / "best"), "--test-file", str(test), "--json")
+    assert code == 0, err
+    model = AdapterModel.from_pretrained(str(decoder_dir))
+    name = model.load_adapter(trained / "best")
+    examples = load_lm_files(test, test, test).test
+    expected = perplexity(model, examples, "instruction", name, max_length=48, prompt_format=SIMPLE)
+    assert json.loads(out) == pytest.approx(expected)
+    assert expected["tokens"] == 2 * (len("ok 5") + 1)  # the response bytes and EOS, twice: the prompts score nothing
+
+
 def greedy(model: AdapterModel, adapter: str | None, prompt: str, new: int) -> str:
     """The response by hand: the simple prompt written out, greedy decoding, the new tokens decoded."""
     tokenizer = model.tokenizer
@@ -192,7 +205,7 @@ def test_generate_prints_the_response_in_the_trained_prompt_format(trained, deco
     assert code == 0 and out.splitlines()[0] == lines[0] and len(out.splitlines()) == 2
 
 
-def test_generate_samples_with_a_seed_and_refuses_bad_requests(trained, tmp_path):
+def test_generate_samples_with_a_seed_and_refuses_bad_requests(trained, decoder_dir, tmp_path):
     best = str(trained / "best")
     sample = ("generate", "--adapter", best, "--prompt", "Repeat 1", "--max-new-tokens", "8", "--temperature", "5")
     runs = [run_cli(*sample, "--seed", seed) for seed in ("1", "1", "2", "3")]
@@ -207,9 +220,32 @@ def test_generate_samples_with_a_seed_and_refuses_bad_requests(trained, tmp_path
         (("--adapter", best, "--prompt", " "), "--prompt 1: empty text"),
         (("--adapter", best, "--input", str(write_jsonl(tmp_path / "q.jsonl", [{"question": "x"}]))), "not a prompt"),
         (("--adapter", best, "--input", str(tmp_path / "missing.txt")), "file not found"),
+        (("--adapter", str(saved_adapter(decoder_dir, tmp_path / "clf", "lora", HeadConfig(num_labels=2))), "--prompt", "x"),
+         "is not a causal-LM adapter trained on instruction or text files (its head: classification)"),
     ):
         code, out, err = run_cli("generate", *argv)
         assert code == 2 and out == "" and message in err and one_error(err, "generate"), err
+
+
+def test_a_text_adapter_trains_on_given_splits_and_generate_continues_the_text(decoder_dir, tmp_path):
+    splits = {split: write_jsonl(tmp_path / f"{split}.jsonl", [{"text": f"{split} line {i}"} for i in range(n)])
+              for split, n in (("notes", 12), ("held", 3), ("final", 2))}
+    output = tmp_path / "run"
+    code, _, err = run_cli("train", "--model", str(decoder_dir), "--train-file", str(splits["notes"]), "--validation-file",
+                           str(splits["held"]), "--test-file", str(splits["final"]), "--method", "lora", "--epochs", "1",
+                           "--batch-size", "4", "--max-length", "32", "--output-dir", str(output), "--quiet")
+    assert code == 0, err
+    results = json.loads((output / "results.json").read_text())
+    assert results["kind"] == "language_model" and results["test_metrics"]["tokens"] == 2 * len("final line 0")
+    code, out, err = run_cli("generate", "--adapter", str(output / "best"), "--prompt", "notes line", "--max-new-tokens", "5")
+    assert code == 0, err
+    model = AdapterModel.from_pretrained(str(decoder_dir))
+    name = model.load_adapter(output / "best")
+    ids = torch.tensor([[model.tokenizer.bos_token_id, *model.tokenizer("notes line", add_special_tokens=False)["input_ids"]]])
+    with model.using(name):
+        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapters=name, max_new_tokens=5, do_sample=False,
+                             eos_token_id=model.tokenizer.eos_token_id, pad_token_id=model.tokenizer.pad_token_id)[0, ids.shape[1]:]
+    assert out == model.tokenizer.decode(new, skip_special_tokens=True).strip() + "\n"
 
 
 def test_predict_answers_instruction_prompts_one_line_each(trained, decoder_dir, tmp_path):

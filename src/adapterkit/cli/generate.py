@@ -70,7 +70,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def sampling(args: argparse.Namespace) -> dict:
-    """``generate`` options: greedy, or sampling with the given temperature / top-p (seeded).
+    """``generate`` options: greedy, or sampling with the given temperature / top-p.
 
     Raises:
         ValueError: a temperature <= 0 or a top-p outside (0, 1].
@@ -81,9 +81,6 @@ def sampling(args: argparse.Namespace) -> dict:
         raise ValueError(f"--temperature must be > 0 (leave it out for greedy decoding), got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-    from transformers import set_seed
-
-    set_seed(args.seed)
     return {"do_sample": True, "temperature": args.temperature or 1.0, "top_p": args.top_p or 1.0}
 
 
@@ -122,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     options = sampling(args)
     model, name, recorded, trained_length = load(args)
     prompt_format = args.prompt_format or recorded
+    if options["do_sample"]:
+        from transformers import set_seed
+
+        set_seed(args.seed)  # after loading, which may draw random numbers
     responses = respond(model, messages, name, prompt_format, max_length=args.max_length or trained_length or 128,
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, **options)
     if args.prompt and len(responses) == 1:

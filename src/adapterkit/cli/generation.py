@@ -2,6 +2,8 @@
 
 ``eval`` on a translation task reports the test split's BLEU and chrF (sacrebleu, generated
 translations) and the targets' perplexity; on a language-modelling task the held-out perplexity.
+An instruction or text adapter (trained on files, ``data/lm_files.py``) is evaluated on a file of
+the same rows (``--test-file``): the perplexity of the responses (of the texts).
 ``predict`` translates each input line (greedy, or beam search with ``--num-beams``), answers it
 (an instruction adapter's response, its line breaks made spaces), or, for a language-modelling
 adapter, continues it. ``adapterkit generate`` (``generate.py``) is the command made for the last two.
@@ -13,7 +15,7 @@ import argparse
 from typing import Any
 
 from ..data.prompts import SIMPLE
-from ..data.task import INSTRUCTION, TRANSLATION
+from ..data.task import INSTRUCTION, LANGUAGE_MODEL, TRANSLATION
 
 #: What the eval and predict commands add for causal-LM adapters.
 OPTIONS = (
@@ -45,6 +47,8 @@ def evaluate_generation(model, name: str, meta: dict[str, Any], args: argparse.N
     from ..inference.perplexity import perplexity
     from ..inference.translation import evaluate_translation
 
+    if not args.task and args.test_file and meta.get("task", {}).get("kind") in (INSTRUCTION, LANGUAGE_MODEL):
+        return evaluate_file(model, name, meta, args)
     if not args.task:
         raise ValueError(f"{args.adapter} is a causal-LM adapter: evaluate it on a bundled task with --task (e.g. django_de)")
     seed = args.seed if args.seed is not None else meta.get("training", {}).get("seed", 0)
@@ -59,6 +63,19 @@ def evaluate_generation(model, name: str, meta: dict[str, Any], args: argparse.N
             num_beams=args.num_beams, batch_size=args.batch_size,
         ))
     return metrics
+
+
+def evaluate_file(model, name: str, meta: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
+    """The perplexity of an instruction adapter's responses (of a text adapter's texts) in
+    ``--test-file``, read whole (``data/lm_files.py``), prompts in the recorded format."""
+    from ..data.lm_files import read_lm_file
+    from ..inference.perplexity import perplexity
+
+    task = meta["task"]
+    _, examples = read_lm_file(args.test_file, task["kind"])
+    max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
+    return perplexity(model, examples[: args.max_examples] if args.max_examples else examples, task["kind"], name,
+                      max_length=max_length, batch_size=args.batch_size, prompt_format=task.get("prompt_format"))
 
 
 def predict_generation(model, name: str, meta: dict[str, Any], texts: list[tuple[str, ...]], args: argparse.Namespace) -> list[str]:

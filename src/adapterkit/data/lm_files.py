@@ -68,8 +68,13 @@ def _form_of(columns: list[str]) -> str | None:
     return None
 
 
-def _read(path: Path, kind: str | None) -> tuple[str, list[Example]]:
-    """(task kind, examples) of a file whose rows all have one form (of ``kind`` when given)."""
+def read_lm_file(path: Path, kind: str | None) -> tuple[str, list[Example]]:
+    """(task kind, examples) of a file whose rows all have one form (of task kind ``kind`` when
+    given: ``instruction`` or ``language_model``).
+
+    Raises:
+        ValueError: a missing or empty file, or a row of other columns or with an empty text.
+    """
     first: tuple[str, Row] | None = None
     examples = []
     for row in _read_rows(path):
@@ -139,13 +144,13 @@ def load_lm_files(
     if kind is not None and kind not in FILE_KINDS:
         raise ValueError(f"kind must be None or one of {', '.join(FILE_KINDS)}, got {kind!r}")
     train_path = Path(train_file)
-    task_kind, examples = _read(train_path, FILE_KINDS.get(kind))
+    task_kind, examples = read_lm_file(train_path, FILE_KINDS.get(kind))
     fractions = (_HELD_OUT if validation_file is None else 0.0, _HELD_OUT if test_file is None else 0.0)
     train, validation, test = split_examples(examples, fractions, seed, stratify=False)
     if validation_file is not None:
-        validation = _read(Path(validation_file), task_kind)[1]
+        validation = read_lm_file(Path(validation_file), task_kind)[1]
     if test_file is not None:
-        test = _read(Path(test_file), task_kind)[1]
+        test = read_lm_file(Path(test_file), task_kind)[1]
     for split, held in (("validation", validation), ("test", test)):
         if not held:
             raise ValueError(

@@ -65,7 +65,7 @@ def _around(tokenizer: Any, prompt_format: str) -> tuple[str, str]:
 
 def instruction_prompt_ids(tokenizer: Any, message: str, prompt_format: str, max_tokens: int) -> list[int]:
     """Token ids of the prompt for ``message`` in ``prompt_format`` (``simple``, ``chat_template``
-    or ``text``), the message cut to ``max_tokens`` tokens.
+    or ``text``), the message cut to its first ``max_tokens`` tokens (a text to continue: its last).
 
     Raises:
         ValueError: an unknown format, or ``chat_template`` with a tokenizer that has none.
@@ -77,4 +77,6 @@ def instruction_prompt_ids(tokenizer: Any, message: str, prompt_format: str, max
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    return start + ids(before) + ids(message)[:max_tokens] + ids(after)
+    message_ids = ids(message)
+    kept = message_ids[-max_tokens:] if prompt_format == TEXT else message_ids[:max_tokens]  # a text goes on from its end
+    return start + ids(before) + kept + ids(after)
