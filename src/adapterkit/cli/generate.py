@@ -17,7 +17,7 @@ written in the format the adapter was trained with (recorded in the adapter: sim
 ... ### Response:`, or the tokenizer's chat template; a text adapter continues the text); --prompt-format
 overrides it (default without an adapter: simple). Decoding is greedy unless --temperature or --top-p
 asks for sampling (seeded by --seed); --num-beams searches beams. Prints the response only: one
---prompt as generated, several one per line (line breaks inside a response written as \\n)."""
+--prompt as generated, several one per line (line breaks inside a response written as \\n, backslashes doubled)."""
 
 
 def register(subparsers) -> None:
@@ -88,15 +88,13 @@ def load(args: argparse.Namespace):
     """(model, adapter name or None, recorded prompt format, recorded max length).
 
     Raises:
-        ValueError: neither --adapter nor --model, or an adapter that does not generate responses.
+        ValueError: an adapter that does not generate responses (a translation or classification one).
     """
     from ..data.task import INSTRUCTION, LANGUAGE_MODEL, TRANSLATION
     from ..inference.loading import load_adapters
     from ..model import AdapterModel
 
     if args.adapter is None:
-        if not args.model:
-            raise ValueError("name a causal-LM adapter with --adapter DIR, or a base model with --model")
         return AdapterModel.from_pretrained(args.model), None, SIMPLE, None
     model, (name,), (meta,) = load_adapters([args.adapter], args.model)
     head = model.heads[name].config.kind if name in model.heads else None
@@ -115,6 +113,8 @@ def load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..inference.generating import respond
 
+    if args.adapter is None and not args.model:  # before waiting on stdin
+        raise ValueError("name a causal-LM adapter with --adapter DIR, or a base model with --model")
     messages = read_prompts(args)  # before loading the model: a bad input fails fast
     options = sampling(args)
     model, name, recorded, trained_length = load(args)
