@@ -147,6 +147,9 @@ def test_the_cli_refuses_bad_files_in_one_line(decoder_dir, tmp_path):
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"t {i}"} for i in range(20)])
     code, _, err = run_cli("train", "--model", str(decoder_dir), "--train-file", str(texts), "--method", "lora", "--chat-template")
     assert code == 2 and "--chat-template writes instruction prompts" in err
+    code, _, err = run_cli("train", "--model", str(decoder_dir), "--train-file", str(texts), "--method", "lora", "--kind", "text",
+                           "--text-column", "text")
+    assert code == 2 and "causal-LM files have fixed columns" in err
 
 
 # ---------------------------------------------------------------- train and generate
@@ -190,6 +193,7 @@ def test_generate_prints_the_response_in_the_trained_prompt_format(trained, deco
     expected = greedy(model, name, "Repeat 3", 6)
     assert out == expected + "\n"
     base = greedy(model, None, "Repeat 3", 6)
+    assert base != expected  # the adapter changes the answer
     code, out, err = run_cli("generate", "--model", str(decoder_dir), "--prompt", "Repeat 3", "--max-new-tokens", "6")
     assert code == 0, err
     assert out == base + "\n"
@@ -290,6 +294,7 @@ def test_a_merged_export_loads_with_plain_transformers_and_gives_the_adapter_log
     assert (adapted[mask] - merged[mask]).abs().max() < 1e-5
     assert (adapted[mask] - base[mask]).abs().max() > 1e-3  # the adapter changes the outputs
     assert not any("lora" in key or "ia3" in key for key in plain.state_dict())
+    assert plain.config.adapterkit_merged == {"adapter": "a", "method": method, "prompt_format": None}
 
 
 def test_merged_export_refuses_what_a_plain_folder_cannot_hold(decoder_dir, tmp_path):
@@ -301,3 +306,16 @@ def test_merged_export_refuses_what_a_plain_folder_cannot_hold(decoder_dir, tmp_
     code, out, err = run_cli("convert", str(classifier), str(tmp_path / "out"), "--to", "merged")
     assert code == 2 and "has a classification head, which a plain transformers folder cannot hold" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_merged_instruction_adapter_answers_as_the_adapter_does(trained, tmp_path):
+    out = tmp_path / "merged"
+    code, _, err = run_cli("convert", str(trained / "best"), str(out), "--to", "merged")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["adapterkit_merged"]["prompt_format"] == "simple"
+    ask = ("--prompt", "Repeat 2", "--max-new-tokens", "6")
+    code, adapted, err = run_cli("generate", "--adapter", str(trained / "best"), *ask)
+    assert code == 0, err
+    code, merged, err = run_cli("generate", "--model", str(out), *ask)  # the simple format by default
+    assert code == 0, err
+    assert merged == adapted

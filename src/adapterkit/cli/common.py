@@ -115,9 +115,12 @@ def load_lm_training_files(args: argparse.Namespace) -> TaskData:
     """The causal-LM task of the train files, its prompts in the chat template with ``--chat-template``.
 
     Raises:
-        ValueError: ``--chat-template`` with plain texts (no prompts to write), and whatever
+        ValueError: ``--text-column``, ``--chat-template`` with plain texts (no prompts to write), and whatever
             ``load_lm_files`` refuses.
     """
+    if args.text_column:
+        raise ValueError("--text-column names the columns of labelled files; causal-LM files have fixed columns "
+                         "(instruction and response, prompt and completion, or text)")
     chat = getattr(args, "chat_template", False)
     task = load_lm_files(args.train_file, args.validation_file, args.test_file, kind=args.kind,
                          prompt_format=CHAT_TEMPLATE if chat else SIMPLE, seed=args.seed)

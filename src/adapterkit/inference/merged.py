@@ -3,7 +3,9 @@
 The adapter folder (adapterkit's, or a peer's that converts: ``convert.load_source``) is loaded
 into its base model, merged into the base weights for good (``AdapterModel.merge_and_unload``:
 LoRA, IA3 and the other methods with the ``merge`` capability) and the base is saved with
-``save_pretrained`` (safetensors, the dtype it was loaded in: float32), its tokenizer beside it.
+``save_pretrained`` (safetensors, the dtype it was loaded in: float32), its tokenizer beside it;
+``config.json`` records the adapter, its method and the prompt format it was trained with under
+``adapterkit_merged``.
 ``AutoModelForCausalLM.from_pretrained(folder)`` then computes what adapterkit computes with the
 adapter (a decoder; an encoder's folder loads with ``AutoModel``).
 
@@ -68,7 +70,10 @@ def export_merged(source: str | Path, target: str | Path, model: str | None = No
     under = read_adapter_config(source).get(STACKED_UNDER) if found == ADAPTERKIT else None
     if under:
         raise ValueError(f"{source}: adapter {name!r} was trained stacked on {', '.join(under)}; merging it alone would drop them")
+    task = read_adapter_config(source).get("task", {}) if found == ADAPTERKIT else {}
     base.merge_and_unload(name)
+    # provenance in config.json (transformers keeps unknown keys): what was merged, how its prompts were written
+    base.base.config.adapterkit_merged = {"adapter": name, "method": method, "prompt_format": task.get("prompt_format")}
     with atomic_directory(target) as folder:
         base.base.save_pretrained(folder)
         if base.tokenizer is not None:
