@@ -1,4 +1,4 @@
-"""The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``convert``, ``serve``, ``methods``, ``tasks``, ``report``.
+"""The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``generate``, ``convert``, ``serve``, ``methods``, ``tasks``, ``report``.
 
 Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. Mistakes a user
 can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
-from . import convert, evaluate, fuse, methods, predict, report, serve, tasks, train
+from . import convert, evaluate, fuse, generate, methods, predict, report, serve, tasks, train
 
-_SUBCOMMANDS = (train, fuse, evaluate, predict, convert, serve, methods, tasks, report)
+_SUBCOMMANDS = (train, fuse, evaluate, predict, generate, convert, serve, methods, tasks, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import TaskData, load_files, load_task
+from ..data.lm_files import FILE_KINDS, is_lm_file, load_lm_files
+from ..data.prompts import CHAT_TEMPLATE, SIMPLE
 from ..data.task import CLASSIFICATION, KINDS, Example
 
 
@@ -53,7 +55,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
                         help="text column of the files; give it twice for pair tasks (default: text)")
     parser.add_argument("--label-column", default="label", metavar="COLUMN", help="label column of the files (default: label)")
     if training:
-        parser.add_argument("--kind", choices=KINDS, help="task kind of the files (default: inferred from the labels)")
+        parser.add_argument("--kind", choices=KINDS + tuple(FILE_KINDS),
+                            help="task kind of the files (default: inferred from the columns and labels); instruction "
+                            "(instruction/response rows) and text (text rows) fine-tune a causal LM")
     parser.add_argument("--max-examples", type=int, metavar="N", help="use at most N examples of each split")
 
 
@@ -84,6 +88,8 @@ def load_training_data(args: argparse.Namespace) -> TaskData:
 
         task = load_image_folders(args.train_dir, args.validation_dir, args.test_dir, seed=args.seed)
         return cap(task, args.max_examples)
+    if is_lm_data(args):
+        return cap(load_lm_training_files(args), args.max_examples)
     task = load_files(
         args.train_file,
         args.validation_file,
@@ -94,6 +100,33 @@ def load_training_data(args: argparse.Namespace) -> TaskData:
         seed=args.seed,
     )
     return cap(task, args.max_examples)
+
+
+def is_lm_data(args: argparse.Namespace) -> bool:
+    """Whether ``--train-file`` holds causal-LM rows: ``--kind instruction|text``, or, with no
+    ``--kind`` and no ``--text-column``, a first row without the label column whose columns are
+    one of ``data/lm_files.py``'s forms."""
+    if args.kind in FILE_KINDS:
+        return True
+    return args.kind is None and not args.text_column and is_lm_file(args.train_file, args.label_column)
+
+
+def load_lm_training_files(args: argparse.Namespace) -> TaskData:
+    """The causal-LM task of the train files, its prompts in the chat template with ``--chat-template``.
+
+    Raises:
+        ValueError: ``--text-column``, ``--chat-template`` with plain texts (no prompts to write), and whatever
+            ``load_lm_files`` refuses.
+    """
+    if args.text_column:
+        raise ValueError("--text-column names the columns of labelled files; causal-LM files have fixed columns "
+                         "(instruction and response, prompt and completion, or text)")
+    chat = getattr(args, "chat_template", False)
+    task = load_lm_files(args.train_file, args.validation_file, args.test_file, kind=args.kind,
+                         prompt_format=CHAT_TEMPLATE if chat else SIMPLE, seed=args.seed)
+    if chat and task.prompt_format is None:
+        raise ValueError(f"--chat-template writes instruction prompts, but {args.train_file} holds plain texts; drop it")
+    return task
 
 
 def adapter_name(text: str) -> str:

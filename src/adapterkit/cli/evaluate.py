@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         from .generation import evaluate_generation
 
         metrics = evaluate_generation(model, name, meta, args)
-        return _report(metrics, f"{name} on {args.task} ({int(metrics.get('examples', 0)) or 'the'} test examples)", args.json)
+        return _report(metrics, f"{name} on {args.task or args.test_file} ({int(metrics.get('examples', 0)) or 'the'} test examples)", args.json)
     if args.task:
         # the training seed also fixed the split: the same seed keeps training examples out of test
         seed = args.seed if args.seed is not None else meta.get("training", {}).get("seed", 0)

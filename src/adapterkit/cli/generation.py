@@ -2,8 +2,11 @@
 
 ``eval`` on a translation task reports the test split's BLEU and chrF (sacrebleu, generated
 translations) and the targets' perplexity; on a language-modelling task the held-out perplexity.
-``predict`` translates each input line (greedy, or beam search with ``--num-beams``), or, for a
-language-modelling adapter, continues it.
+An instruction or text adapter (trained on files, ``data/lm_files.py``) is evaluated on a file of
+the same rows (``--test-file``): the perplexity of the responses (of the texts).
+``predict`` translates each input line (greedy, or beam search with ``--num-beams``), answers it
+(an instruction adapter's response, its line breaks made spaces), or, for a language-modelling
+adapter, continues it. ``adapterkit generate`` (``generate.py``) is the command made for the last two.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..data.task import TRANSLATION
+from ..data.prompts import SIMPLE
+from ..data.task import INSTRUCTION, LANGUAGE_MODEL, TRANSLATION
 
 #: What the eval and predict commands add for causal-LM adapters.
 OPTIONS = (
@@ -43,6 +47,8 @@ def evaluate_generation(model, name: str, meta: dict[str, Any], args: argparse.N
     from ..inference.perplexity import perplexity
     from ..inference.translation import evaluate_translation
 
+    if not args.task and args.test_file and meta.get("task", {}).get("kind") in (INSTRUCTION, LANGUAGE_MODEL):
+        return evaluate_file(model, name, meta, args)
     if not args.task:
         raise ValueError(f"{args.adapter} is a causal-LM adapter: evaluate it on a bundled task with --task (e.g. django_de)")
     seed = args.seed if args.seed is not None else meta.get("training", {}).get("seed", 0)
@@ -59,12 +65,31 @@ def evaluate_generation(model, name: str, meta: dict[str, Any], args: argparse.N
     return metrics
 
 
+def evaluate_file(model, name: str, meta: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
+    """The perplexity of an instruction adapter's responses (of a text adapter's texts) in
+    ``--test-file``, read whole (``data/lm_files.py``), prompts in the recorded format."""
+    from ..data.lm_files import read_lm_file
+    from ..inference.perplexity import perplexity
+
+    task = meta["task"]
+    _, examples = read_lm_file(args.test_file, task["kind"])
+    max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
+    return perplexity(model, examples[: args.max_examples] if args.max_examples else examples, task["kind"], name,
+                      max_length=max_length, batch_size=args.batch_size, prompt_format=task.get("prompt_format"))
+
+
 def predict_generation(model, name: str, meta: dict[str, Any], texts: list[tuple[str, ...]], args: argparse.Namespace) -> list[str]:
     """``adapterkit predict`` for a causal-LM adapter: a translation into ``--language`` (default:
     the adapter's one target language) per input, or a continuation for a language-modelling one."""
     from ..inference.translation import translate
 
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
+    if meta.get("task", {}).get("kind") == INSTRUCTION:  # the response, on one line
+        from ..inference.generating import respond
+
+        responses = respond(model, [t[0] for t in texts], name, meta["task"].get("prompt_format", SIMPLE), max_length=max_length,
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)
+        return [" ".join(r.split("\n")) for r in responses]
     if meta.get("task", {}).get("kind") != TRANSLATION:
         return continue_texts(model, name, [t[0] for t in texts], max_length, args)
     languages = saved_languages(meta, args.adapter)
@@ -79,19 +104,15 @@ def predict_generation(model, name: str, meta: dict[str, Any], texts: list[tuple
 
 def continue_texts(model, name: str, texts: list[str], max_length: int, args: argparse.Namespace) -> list[str]:
     """Each text's continuation (one line) from a language-modelling adapter."""
-    from ..data.causal_lm import cut_translation, left_padded
+    from ..data.causal_lm import cut_translation
+    from ..inference.generating import generate_texts
 
     tokenizer = model.tokenizer
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    outputs = []
-    for first in range(0, len(texts), args.batch_size):
-        ids = [(start + tokenizer(t, add_special_tokens=False)["input_ids"])[-max_length:] for t in texts[first:first + args.batch_size]]
-        batch = left_padded(tokenizer, ids)
-        generated = model.generate(**batch, adapters=name, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                                   do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        new = generated[:, batch["input_ids"].shape[1]:]
-        outputs += [cut_translation(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return outputs
+    prompts = [(start + tokenizer(t, add_special_tokens=False)["input_ids"])[-max_length:] for t in texts]
+    generated = generate_texts(model, prompts, name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                               num_beams=args.num_beams, do_sample=False)
+    return [cut_translation(t) for t in generated]
 
 
 def route_translations(

@@ -18,7 +18,11 @@ K-Adapter: --method k_adapter pretrains a knowledge adapter (e.g. on --task kfac
 adapters, which stay frozen (--option train_adapters=true retrains copies of them).
 MAD-X: --task mlm_parlspeech_de trains a language adapter with a masked-LM head (BERT masking);
 --stack-under DIR trains the new adapter above saved ones, frozen (Stack(lang, task)); `eval
---stack-under` swaps another language's adapter in."""
+--stack-under` swaps another language's adapter in.
+Causal LMs: a --train-file of {"instruction", "response"} rows (or {"prompt", "completion"}, an
+optional "input" joined to the instruction) trains with the loss on the responses, of {"text"} rows
+as plain language modelling; the best is the lowest validation perplexity. Use the adapter with
+`adapterkit generate`, or merge it with `adapterkit convert DIR OUT --to merged`."""
 
 
 def register(subparsers) -> None:
@@ -30,6 +34,8 @@ def register(subparsers) -> None:
                         "--option reduction_factor=8 --option layers=[4,5]")
     add_data_arguments(parser, training=True)
     parser.add_argument("--name", help="adapter name (default: the task name)")
+    parser.add_argument("--chat-template", action="store_true", help="instruction files: write prompts with the "
+                        "tokenizer's chat template (default: ### Instruction: ... ### Response:), recorded with the adapter")
     parser.add_argument("--knowledge", action="append", type=Path, metavar="DIR",
                         help="a saved knowledge adapter (k_adapter) to load first, for --method k_task (repeatable); "
                         "the head reads them in this order unless --option adapters=[...] names them")

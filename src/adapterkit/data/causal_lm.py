@@ -15,6 +15,10 @@ target language in the prompt lets one adapter serve several languages (``django
 Language modelling: the text, after the tokenizer's BOS token when it has one, with a label on
 every text token (the loss and the perplexity cover all of them).
 
+Instructions: the prompt (``data/prompts.py``: the simple ``### Instruction:`` / ``### Response:``
+format or the tokenizer's chat template), then the response and the EOS token; as for
+translation, only the response and the EOS token carry labels.
+
 The pieces of a prompt are tokenised separately (the few-shot examples and ``English: ``, the
 source, ``\\n<Language>:``) so that only the source is ever truncated; training and generation
 build prompts with the same function, so they see the same ids.
@@ -28,7 +32,8 @@ from typing import Any
 import torch
 
 from .batching import EncodedDataset
-from .task import LANGUAGE_MODEL, TRANSLATION, Example, require_text
+from .prompts import SIMPLE, instruction_prompt_ids
+from .task import GENERATION_KINDS, INSTRUCTION, LANGUAGE_MODEL, TRANSLATION, Example, require_text
 
 IGNORE_INDEX = -100
 #: The source's language, named in every prompt (Django's catalogues translate from English).
@@ -83,23 +88,58 @@ def encode_translation(
         ValueError: a tokenizer without an EOS token, an example that is not a pair, an empty
             text, or a label outside ``languages``.
     """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("translation needs a tokenizer with an end-of-sequence token (tokenizer.eos_token)")
+    _require_eos(tokenizer, "translation")
     features = []
     for index, example in enumerate(examples):
-        if len(example.texts) != 2:
-            raise ValueError(f"examples[{index}]: a translation example has two texts (source, target), got {len(example.texts)}")
-        require_text(example.texts, f"examples[{index}]")
+        _require_pair(example, index, "a translation example has two texts (source, target)")
         if not 0 <= int(example.label) < len(languages):
             raise ValueError(f"examples[{index}]: target language {example.label} is not an index into {list(languages)}")
         source, target = example.texts
         prompt = prompt_ids(tokenizer, source, languages[int(example.label)], max(1, max_length // 2))
-        answer = (_ids(tokenizer, " " + target) + [tokenizer.eos_token_id])[: max(0, max_length - len(prompt))]
-        if not answer:
-            raise ValueError(f"examples[{index}]: max_length {max_length} leaves no room for the target; raise it")
-        ids = prompt + answer
-        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + answer})
+        features.append(_answered(tokenizer, prompt, " " + target, max_length, f"examples[{index}]"))
     return EncodedDataset(features, None)
+
+
+def encode_instructions(tokenizer: Any, examples: Sequence[Example], prompt_format: str, max_length: int) -> EncodedDataset:
+    """Token ids, attention masks and labels (``-100`` on the prompt) of instruction examples:
+    the prompt of ``prompt_format`` (``data/prompts.py``), then the response and the EOS token,
+    which alone carry labels. The instruction gets at most half of ``max_length`` tokens, the
+    response what the prompt leaves.
+
+    Args:
+        examples: texts ``(instruction, response)`` (an input already joined to the instruction).
+
+    Raises:
+        ValueError: a tokenizer without an EOS token (or without a chat template for
+            ``chat_template``), an example that is not a pair, or an empty text.
+    """
+    _require_eos(tokenizer, "instruction tuning")
+    features = []
+    for index, example in enumerate(examples):
+        _require_pair(example, index, "an instruction example has two texts (instruction, response)")
+        prompt = instruction_prompt_ids(tokenizer, example.texts[0], prompt_format, max(1, max_length // 2))
+        features.append(_answered(tokenizer, prompt, example.texts[1], max_length, f"examples[{index}]"))
+    return EncodedDataset(features, None)
+
+
+def _require_eos(tokenizer: Any, what: str) -> None:
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{what} needs a tokenizer with an end-of-sequence token (tokenizer.eos_token)")
+
+
+def _require_pair(example: Example, index: int, what: str) -> None:
+    if len(example.texts) != 2:
+        raise ValueError(f"examples[{index}]: {what}, got {len(example.texts)}")
+    require_text(example.texts, f"examples[{index}]")
+
+
+def _answered(tokenizer: Any, prompt: list[int], answer_text: str, max_length: int, where: str) -> dict[str, list[int]]:
+    """The features of ``prompt`` then ``answer_text`` and EOS, cut to ``max_length``, labels on the answer only."""
+    answer = (_ids(tokenizer, answer_text) + [tokenizer.eos_token_id])[: max(0, max_length - len(prompt))]
+    if not answer:
+        raise ValueError(f"{where}: max_length {max_length} leaves no room for the answer after the prompt; raise it")
+    ids = prompt + answer
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + answer}
 
 
 def encode_language_model(tokenizer: Any, examples: Sequence[Example], max_length: int) -> EncodedDataset:
@@ -120,13 +160,19 @@ def encode_language_model(tokenizer: Any, examples: Sequence[Example], max_lengt
     return EncodedDataset(features, None)
 
 
-def encode_for(kind: str, tokenizer: Any, examples: Sequence[Example], languages: Sequence[str], max_length: int) -> EncodedDataset:
-    """:func:`encode_translation` or :func:`encode_language_model` by task ``kind``."""
+def encode_for(
+    kind: str, tokenizer: Any, examples: Sequence[Example], languages: Sequence[str], max_length: int,
+    prompt_format: str | None = None,
+) -> EncodedDataset:
+    """:func:`encode_translation`, :func:`encode_language_model` or :func:`encode_instructions`
+    (in ``prompt_format``, default ``simple``) by task ``kind``."""
     if kind == TRANSLATION:
         return encode_translation(tokenizer, examples, languages, max_length)
     if kind == LANGUAGE_MODEL:
         return encode_language_model(tokenizer, examples, max_length)
-    raise ValueError(f"{kind!r} is not a causal-LM task kind ({TRANSLATION}, {LANGUAGE_MODEL})")
+    if kind == INSTRUCTION:
+        return encode_instructions(tokenizer, examples, prompt_format or SIMPLE, max_length)
+    raise ValueError(f"{kind!r} is not a causal-LM task kind ({', '.join(GENERATION_KINDS)})")
 
 
 class CausalLMCollator:

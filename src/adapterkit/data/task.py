@@ -19,7 +19,10 @@ KINDS = (CLASSIFICATION, REGRESSION, MASKED_LM)
 #: example is one text whose label (0) is unused.
 TRANSLATION = "translation"
 LANGUAGE_MODEL = "language_model"
-GENERATION_KINDS = (TRANSLATION, LANGUAGE_MODEL)
+#: An instruction example's texts are (instruction, response), its label (0) unused; the loss is on
+#: the response (``data/causal_lm.py``), the prompt written in the task's ``prompt_format``.
+INSTRUCTION = "instruction"
+GENERATION_KINDS = (TRANSLATION, LANGUAGE_MODEL, INSTRUCTION)
 MODALITIES = ("text", "image")
 
 #: How many labels :meth:`TaskData.describe` spells out before it only gives the count.
@@ -75,6 +78,7 @@ class TaskData:
     Frozen so a task cannot be relabelled by accident after loading; the split lists themselves
     are plain lists so trainers can index and slice them cheaply. ``modality`` is ``text``
     (examples are :class:`Example`) or ``image`` (``images.ImageExample``, one column ``image``).
+    ``prompt_format`` is how an instruction task's prompts are written (``data/prompts.py``).
     """
 
     name: str
@@ -85,6 +89,7 @@ class TaskData:
     validation: list[Example]
     test: list[Example]
     modality: str = "text"
+    prompt_format: str | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -112,6 +117,8 @@ class TaskData:
         """A one-line summary for logs and reports."""
         if self.kind in (REGRESSION, LANGUAGE_MODEL):
             target = self.kind.replace("_", " ")
+        elif self.kind == INSTRUCTION:
+            target = f"responses to instructions (prompt format {self.prompt_format})"
         elif self.kind == TRANSLATION:
             target = f"translation into {', '.join(self.label_names)}"
         elif self.kind == MASKED_LM:

@@ -55,17 +55,25 @@ def convert(source: str | Path, target: str | Path, to: str, model: str | None =
             or target format cannot represent.
     """
     source = Path(source)
-    found = folder_format(source)
-    if found == ADAPTERKIT:  # a fusion brings the adapters it fuses
-        base, names, _ = load_adapters([source], model)
-        main = names[0]
-    else:
-        base = peer_base(source, model)
-        main = base.load_adapter(source, activate=False)
+    base, main, found = load_source(source, model)
     chosen = adapter or main
     base.view().require([chosen])
     written = base.save_adapter(chosen, target, format=to)
     return Conversion(Path(written), to, chosen, found, list(base.adapters))
+
+
+def load_source(source: Path, model: str | None) -> tuple[AdapterModel, str, str]:
+    """(base model with the folder's adapters loaded, none active; its main adapter; its format).
+
+    Raises:
+        ValueError: no base model known, or what the loader refuses.
+    """
+    found = folder_format(source)
+    if found == ADAPTERKIT:  # a fusion brings the adapters it fuses
+        base, names, _ = load_adapters([source], model)
+        return base, names[0], found
+    base = peer_base(source, model)
+    return base, base.load_adapter(source, activate=False), found
 
 
 def peer_base(source: Path, model: str | None) -> AdapterModel:

@@ -16,7 +16,7 @@ from ..data.task import REGRESSION
 #: The metric early stopping and model selection optimise, per task kind (causal-LM tasks:
 #: held-out perplexity, ``inference/perplexity.py``, which is minimised).
 MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", "translation": "perplexity", "language_model": "perplexity",
-               "masked_lm": "masked_accuracy"}
+               "instruction": "perplexity", "masked_lm": "masked_accuracy"}
 LOWER_IS_BETTER = frozenset({"perplexity"})
 
 

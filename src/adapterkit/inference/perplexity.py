@@ -88,11 +88,13 @@ def perplexity(
     languages: Sequence[str] = (),
     max_length: int = 128,
     batch_size: int = 16,
+    prompt_format: str | None = None,
 ) -> dict[str, float]:
     """Held-out perplexity of ``model`` run with ``adapters`` on ``examples`` of task ``kind``
-    (``translation``: ``languages`` are the task's target languages; ``language_model``)."""
+    (``translation``: ``languages`` are the task's target languages; ``language_model``;
+    ``instruction``: the responses' perplexity, prompts in ``prompt_format``)."""
     if model.tokenizer is None:
         raise ValueError("perplexity needs the model's tokenizer; load it with AdapterModel.from_pretrained")
-    encoded = encode_for(kind, model.tokenizer, examples, languages, max_length)
+    encoded = encode_for(kind, model.tokenizer, examples, languages, max_length, prompt_format)
     loader = make_loader(encoded, CausalLMCollator(model.tokenizer), batch_size)
     return loader_perplexity(model, loader, adapters)

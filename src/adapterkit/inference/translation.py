@@ -18,23 +18,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..composition import Routed, Setup
-from ..data.causal_lm import cut_translation, left_padded, prompt_ids
+from ..composition import Setup
+from ..data.causal_lm import cut_translation, prompt_ids
 from ..data.task import Example
-from .perplexity import plain
+from .generating import generate_texts
 
 if TYPE_CHECKING:
     from ..model import AdapterModel
-
-
-def _row_setup(adapters: str | Setup | Sequence[str | None] | None, start: int, stop: int, total: int) -> str | Setup | None:
-    """The setup of rows ``start:stop``: a per-row list becomes ``Routed`` over those rows."""
-    if adapters is None or isinstance(adapters, (str, Setup)):
-        return adapters
-    rows = list(adapters)
-    if len(rows) != total:
-        raise ValueError(f"{len(rows)} adapter names for {total} sources: give one per source (None for the base)")
-    return Routed(rows[start:stop])
 
 
 @torch.no_grad()
@@ -75,31 +65,11 @@ def translate(
     if len(targets) != len(sources):
         raise ValueError(f"{len(targets)} target languages for {len(sources)} sources: give one, or one per source")
     prompts = [prompt_ids(tokenizer, s, lang, max(1, max_length // 2), few_shot) for s, lang in zip(sources, targets)]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            stop = min(start + batch_size, len(prompts))
-            batch = {k: v.to(device) for k, v in left_padded(tokenizer, prompts[start:stop]).items()}
-            with plain(model, adapters):
-                generated = model.generate(
-                    **batch,
-                    adapters=_row_setup(adapters, start, stop, len(prompts)),
-                    max_new_tokens=max_new_tokens,
-                    num_beams=num_beams,
-                    do_sample=False,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    stop_strings=["\n"],  # a translation is one line (cut_translation): stop each row there
-                    tokenizer=tokenizer,
-                )
-            new = generated[:, batch["input_ids"].shape[1]:]
-            outputs += [cut_translation(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        model.train(was_training)
-    return outputs
+    texts = generate_texts(
+        model, prompts, adapters, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+        stop_strings=["\n"], tokenizer=tokenizer,  # a translation is one line (cut_translation): stop each row there
+    )
+    return [cut_translation(text) for text in texts]
 
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -281,7 +281,7 @@ class Trainer:
             )
         if task.kind in GENERATION_KINDS:  # prompt/text ids with labels per token (data/causal_lm.py)
             collator = CausalLMCollator(model.tokenizer)
-            encode = lambda examples: encode_for(task.kind, model.tokenizer, examples, task.label_names, self.max_length)  # noqa: E731
+            encode = lambda examples: encode_for(task.kind, model.tokenizer, examples, task.label_names, self.max_length, task.prompt_format)  # noqa: E731
         else:
             collator = Collator(model.tokenizer, task.kind)
             encode = lambda examples: encode_examples(model.tokenizer, examples, self.max_length)  # noqa: E731
@@ -347,6 +347,7 @@ class Trainer:
                 "modality": task.modality,
                 "text_columns": list(task.text_columns),
                 "label_names": list(task.label_names),
+                **({"prompt_format": task.prompt_format} if task.prompt_format else {}),  # generate writes prompts alike
             },
             "training": {
                 "epoch": epoch,
