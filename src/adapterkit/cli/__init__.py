@@ -1,4 +1,5 @@
-"""The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``generate``, ``convert``, ``serve``, ``methods``, ``tasks``, ``report``.
+"""The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``generate``, ``convert``, ``serve``,
+``methods``, ``tasks``, ``models``, ``report``.
 
 Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. Mistakes a user
 can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
@@ -15,17 +16,30 @@ import sys
 from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
-from . import convert, evaluate, fuse, generate, methods, predict, report, serve, tasks, train
+from .parsing import CliParser
 
-_SUBCOMMANDS = (train, fuse, evaluate, predict, generate, convert, serve, methods, tasks, report)
+
+def package_version() -> str:
+    """The installed distribution's version, or the package's own ``__version__`` when run from
+    a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adapterkit")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adapterkit", description="Train, evaluate and use adapters on Hugging Face transformers."
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _SUBCOMMANDS:
+    parser = CliParser(prog="adapterkit", description="Train, evaluate and use adapters on Hugging Face transformers.")
+    parser.add_argument("--version", action="version", version=f"adapterkit {package_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CliParser)
+    # imported here: `import adapterkit.cli` (and `python -m adapterkit.cli.describe`) loads no subcommand
+    from . import convert, evaluate, fuse, generate, methods, models, predict, report, serve, tasks, train
+
+    for module in (train, fuse, evaluate, predict, generate, convert, serve, methods, tasks, models, report):
         module.register(subparsers)
     return parser
 

@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data import load_files, load_task
 from .common import add_data_arguments, relabel
 from .generation import add_generation_arguments
+from .names import check_task
 
 
 def register(subparsers) -> None:
@@ -39,7 +39,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task:
+        check_task(args.task)
     from ..composition import Stack
+    from ..data import load_files, load_task
     from ..inference.loading import load_saved_adapter, load_under, recorded_under
     from ..inference.masked_lm import evaluate_masked_lm
     from ..inference.predict import evaluate, evaluate_images

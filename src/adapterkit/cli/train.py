@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, load_training_data, options_dict, parse_option
+from .common import add_data_arguments, adapter_name, load_training_data, parse_option
+from .names import check_task, method_options
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
 accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
@@ -82,6 +83,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options = method_options(args.method, args.option)  # names first: torch is not imported yet
+    if args.task:
+        check_task(args.task)
     from ..distributed import launched, relaunch
 
     if args.nproc < 1:
@@ -103,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import make_config
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
-    options = options_dict(args.option)
     if args.knowledge and args.method != "k_task":
         raise ValueError(f"--knowledge loads knowledge adapters for --method k_task, not for {args.method}")
     knowledge: dict[str, Path] = {}
