@@ -5,7 +5,8 @@ Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. M
 can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
 the library as ``ValueError``, ``FileNotFoundError`` or ``ModuleNotFoundError`` with a message that
 says what to do; here they become one line on stderr and exit status 2, like argparse's own usage
-errors, instead of a traceback. Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
+errors, instead of a traceback. A ``ParameterError`` names the library's parameters: here it names
+the command's flags instead (``--text-column``, not ``text_columns=``). Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
-from .parsing import CliParser
+from ..errors import ParameterError
+from .parsing import CliParser, flag_names
 
 
 def package_version() -> str:
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (train, fuse, evaluate, predict, generate, convert, serve, methods, tasks, models, report):
         module.register(subparsers)
+    for subparser in subparsers.choices.values():  # errors name this command's flags
+        subparser.set_defaults(_flags=flag_names(subparser))
     return parser
 
 
@@ -57,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelInstallError, ModuleNotFoundError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
-        message = " ".join(str(error).split())
+        spelt = error.spell(args._flags) if isinstance(error, ParameterError) else str(error)
+        message = " ".join(spelt.split())
         print(f"adapterkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -66,3 +66,15 @@ class CliParser(argparse.ArgumentParser):
             choices = ", ".join(map(str, action.choices))
             raise argparse.ArgumentError(action, f"invalid choice: {value!r}{hint} (choose from {choices})")
         super()._check_value(action, value)
+
+
+#: Library parameters whose flag is not named after them (``load_files(text_columns=...)``: ``--text-column``).
+PARAMETER_DESTS = {"text_columns": "text_column", "learning_rate": "lr"}
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flag of each library parameter ``parser`` takes (``{"batch_size": "--batch-size"}``), for
+    spelling a :class:`~adapterkit.errors.ParameterError` in the command line's terms."""
+    flags = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
+    names = {parameter: flags[dest] for parameter, dest in PARAMETER_DESTS.items() if dest in flags}
+    return {**flags, **names}
