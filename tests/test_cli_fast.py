@@ -181,3 +181,38 @@ def test_methods_shows_meaning_type_default_values_and_how_to_write_a_union():
     assert '--option \'configs=[{"method": "lora", "r": 4}' in out
     code, out, _ = run_cli("methods", "prompt")
     assert "init = vocab" in out and "--option init=...: one of random, vocab, text" in out
+
+
+# ---------------------------------------------------------------- README claims the code must keep
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_the_readmes_mam_at_houlsbys_budget_trains_about_what_houlsby_trains():
+    """The README's MAM example, built on a random model of minilm's shape (6 layers, width 384; the
+    adapters do not depend on the vocabulary), trains within 10% of a Houlsby adapter."""
+    import re
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from adapterkit import AdapterModel
+    from adapterkit.cli.common import parse_option
+
+    lines = README.splitlines()
+    example = next(a + b for a, b in zip(lines, lines[1:]) if "--method mam" in a and "Houlsby's budget" in b)
+    pairs = [parse_option(text) for text in re.findall(r"--option (\S+)", example)]
+    torch.manual_seed(0)
+    shape = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, vocab_size=64)
+    model = AdapterModel(BertModel(shape))
+    model.add_adapter("mam", make_config("mam", **method_options("mam", pairs)))
+    model.add_adapter("houlsby", make_config("houlsby"))
+    mam, houlsby = model.count_parameters("mam")[0], model.count_parameters("houlsby")[0]
+    assert abs(mam / houlsby - 1) < 0.1, (mam, houlsby)
+    assert f"{mam // 1000}K trained on minilm (houlsby: {houlsby // 1000}K)" in example
+
+
+def test_the_readme_states_prompt_tunings_default_initialisation():
+    from adapterkit.methods.prompt import PromptConfig
+
+    assert f"The default is `init={PromptConfig().init}`" in " ".join(README.split())
+    assert PromptConfig().init == "vocab"  # Lester et al.'s runner-up, which every head can use
