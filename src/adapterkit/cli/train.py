@@ -31,8 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default="minilm", help="bundled model name or local model folder (default: minilm)")
     parser.add_argument("--method", required=True, help="a registered method (see `adapterkit methods`)")
     parser.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE",
-                        help="a method option, value read as JSON if it parses (repeatable): "
-                        "--option reduction_factor=8 --option layers=[4,5]")
+                        help="a method option (repeatable): --option reduction_factor=8 --option targets=q,v; "
+                        "lists as a,b or [a,b], numbers, true/false and null as such (see `adapterkit methods NAME`)")
     add_data_arguments(parser, training=True)
     parser.add_argument("--name", help="adapter name (default: the task name)")
     parser.add_argument("--chat-template", action="store_true", help="instruction files: write prompts with the "
