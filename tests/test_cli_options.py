@@ -63,6 +63,12 @@ def test_train_errors_name_flags_not_python_keywords(reviews, tmp_path, extra, f
     assert code == 2 and flag_message in err and python_word not in err and "Traceback" not in err
 
 
+def test_train_checks_a_files_columns_before_importing_torch(reviews, tmp_path):
+    probe, _, err = run_fresh("train", "--method", "lora", "--train-file", str(reviews), "--output-dir", str(tmp_path / "run"))
+    assert probe["code"] == 2 and "missing column(s) ['text', 'label']" in err and "--text-column" in err
+    assert "torch" not in probe["imported"]
+
+
 def test_too_few_examples_per_label_names_the_validation_file_flag(tmp_path):
     few = write_rows(tmp_path / "few.csv", ["text", "label"], [["good", "pos"], ["bad", "neg"], ["fine", "ok"]])
     code, _, err = run_cli("train", "--method", "lora", "--train-file", str(few), "--output-dir", str(tmp_path / "run"))

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_data_arguments, relabel
 from ..data.task import KINDS
+from .common import add_data_arguments, relabel
 from .generation import add_generation_arguments
 from .names import check_task
 

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     options = method_options(args.method, args.option)  # names first: torch is not imported yet
     if args.task:
         check_task(args.task)
+    # one process: the data too before the heavy imports (--nproc N: each relaunched process loads it)
+    task = load_training_data(args) if args.nproc == 1 else None
     from ..distributed import launched, relaunch
 
     if args.nproc < 1:
@@ -141,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
     )
     main = is_main_process()
-    task = load_training_data(args)
+    if task is None:
+        task = load_training_data(args)
     if not args.quiet and main:
         print(task.describe(), file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
