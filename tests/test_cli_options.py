@@ -134,3 +134,30 @@ def test_eval_on_a_run_folder_names_its_best_adapter(tmp_path):
     (unfinished / "checkpoint").mkdir(parents=True)
     code, _, err = run_cli("predict", "--adapter", str(unfinished))
     assert code == 2 and f"{unfinished} is a training run folder with no best adapter yet" in err
+
+
+def test_a_base_model_that_is_not_recorded_is_named_with_model(tmp_path):
+    from adapterkit.inference.convert import peer_base
+
+    with pytest.raises(ParameterError, match="does not record its base model; name it with model="):
+        peer_base(tmp_path, None)
+    adapter = fake_adapter(tmp_path / "adapter")
+    meta = json.loads((adapter / "adapter_config.json").read_text())
+    del meta["base_model"]
+    (adapter / "adapter_config.json").write_text(json.dumps(meta))
+    code, _, err = run_cli("eval", "--adapter", str(adapter), "--task", "trec6")
+    assert code == 2 and "does not record its base model; name it with --model" in err
+
+
+def test_a_split_left_empty_is_named_with_its_file_parameter(tmp_path):
+    import dataclasses
+
+    from test_training import build_tiny_model_dir, fresh, toy_task
+
+    from adapterkit.training import Trainer
+
+    task = dataclasses.replace(toy_task(), validation=[])
+    model = fresh(build_tiny_model_dir(tmp_path / "model"), "lora", task)
+    with pytest.raises(ParameterError, match=r"has no validation examples; give it some \(validation_file=") as caught:
+        Trainer(model, "toy", task)
+    assert "(--validation-file, or" in caught.value.spell({"validation_file": "--validation-file"})
