@@ -60,7 +60,7 @@ def method_options(method: str, pairs: list[tuple[str, Any]] | None) -> dict[str
 def _checked(method: str, option: dict[str, Any], given: Any) -> Any:
     kinds = option["type"].split(" | ")
     lists = [kind for kind in kinds if kind.startswith("tuple[")]
-    value = _as_list(given, lists[0][len("tuple["):-len(", ...]")]) if lists else given
+    value = _as_list(given, _item(lists[0])) if lists else given
     if not any(_fits(value, kind) for kind in kinds):
         raise ValueError(
             f"--option {option['name']}: {method} takes {option['type']}, written {syntax(option)}; got {given!r}"
@@ -91,6 +91,11 @@ def _as_list(value: Any, item: str) -> Any:
     return tuple(_scalar(part) if item != "str" else part for part in items)
 
 
+def _item(kind: str) -> str:
+    """``str`` of ``tuple[str, ...]``."""
+    return kind[len("tuple["):-len(", ...]")]
+
+
 def _scalar(text: str) -> Any:
     try:
         return json.loads(text)
@@ -100,8 +105,7 @@ def _scalar(text: str) -> Any:
 
 def _fits(value: Any, kind: str) -> bool:
     if kind.startswith("tuple["):
-        item = kind[len("tuple["):-len(", ...]")]
-        return isinstance(value, tuple) and all(_fits(v, item) for v in value)
+        return isinstance(value, tuple) and all(_fits(v, _item(kind)) for v in value)
     if kind == "MethodConfig":
         return isinstance(value, dict) and "method" in value
     number = isinstance(value, (int, float)) and not isinstance(value, bool)

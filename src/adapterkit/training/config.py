@@ -86,7 +86,7 @@ class TrainingConfig:
             if not isinstance(value, int) or value < 1:
                 raise ParameterError(f"{{{name}}} must be a positive integer, got {{value!r}}", value=value)
         if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ParameterError("{learning_rate} must be > 0 (or None for the method's default), got {v}", v=self.learning_rate)
+            raise ParameterError("{learning_rate} must be > 0, got {v}; leave it out for the method's default", v=self.learning_rate)
         if self.weight_decay < 0:
             raise ParameterError("{weight_decay} must be >= 0, got {v}", v=self.weight_decay)
         if not 0 <= self.warmup_ratio < 1:
