@@ -59,4 +59,4 @@ def test_knowledge_is_only_for_k_task(workspace, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "a").rename(tmp_path / "run" / "best")
     code, out, err = train(workspace, tmp_path / "x", "--method", "k_task", "--knowledge", str(tmp_path / "run"))
-    assert code == 2 and f"is a training run, not a saved adapter: give its best adapter, {tmp_path / 'run' / 'best'}" in err
+    assert code == 2 and f"is a training run folder, not a saved adapter; use {tmp_path / 'run' / 'best'}" in err

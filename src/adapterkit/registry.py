@@ -31,6 +31,10 @@ class MethodConfig:
     """Peak learning rate (AdamW, linear decay with warmup) when a run does not set one."""
     learning_rate_source: ClassVar[str] = "a few fresh parameters on a frozen model: 1e-3 is the usual start"
     """Where :attr:`default_learning_rate` comes from (paper, peer library, our measurement)."""
+    option_values: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    """The values a string option (or each item of a tuple option) may take, where they are a
+    fixed set: for listings (``adapterkit methods``) and the command line's suggestions;
+    :meth:`validate` refuses other values."""
     options_added_later: ClassVar[dict[str, Any]] = {}
     """Options added after adapters of this method had been saved without them, each with the value
     that keeps what such an adapter computes (read by :func:`config_from_saved`)."""

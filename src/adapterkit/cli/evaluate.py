@@ -6,9 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data import load_files, load_task
+from ..data.task import KINDS
 from .common import add_data_arguments, relabel
 from .generation import add_generation_arguments
+from .names import check_task
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task:
+        check_task(args.task)
+    from ..formats.native import read_adapter_config
+
+    saved = read_adapter_config(args.adapter)  # no torch yet: a text file's columns are checked before the model loads
+    kind = (saved.get("head") or {}).get("kind")
+    text_file = args.test_file and kind in KINDS and saved.get("task", {}).get("modality", "text") == "text"
+    file_data = read_test_file(args, saved, kind) if text_file else None
+
     from ..composition import Stack
+    from ..data import load_task
     from ..inference.loading import load_saved_adapter, load_under, recorded_under
     from ..inference.masked_lm import evaluate_masked_lm
     from ..inference.predict import evaluate, evaluate_images
@@ -49,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     folders = [] if args.alone else args.stack_under or recorded_under(meta)
     under = load_under(model, folders)
     setup = Stack(*under, name) if under else name
-    saved_task = meta.get("task", {})
     if args.test_dir or args.test_file:  # before reading them as the adapter's data
         require_modality(args.adapter, model, str(args.test_dir or args.test_file), "image" if args.test_dir else "text")
     if head.kind == "causal_lm":  # translation (BLEU, chrF) or language modelling (perplexity)
@@ -69,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
         data = load_image_folders(args.test_dir, args.test_dir, args.test_dir, classes=head.label_names)
         examples = data.train[: args.max_examples] if args.max_examples else data.train
     else:
-        columns = tuple(args.text_column or saved_task.get("text_columns") or ("text",))
-        # the file is the whole evaluation set: read it as train, validation and test alike
-        data = load_files(args.test_file, args.test_file, args.test_file, columns, args.label_column, kind=head.kind)
+        data = file_data or read_test_file(args, meta, head.kind)
         examples = data.train[: args.max_examples] if args.max_examples else data.train
     require_modality(args.adapter, model, data.name, data.modality)
     if data.kind != head.kind:
@@ -86,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size)
     return _report(metrics, f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)", args.json)
+
+
+def read_test_file(args: argparse.Namespace, meta: dict, kind: str):
+    """``--test-file`` as a task of the adapter's ``kind``, its text columns by default the ones the
+    adapter was trained on; the file is the whole evaluation set (its train, validation and test)."""
+    from ..data import load_files
+
+    columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
+    return load_files(args.test_file, args.test_file, args.test_file, columns, args.label_column, kind=kind)
 
 
 def _report(metrics: dict[str, float], title: str, as_json: bool) -> int:

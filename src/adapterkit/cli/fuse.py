@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from .common import add_data_arguments, adapter_name, load_training_data
+from .names import check_task
 
 DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
 folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
@@ -49,6 +50,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task:
+        check_task(args.task)
     from ..data.batching import Collator, encode_examples, make_loader
     from ..inference.fusion import fusion_attention, prune_fusion
     from ..inference.loading import load_adapters

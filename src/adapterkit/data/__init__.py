@@ -2,10 +2,30 @@
 
 Both paths return a :class:`TaskData` with fixed, seeded train/validation/test splits, so every
 method in a comparison trains and is evaluated on exactly the same examples.
+
+The names below are imported on first use: the bundled image tasks and masking import torch, and
+``import adapterkit.data.task`` (the command line checking its input before the heavy imports)
+should not pay for that.
 """
 
-from adapterkit.data.catalog import available_tasks, knowledge_tasks, load_task
-from adapterkit.data.files import load_files
-from adapterkit.data.task import Example, TaskData
+from __future__ import annotations
 
-__all__ = ["Example", "TaskData", "available_tasks", "knowledge_tasks", "load_files", "load_task"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "available_tasks": "catalog",
+    "knowledge_tasks": "catalog",
+    "load_task": "catalog",
+    "load_files": "files",
+    "Example": "task",
+    "TaskData": "task",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"adapterkit.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'adapterkit.data' has no attribute {name!r}")

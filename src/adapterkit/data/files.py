@@ -11,15 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from adapterkit.data.labels import LabelCodec, infer_kind
+from adapterkit.data.labels import LabelCodec, as_number, class_name, infer_kind
 from adapterkit.data.splitting import split_examples
 from adapterkit.data.tables import Row, field_text, read_delimited, read_json_lines, require_columns
 from adapterkit.data.task import CLASSIFICATION, KINDS, MASKED_LM, Example, TaskData, require_text
+from adapterkit.errors import ParameterError
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".json")
 #: Share of the train file split off as validation or test when that file is not given.
 _HELD_OUT = 0.1
+#: Below this many train rows a label column with a value per row is not taken for text.
+_FEW_ROWS = 20
 
 
 class _Raw(NamedTuple):
@@ -60,8 +63,7 @@ def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str)
             row.fields,
             (*text_columns, label_column),
             where,
-            "Name the file's columns with text_columns= and label_column= (--text-column and --label-column "
-            "on the command line).",
+            "Name the file's columns with {text_columns:=} and {label_column:=}.",
         )
         texts = tuple(field_text(row.fields[column]) for column in text_columns)
         require_text(texts, where, text_columns)
@@ -69,6 +71,29 @@ def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str)
             raise ValueError(f"{where}: empty label in column {label_column!r}; fill it in or remove the row")
         examples.append(_Raw(texts, row.fields[label_column], where))
     return examples
+
+
+def _require_label_column(path: Path, column: str, labels: list[object], inferred: bool) -> None:
+    """Refuse a label column that holds a value of its own in most rows: text (a text column named
+    as the label column) or, when the kind was inferred, numbers that look like a score.
+
+    Raises:
+        ParameterError: naming the column, its distinct values and the fix.
+    """
+    distinct = len({class_name(label) for label in labels})
+    if len(labels) < _FEW_ROWS or distinct * 2 <= len(labels):
+        return
+    counts = {"path": path, "column": column, "distinct": distinct, "rows": len(labels)}
+    if any(as_number(label) is None for label in labels):
+        raise ParameterError(
+            "{path}: column {column!r} looks like text ({distinct} distinct values in {rows} rows), not labels; "
+            "name the label column with {label_column:=}", **counts
+        )
+    if inferred:
+        raise ParameterError(
+            "{path}: column {column!r} holds {distinct} distinct whole numbers in {rows} rows, too many for class "
+            "labels; for a score give {kind:='regression'}, or name the label column with {label_column:=}", **counts
+        )
 
 
 def _encode(examples: list[_Raw], codec: LabelCodec) -> list[Example]:
@@ -94,9 +119,9 @@ def load_files(
     """
     columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
     if not 1 <= len(columns) <= 2:
-        raise ValueError(
-            f"text_columns={list(columns)}: a task takes one text column or a pair; join the "
-            "extra columns into one text column first"
+        raise ParameterError(
+            "{text_columns:=} names {count} columns {columns}: a task takes one text column or a pair; join the "
+            "extra columns into one text column first", count=len(columns), columns=list(columns)
         )
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be None (to infer it) or one of {KINDS}, got {kind!r}")
@@ -109,6 +134,8 @@ def load_files(
     train_raw = _read_examples(train_path, columns, label_column)
     labels = [raw.label for raw in train_raw]
     codec = LabelCodec.fit(kind or infer_kind(labels), labels)
+    if codec.kind == CLASSIFICATION:
+        _require_label_column(train_path, label_column, labels, inferred=kind is None)
 
     def read(file: str | os.PathLike[str]) -> list[Example]:
         return _encode(_read_examples(Path(file), columns, label_column), codec)
@@ -124,8 +151,8 @@ def load_files(
     test = test if test_file is None else read(test_file)
     for split, examples in (("validation", validation), ("test", test)):
         if not examples:  # a given file is never empty, so this split was carved from train
-            raise ValueError(
-                f"{train_path} has too few examples per label ({len(train_raw)} in all) to split "
-                f"off a {split} set; add examples or pass {split}_file= (--{split}-file on the command line)"
+            raise ParameterError(
+                "{path} has too few examples per label ({count} in all) to split off a {split} set; add "
+                f"examples or pass {{{split}_file:=}}", path=train_path, count=len(train_raw), split=split
             )
     return TaskData(train_path.stem, codec.kind, columns, codec.names, train, validation, test)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from adapterkit.data.task import CLASSIFICATION, REGRESSION
+from adapterkit.errors import ParameterError
 
 
 def as_number(label: object) -> float | None:
@@ -66,9 +67,9 @@ class LabelCodec:
         if self.kind == REGRESSION:
             number = as_number(label)
             if number is None:
-                raise ValueError(
-                    f"label {label!r} in {where} is not a number, but the task is a regression; "
-                    "fix the label or load the data with kind='classification' (--kind classification on the command line)"
+                raise ParameterError(
+                    "label {label!r} in {where} is not a number, but the task is a regression; "
+                    "fix the label or load the data with {kind:='classification'}", label=label, where=where
                 )
             return number
         name = class_name(label)

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, TextIO
 
+from adapterkit.errors import ParameterError
+
 
 class Row(NamedTuple):
     """A row's fields by column name, with the line it starts on (1-based) for error messages."""
@@ -79,8 +81,15 @@ def field_text(value: Any) -> str:
 
 
 def require_columns(present: Iterable[str], needed: Iterable[str], where: str, fix: str) -> None:
-    """Unless every needed column is present, fail listing the columns there and how to `fix` it."""
+    """Unless every needed column is present, fail listing the columns there and how to `fix` it.
+
+    Raises:
+        ParameterError: a column is missing; ``fix`` is its template's last sentence, so it may name
+            parameters as ``{text_columns:=}`` (see ``adapterkit.errors``).
+    """
     present = list(present)
     missing = [name for name in needed if name not in present]
     if missing:
-        raise ValueError(f"{where}: missing column(s) {missing}; columns present: {present}. {fix}")
+        raise ParameterError(
+            "{where}: missing column(s) {missing}; columns present: {present}. " + fix, where=where, missing=missing, present=present
+        )

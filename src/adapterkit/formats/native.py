@@ -6,7 +6,8 @@ pickle), keys prefixed ``adapter.`` (the method's modules), ``head.`` and, for f
 fine-tuning, ``base.``. Writes are atomic: a crash leaves the previous folder, never half of one.
 
 This module reads and writes folders only; it knows no model (``AdapterModel.save_adapter`` and
-``load_adapter`` turn a model's adapter into these pieces and back).
+``load_adapter`` turn a model's adapter into these pieces and back). Reading the config JSON needs
+no torch (the command line checks a folder before importing it); the weights' functions import it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_directory
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -29,6 +30,8 @@ FORMAT = "adapterkit.adapter/1"
 def write_adapter(directory: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and ``meta`` (the config JSON, ``format`` added) to ``directory``
     atomically; returns the directory."""
+    from safetensors.torch import save_file
+
     tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
@@ -65,12 +68,19 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """
     best = Path(directory) / "best"
     if not (Path(directory) / CONFIG_FILE).is_file() and (best / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{directory} is a training run, not a saved adapter: give its best adapter, {best}")
+        raise FileNotFoundError(f"{directory} is a training run folder, not a saved adapter; use {best}")
+    if not (Path(directory) / CONFIG_FILE).is_file() and (Path(directory) / "checkpoint").is_dir():
+        raise FileNotFoundError(
+            f"{directory} is a training run folder with no best adapter yet ({best} is missing): resume the run "
+            "to finish it, or evaluate another run's best/"
+        )
     return read_format_json(directory, CONFIG_FILE, FORMAT, "a saved adapter")
 
 
 def read_adapter_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a saved adapter, by key (safetensors: no code runs while loading)."""
+    from safetensors.torch import load_file
+
     return load_file(str(Path(directory) / WEIGHTS_FILE))
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ParameterError
 from ..formats.detect import ADAPTERKIT, CONFIG_FILE, FUSION_CONFIG_FILE, folder_format, read_json, subfolders
 from ..model import AdapterModel
 from .loading import load_adapters
@@ -84,7 +85,7 @@ def peer_base(source: Path, model: str | None) -> AdapterModel:
     """
     reference = model or recorded_base(source)
     if not reference:
-        raise ValueError(f"{source} does not record its base model; name it (--model on the command line, model= in Python)")
+        raise ParameterError("{source} does not record its base model; name it with {model:=}", source=source)
     try:
         return AdapterModel.from_pretrained(reference)
     except (OSError, ValueError) as error:

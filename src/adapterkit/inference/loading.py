@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.task import GENERATION_KINDS, KINDS
+from ..errors import ParameterError
 from ..formats.native import read_adapter_config
 from ..model import AdapterModel
 from ..vision_models import VISION_MODELS
@@ -27,9 +28,7 @@ def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], mod
     """
     reference = model or metas[0].get("base_model", {}).get("name_or_path")
     if not reference:
-        raise ValueError(
-            f"{folders[0]} does not record its base model; name it (--model on the command line, model= in Python)"
-        )
+        raise ParameterError("{folder} does not record its base model; name it with {model:=}", folder=folders[0])
     # the recorded image size is for a bundled CNN; another model then says it is not the adapter's
     image_size = metas[0].get("base_model", {}).get("image_size") if reference in VISION_MODELS else None
     return AdapterModel.from_pretrained(reference, image_size=image_size)

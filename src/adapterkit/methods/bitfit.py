@@ -34,6 +34,7 @@ class BitFitConfig(MethodConfig):
     include_norms: bool = True
     layers: tuple[int, ...] | None = None
     targets: tuple[str, ...] | None = None
+    option_values = {"targets": LINEAR_ROLES}
     default_learning_rate = 1e-3
     learning_rate_source = "Ben Zaken et al. 2021 swept {1e-4, 4e-4, 7e-4, 1e-3}; bias-only training tolerates the top"
 

@@ -97,6 +97,7 @@ class BottleneckConfig(MethodConfig):
     layers: tuple[int, ...] | None = None
     original_ln_before: bool = False
 
+    option_values = {"sublayers": tuple(SUBLAYERS), "non_linearity": tuple(ACTIVATIONS)}
     default_learning_rate = 1e-3
     learning_rate_source = (
         "Houlsby et al. 2019 swept {3e-5, 3e-4, 3e-3}; AdapterHub trains bottleneck adapters at 1e-4 for "
@@ -135,6 +136,8 @@ class BottleneckConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class HoulsbyConfig(BottleneckConfig):
+    """Houlsby et al. 2019: a sequential adapter after attention and after the FFN; the layer norms train."""
+
     method = "houlsby"
     sublayers: tuple[str, ...] = ("attn", "ffn")
     train_layer_norms: bool = True
@@ -142,6 +145,8 @@ class HoulsbyConfig(BottleneckConfig):
 
 @dataclass(frozen=True)
 class PfeifferConfig(BottleneckConfig):
+    """Pfeiffer et al. 2020 (AdapterFusion, MAD-X): one sequential adapter after the FFN, reading its Add & Norm output."""
+
     method = "pfeiffer"
     original_ln_before: bool = True
     options_added_later = {"original_ln_before": False}  # pfeiffer computed Houlsby's FFN form before it
@@ -149,12 +154,16 @@ class PfeifferConfig(BottleneckConfig):
 
 @dataclass(frozen=True)
 class ParallelConfig(BottleneckConfig):
+    """He et al. 2022: an adapter beside the FFN, reading the FFN's input."""
+
     method = "parallel"
     parallel: bool = True
 
 
 @dataclass(frozen=True)
 class ScaledParallelConfig(BottleneckConfig):
+    """He et al. 2022: the parallel adapter with its output scaled by s = 4."""
+
     method = "scaled_parallel"
     parallel: bool = True
     scaling: float | str = 4.0

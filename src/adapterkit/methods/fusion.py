@@ -99,6 +99,7 @@ class FusionConfig(MethodConfig):
     regularization: float = 0.01
     init_scale: float = 0.02
     residual_before: bool = True
+    option_values = {"sublayers": tuple(SUBLAYERS)}
     default_learning_rate = 1e-3
     learning_rate_source = (
         "Pfeiffer et al. 2021 train fusion at 5e-5 for 10 epochs on large targets; from identity values and "

@@ -66,6 +66,7 @@ class IA3Config(MethodConfig):
     targets: tuple[str, ...] = ("k", "v")
     input_targets: tuple[str, ...] = ("ffn_out",)
     layers: tuple[int, ...] | None = None
+    option_values = {"targets": LINEAR_ROLES, "input_targets": LINEAR_ROLES}
     default_learning_rate = 3e-3
     learning_rate_source = (
         "Liu et al. 2022 (T-Few), Sec. 3.3: 3e-3 with Adafactor; peft's IA3 examples use 1e-3 "

@@ -69,6 +69,7 @@ class KAdapterConfig(MethodConfig):
     combine: str = "concat"
     dropout: float = 0.1
     init_std: float = 2e-4
+    option_values = {"combine": COMBINES}
     default_learning_rate = 5e-4
     learning_rate_source = (
         "the released code pretrains RoBERTa-large's adapters at 1e-5..3e-5 for hundreds of thousands of steps; "

@@ -71,6 +71,7 @@ class LoraConfig(MethodConfig):
     layers: tuple[int, ...] | None = None
     use_rslora: bool = False
     use_dora: bool = False
+    option_values = {"targets": LINEAR_ROLES + CONV_ROLES}
     default_learning_rate = 5e-4
     learning_rate_source = "Hu et al. 2021, RoBERTa-base GLUE: 4e-4 to 5e-4 with r = 8, alpha = 16"
 

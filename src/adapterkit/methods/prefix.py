@@ -106,6 +106,7 @@ class PrefixConfig(MethodConfig):
     init_text: str | None = None
     layers: tuple[int, ...] | None = None
     shift_positions: bool = False
+    option_values = {"init": INITS}
     default_learning_rate = 1e-3
     learning_rate_source = "Li & Liang 2021 / P-tuning v2 train prefixes at 1e-4 .. 1e-2 depending on length and model"
 

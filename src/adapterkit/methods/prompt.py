@@ -7,8 +7,10 @@
 
 and adds ``k·d`` parameters. Lester et al. (Sec. 3.2) compare three initialisations: ``random``,
 sampled vocabulary embeddings (``vocab``) and the embeddings of the class-label words (``text``,
-any text may be given; it is cycled to length ``k``); label words were best for small models. Here
-``random`` draws N(0, σ²) with σ the standard deviation of the model's own token embeddings, so
+any text may be given; it is cycled to length ``k``); label words were best for small models, sampled
+vocabulary close behind, random last. The default is ``vocab``: it works for every head, while label
+words need a classification head's label names (regression, masked-LM and causal-LM heads have
+none); ``init='text'`` asks for them. Here ``random`` draws N(0, σ²) with σ the standard deviation of the model's own token embeddings, so
 the prompt starts at the scale of real tokens (``init_std`` sets σ instead). A prompt inserted after
 the embedding layer (``insert_at``, below) starts from what tokens are there: the embedding
 layer's outputs for the chosen tokens, and their σ (AdapterHub's ``from_string`` init copies the
@@ -66,7 +68,8 @@ INSERTS = ("input", "embedding_output")
 class PromptConfig(MethodConfig):
     """Args:
         prompt_length: ``k``, the number of prompt positions.
-        init: ``vocab``, ``text`` or ``random`` (see the module docstring).
+        init: ``vocab`` (sampled vocabulary tokens; the default: any head), ``text`` (the class-label
+            words, best in Lester et al.; a classification head) or ``random`` (see the module docstring).
         init_text: the text for ``init='text'`` (default: the head's class-label words).
         init_std: for ``init='random'``, the standard deviation of the draw (None: that of the
             model's token embeddings; 1.0 is the unit normal of ``nn.Embedding``'s own init).
@@ -81,6 +84,7 @@ class PromptConfig(MethodConfig):
     init_text: str | None = None
     init_std: float | None = None
     insert_at: str = "input"
+    option_values = {"init": INITS, "insert_at": INSERTS}
     default_learning_rate = 3e-2
     learning_rate_source = "Lester et al. 2021 use 0.3 with Adafactor; with AdamW soft prompts need about 3e-2"
 

@@ -75,6 +75,7 @@ class ResidualConfig(MethodConfig):
     targets: tuple[str, ...] | None = None
     domain_norms: bool = True
     norm_momentum: float = 0.1
+    option_values = {"targets": CONV_ROLES}
     default_learning_rate = 1e-3
     learning_rate_source = "a few fresh parameters on a frozen CNN with AdamW (the papers use SGD at 0.1 for 120 epochs)"
 

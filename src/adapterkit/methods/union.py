@@ -30,8 +30,8 @@ from torch import nn
 from ..registry import MethodConfig, config_from_dict, method_spec
 from ..sites import OUTPUT_KINDS, SiteInputs, SiteModule, site_input
 from .base import AdapterMethod, BindContext
-from .bottleneck import ScaledParallelConfig
-from .prefix import PrefixConfig
+from .bottleneck import ACTIVATIONS, ScaledParallelConfig
+from .prefix import INITS, PrefixConfig
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class MamConfig(MethodConfig):
     scaling: float | str = 4.0
     non_linearity: str = "relu"
     layers: tuple[int, ...] | None = None
+    option_values = {"init": INITS, "non_linearity": tuple(ACTIVATIONS)}
 
     def validate(self) -> None:
         self.components()  # the members validate their own options

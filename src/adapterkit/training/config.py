@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ParameterError
 from ..registry import method_spec
 
 def default_learning_rate(method: str) -> float:
@@ -83,17 +84,17 @@ class TrainingConfig:
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ParameterError(f"{{{name}}} must be a positive integer, got {{value!r}}", value=value)
         if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0 (or None for the method's default), got {self.learning_rate}")
+            raise ParameterError("{learning_rate} must be > 0, got {v}; leave it out for the method's default", v=self.learning_rate)
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise ParameterError("{weight_decay} must be >= 0, got {v}", v=self.weight_decay)
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ParameterError("{warmup_ratio} must be in [0, 1), got {v}", v=self.warmup_ratio)
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 validations (or None to never stop early), got {self.patience}")
+            raise ParameterError("{patience} must be >= 1 validations (or None to never stop early), got {v}", v=self.patience)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 (or None for no clipping), got {self.max_grad_norm}")
+            raise ParameterError("{max_grad_norm} must be > 0 (or None for no clipping), got {v}", v=self.max_grad_norm)
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.resume and self.output_dir is None:

@@ -43,6 +43,7 @@ from ..data.images import make_image_loader
 from ..data.masking import MaskedLMCollator
 from ..data.task import GENERATION_KINDS, MASKED_LM, TaskData
 from ..distributed import make_accelerator
+from ..errors import ParameterError
 from ..formats.native import CONFIG_FILE, read_adapter_config
 from ..inference.masked_lm import masked_lm_metrics
 from ..inference.metrics import MAIN_METRIC, compute_metrics, improves
@@ -107,9 +108,9 @@ class Trainer:
         check_modality(model, task)
         for split in ("train", "validation", "test"):
             if not getattr(task, split):
-                raise ValueError(
-                    f"task {task.name!r} has no {split} examples; give it some (load_files: a {split}_file=, "
-                    "or a train file large enough to split them off)"
+                raise ParameterError(
+                    f"task {{task!r}} has no {{split}} examples; give it some ({{{split}_file:=}}, or a train file "
+                    "large enough to split them off)", task=task.name, split=split
                 )
         self.model = model
         self.adapter = adapter
