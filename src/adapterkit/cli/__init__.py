@@ -3,7 +3,8 @@
 Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. Mistakes a user
 can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
 the library as ``ValueError``, ``FileNotFoundError`` or ``ModuleNotFoundError`` with a message that
-says what to do; here they become one line on stderr and exit status 2, like argparse's own usage
+says what to do, and file-system errors (``OSError``: a folder that cannot be written, a full disk)
+name their path; here they become one line on stderr and exit status 2, like argparse's own usage
 errors, instead of a traceback. Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
 from . import convert, evaluate, fuse, methods, predict, report, serve, tasks, train
+from .paths import describe_os_error
 
 _SUBCOMMANDS = (train, fuse, evaluate, predict, convert, serve, methods, tasks, report)
 
@@ -40,10 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches itself with it
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModelInstallError, ModuleNotFoundError) as error:
+    except (ValueError, OSError, ModelInstallError, ModuleNotFoundError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
-        message = " ".join(str(error).split())
+        message = " ".join((describe_os_error(error) if isinstance(error, OSError) else str(error)).split())
         print(f"adapterkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..formats.detect import FORMATS
+from .paths import writable_dir
 
 DESCRIPTION = """Convert an adapter folder saved by adapterkit, peft or AdapterHub (recognised by its
 JSON) into another format. The adapter is loaded into its base model (the one the folder records, or
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference.convert import convert
 
+    writable_dir(args.target, "target")  # before loading the model
     done = convert(args.source, args.target, args.to, model=args.model, adapter=args.adapter)
     others = [name for name in done.adapters if name != done.adapter]
     print(f"{args.source} ({done.source_format}) -> {done.target} ({done.format}): adapter {done.adapter!r}"

@@ -6,7 +6,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, load_training_data
+from .common import add_data_arguments, adapter_name, data_name, load_training_data
+from .console import quiet_libraries
+from .paths import fresh_dir, fresh_store_entry
+from .run_names import changed_settings, default_run_dir
 
 DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
 folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
@@ -14,7 +17,9 @@ for the target task. The fusion is saved as its own adapter (OUTPUT_DIR/best, an
 --store); `adapterkit eval --adapter` on it loads the adapters it fuses as well. With --prune K the
 K adapters that receive the most fusion attention on the validation split are kept (AdapterDrop's
 fusion pruning), trained further for --prune-epochs (default 0: used as pruned), evaluated and
-saved."""
+saved. OUTPUT_DIR defaults to runs/NAME-DIGEST, six hex digits of the settings given (the adapters
+fused, the data, ...); a folder holding an earlier run, or a fusion of that name in the store, is
+refused unless --overwrite is given."""
 
 
 def register(subparsers) -> None:
@@ -38,9 +43,30 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping (0: never)")
-    parser.add_argument("--output-dir", help="default: runs/<name>")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--output-dir", help="default: runs/<name>-<digest of the settings given>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into OUTPUT_DIR even if it holds an earlier run, and replace STORE/<name>")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no loading messages")
     parser.set_defaults(func=run)
+
+
+#: Options that change how a fusion is carried out or reported, or that are in the folder's name
+#: (the store stays in: it says which adapters the names are).
+_NOT_IN_DIGEST = ("output_dir", "overwrite", "quiet", "name")
+
+
+def output_dir(args: argparse.Namespace, name: str) -> Path:
+    """The run folder (``--output-dir`` or ``runs/<name>-<digest>``) and, with ``--store``, the
+    store entry of the fusion, checked writable and free (unless ``--overwrite``) before any work.
+
+    Raises:
+        ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
+    """
+    folder = args.output_dir or default_run_dir(name, changed_settings(args, register, _NOT_IN_DIGEST))
+    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite)
+    if args.store is not None:
+        fresh_store_entry(args.store, name, reuse=args.overwrite)
+    return output
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,13 +82,14 @@ def run(args: argparse.Namespace) -> int:
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
     if len(folders) < 2:
         raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
+    name = args.name or adapter_name(f"{data_name(args)}_fusion")
+    output = output_dir(args, name)
+    quiet_libraries(args.quiet)
     task = load_training_data(args)
-    name = args.name or adapter_name(f"{task.name}_fusion")
     model, names, _ = load_adapters(folders, args.model)
     fused = {n: folder.resolve() for n, folder in zip(names, folders)}
     fusion = FusionConfig(adapters=tuple(fused), temperature=args.temperature, regularization=args.regularization)
     add_task_adapter(model, name, fusion, task, pooling=args.pooling, seed=args.seed)
-    output = Path(args.output_dir or f"runs/{name}")
     config = TrainingConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
         seed=args.seed, patience=args.patience or None, output_dir=str(output), progress=not args.quiet,
