@@ -21,7 +21,7 @@ from test_training import build_tiny_model_dir, one_thread  # noqa: F401 (autous
 import adapterkit.cli.evaluate
 import adapterkit.cli.predict
 from adapterkit.cli import build_parser, train
-from adapterkit.cli.console import quiet_libraries, show_progress
+from adapterkit.cli.console import quiet_children, quiet_libraries, show_progress
 from adapterkit.cli.paths import describe_os_error, writable_dir, writable_file
 from adapterkit.cli.run_names import changed_settings, default_run_dir
 
@@ -404,3 +404,14 @@ def test_quiet_silences_transformers_and_other_ranks_drop_warnings(monkeypatch):
     finally:
         logging.enable_progress_bar()
         logging.set_verbosity_warning()
+
+
+def test_quiet_keeps_torchs_cpp_warnings_out_of_launched_processes(monkeypatch):
+    monkeypatch.delenv("TORCH_CPP_LOG_LEVEL", raising=False)
+    quiet_children(False)
+    assert "TORCH_CPP_LOG_LEVEL" not in os.environ
+    quiet_children(True)
+    assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR"
+    monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # the user's choice is kept
+    quiet_children(True)
+    assert os.environ["TORCH_CPP_LOG_LEVEL"] == "INFO"

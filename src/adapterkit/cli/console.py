@@ -3,11 +3,14 @@
 ``--quiet`` turns off adapterkit's own bars and lines and silences the libraries below it:
 transformers' loading bars ("Loading weights") and its warnings. In a distributed run the
 processes other than rank 0 are always silenced that way and their Python warnings are dropped,
-since they repeat rank 0's word for word. Bars are shown only on a terminal (not in a log file).
+since they repeat rank 0's word for word; with ``--quiet`` the processes a run launches also keep
+torch's C++ warnings to themselves (DDP's reducer warns from every rank). Bars are shown only on a
+terminal (not in a log file).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -30,3 +33,10 @@ def quiet_libraries(quiet: bool) -> None:
 def show_progress(quiet: bool) -> bool:
     """Whether to draw progress bars: not ``quiet`` and stderr is a terminal."""
     return not quiet and sys.stderr.isatty()
+
+
+def quiet_children(quiet: bool) -> None:
+    """Before launching worker processes: with ``quiet``, torch's C++ warnings off in them
+    (``TORCH_CPP_LOG_LEVEL=ERROR``, read when torch starts; a value the user set is kept)."""
+    if quiet:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")

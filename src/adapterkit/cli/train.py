@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .common import add_data_arguments, adapter_name, data_name, load_training_data, options_dict, parse_option
-from .console import quiet_libraries
+from .console import quiet_children, quiet_libraries
 from .paths import fresh_dir, fresh_store_entry
 from .run_names import changed_settings, default_run_dir, model_tag
 
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or adapter_name(data_name(args))
     output = output_dir(args, name)  # before any work: a run must not train for an epoch, then fail to save
     if args.nproc > 1 and not launched():  # before the heavy imports: the N processes do the work
+        quiet_children(args.quiet)
         return relaunch(args.nproc, args.argv)
     if args.fsdp and not launched():
         raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
