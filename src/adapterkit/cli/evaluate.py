@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_images(model, examples, setup, batch_size=args.batch_size, progress=progress)
     elif head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
         seed = meta.get("training", {}).get("seed", 0)
-        metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed)
+        metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed,
+                                     progress=progress)
     else:
         metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size, progress=progress)
     return _report(metrics, f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)", args.json)
