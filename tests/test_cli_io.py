@@ -23,7 +23,6 @@ import adapterkit.cli.predict
 from adapterkit.cli import build_parser, train
 from adapterkit.cli.console import quiet_children, quiet_libraries, show_progress
 from adapterkit.cli.paths import describe_os_error, writable_dir, writable_file
-from adapterkit.cli.run_names import changed_settings, default_run_dir
 
 ROOT = os.geteuid() == 0
 SMALL = ["--epochs", "1", "--batch-size", "16", "--max-length", "16", "--quiet"]
@@ -198,18 +197,19 @@ def test_eval_names_the_line_of_a_non_utf8_test_file(adapter, tmp_path):
 
 # ---------------------------------------------------------------- run folders
 def settings_of(*argv: str) -> Path:
-    args = build_parser().parse_args(["train", *argv])
-    name = args.name or args.task
-    settings = changed_settings(args, train.register, (*train._NOT_IN_DIGEST, *(() if args.name else ("task",))))
-    return default_run_dir(f"{name}-{args.method}-minilm", settings)
+    return train.output_dir(build_parser().parse_args(["train", *argv]), "rotten_tomatoes")
 
 
-def test_default_run_folders_are_readable_deterministic_and_distinct():
+def test_default_run_folders_are_readable_deterministic_and_distinct(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     plain = settings_of("--method", "pfeiffer", "--task", "rotten_tomatoes")
     assert plain == Path("runs/rotten_tomatoes-pfeiffer-minilm")  # at the defaults: no digest
     assert settings_of("--task", "rotten_tomatoes", "--method", "pfeiffer", "--quiet", "--store", "s", "--nproc", "2") == plain
     r8 = settings_of("--method", "pfeiffer", "--option", "reduction_factor=8", "--task", "rotten_tomatoes")
-    assert r8 == Path("runs/rotten_tomatoes-pfeiffer-minilm-de7b3c")  # stable across processes and versions
+    assert r8 == Path("runs/rotten_tomatoes-pfeiffer-minilm-3705e9")  # stable across processes and versions
+    two = ("--option", "reduction_factor=8", "--option", "non_linearity=gelu")
+    assert settings_of("--method", "pfeiffer", *two, "--task", "rotten_tomatoes") == settings_of(
+        "--method", "pfeiffer", *two[2:], *two[:2], "--task", "rotten_tomatoes")  # options in any order
     others = {settings_of("--method", "pfeiffer", "--task", "rotten_tomatoes", *extra)
               for extra in (["--seed", "1"], ["--epochs", "5"], ["--lr", "1e-3"], ["--option", "reduction_factor=4"])}
     assert len(others | {plain, r8}) == 6
@@ -415,3 +415,9 @@ def test_quiet_keeps_torchs_cpp_warnings_out_of_launched_processes(monkeypatch):
     monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # the user's choice is kept
     quiet_children(True)
     assert os.environ["TORCH_CPP_LOG_LEVEL"] == "INFO"
+
+
+def test_make_demo_can_run_twice():
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "--output-dir runs/demo-houlsby" in demo and "--overwrite" in demo

@@ -3,7 +3,7 @@
 ``train`` without ``--output-dir`` writes to ``runs/<name>-<method>-<model>``, followed by six hex
 digits hashing the settings given away from their defaults (method options, seed, epochs, data
 files, ...) when there are any: ``runs/rotten_tomatoes-pfeiffer-minilm`` for a run at the
-defaults, ``runs/rotten_tomatoes-pfeiffer-minilm-de7b3c`` for one with ``--option
+defaults, ``runs/rotten_tomatoes-pfeiffer-minilm-3705e9`` for one with ``--option
 reduction_factor=8``. The same command line gives the same folder (so ``--resume`` finds it); runs
 that differ in anything that changes what is trained get different folders. Settings that change
 only how a run is carried out or reported (``--quiet``, ``--nproc``, ``--store``, ...) are left

@@ -98,6 +98,8 @@ def output_dir(args: argparse.Namespace, name: str) -> Path:
         # the task is in the name unless --name replaced it; a train file's path stays in the digest
         ignored = (*_NOT_IN_DIGEST, *(() if args.name else ("task",)))
         settings = changed_settings(args, register, ignored)
+        if "option" in settings:  # in any order
+            settings["option"] = dict(sorted(options_dict(args.option).items()))
         folder = default_run_dir(f"{name}-{args.method}-{model_tag(args.model)}", settings)
     output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume, resumable=True)
     if args.store:
