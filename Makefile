@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(VENV)/bin/adapterkit train --model minilm --method houlsby --task rotten_tomatoes \
-		--epochs 1 --max-examples 2000 --max-length 64 --batch-size 32 --output-dir runs/demo-houlsby
+		--epochs 1 --max-examples 2000 --max-length 64 --batch-size 32 --output-dir runs/demo-houlsby --overwrite
 
 test: install
 	$(PY) -m pytest -q

@@ -64,6 +64,12 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == files and all(line.split("\t")[1] in ("dark", "light") for line in lines)
+    code, out, err = run_cli("predict", "--adapter", str(tmp_path / "run" / "best"), "--images", *files, "--scores",
+                             "--output", str(tmp_path / "p.jsonl"), "--quiet")
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in records] == files and [r["label"] for r in records] == [line.split("\t")[1] for line in lines]
+    assert all(set(r["scores"]) == {"dark", "light"} and abs(sum(r["scores"].values()) - 1) < 1e-4 for r in records)
     best = str(tmp_path / "run" / "best")
     code, out, err = run_cli("predict", "--adapters", f"{best},{best}", "--images", *files)  # not an AttributeError
     assert code == 2 and "for an image model's adapters run predict --adapter A --images FILE ... once per adapter" in err

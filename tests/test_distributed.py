@@ -266,6 +266,8 @@ def test_cli_nproc_trains_with_two_processes_and_the_global_batch(tmp_path, mode
     result = subprocess.run([sys.executable, "-m", "adapterkit", *argv], env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert result.stdout.count("| method") == 1  # only rank 0 reports
+    # rank 1 repeats no warning (Python's, transformers', torch's C++ ones under --quiet)
+    assert "[rank1]" not in result.stderr and result.stderr.count("UserWarning") <= 1, result.stderr[-3000:]
     state = json.loads((output / "checkpoint" / "trainer_state.json").read_text())
     assert state["progress"]["global_step"] == 2 * 64 // 16  # global batch 16: the steps of one process
     model = AdapterModel.from_pretrained(str(model_dir))

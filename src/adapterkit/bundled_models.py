@@ -99,8 +99,9 @@ def model_cache_dir(name: str) -> Path:
 def resolve_model_path(name_or_path: str = DEFAULT_MODEL) -> Path:
     """Return a local Hugging Face model folder for a short name or a folder path.
 
-    A folder holding ``config.json`` is returned as given, so any model a user already has on disk
-    works without registration. Otherwise ``name_or_path`` must be a key of :data:`BUNDLED_MODELS`;
+    A folder holding ``config.json`` is returned as an absolute path (what transformers then records
+    as the model's ``_name_or_path``, and peer formats export), so any model a user already has on
+    disk works without registration. Otherwise ``name_or_path`` must be a key of :data:`BUNDLED_MODELS`;
     models that are not installed yet are installed on first use (see the module docstring).
 
     Raises:
@@ -108,7 +109,7 @@ def resolve_model_path(name_or_path: str = DEFAULT_MODEL) -> Path:
     """
     path = Path(name_or_path).expanduser()
     if _is_model_dir(path):
-        return path
+        return path.resolve()
     if name_or_path in BUNDLED_MODELS:
         return BUNDLED_MODELS[name_or_path].locate()
     if path.is_dir():

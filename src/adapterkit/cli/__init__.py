@@ -4,7 +4,8 @@
 Each subcommand is one module with ``register(subparsers)`` and ``run(args)``. Mistakes a user
 can fix (a bad option, a missing file, an unknown task, a task's data package not installed) reach
 the library as ``ValueError``, ``FileNotFoundError`` or ``ModuleNotFoundError`` with a message that
-says what to do; here they become one line on stderr and exit status 2, like argparse's own usage
+says what to do, and file-system errors (``OSError``: a folder that cannot be written, a full disk)
+name their path; here they become one line on stderr and exit status 2, like argparse's own usage
 errors, instead of a traceback. A ``ParameterError`` names the library's parameters: here it names
 the command's flags instead (``--text-column``, not ``text_columns=``). Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
 """
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from ..bundled_models import ModelInstallError
 from ..errors import ParameterError
 from .parsing import CliParser, flag_names
+from .paths import describe_os_error
 
 
 def package_version() -> str:
@@ -58,10 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches itself with it
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModelInstallError, ModuleNotFoundError) as error:
+    except (ValueError, OSError, ModelInstallError, ModuleNotFoundError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
-        spelt = error.spell(args._flags) if isinstance(error, ParameterError) else str(error)
+        if isinstance(error, ParameterError):
+            spelt = error.spell(args._flags)
+        else:
+            spelt = describe_os_error(error) if isinstance(error, OSError) else str(error)
         message = " ".join(spelt.split())
         print(f"adapterkit {args.command}: error: {message}", file=sys.stderr)
         return 2

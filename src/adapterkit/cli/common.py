@@ -132,6 +132,18 @@ def load_lm_training_files(args: argparse.Namespace) -> TaskData:
     return task
 
 
+def data_name(args: argparse.Namespace) -> str:
+    """The name of the training data, known before loading it: the bundled task, the train file's
+    stem or the image folder's task name (as the loaded ``TaskData.name`` will be)."""
+    if args.task:
+        return args.task
+    if args.train_file:
+        return args.train_file.stem
+    from ..data.image_folders import folder_task_name
+
+    return folder_task_name(args.train_dir)
+
+
 def adapter_name(text: str) -> str:
     """A valid adapter name (letters, digits, '_' and '-') made from a task or file name.
 

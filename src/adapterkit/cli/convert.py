@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..formats.detect import FORMATS
+from .paths import writable_dir
 
 #: Not an adapter format: the adapter merged into its base, a plain transformers model folder (inference/merged.py).
 MERGED = "merged"
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return run_merged(args)
     from ..inference.convert import convert
 
+    writable_dir(args.target, "target")  # before loading the model
     done = convert(args.source, args.target, args.to, model=args.model, adapter=args.adapter)
     others = [name for name in done.adapters if name != done.adapter]
     print(f"{args.source} ({done.source_format}) -> {done.target} ({done.format}): adapter {done.adapter!r}"

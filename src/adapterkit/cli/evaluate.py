@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.task import KINDS
 from .common import add_data_arguments, relabel
+from .console import quiet_libraries, show_progress
 from .generation import add_generation_arguments
 from .names import check_task
 
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no loading messages")
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.masked_lm import evaluate_masked_lm
     from ..inference.predict import evaluate, evaluate_images
 
+    quiet_libraries(args.quiet)
+    progress = show_progress(args.quiet)
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     head = model.heads[name].config
     folders = [] if args.alone else args.stack_under or recorded_under(meta)
@@ -87,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     examples = relabel(examples, data.label_names, head.label_names, head.kind)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
     if data.modality == "image":
-        metrics = evaluate_images(model, examples, setup, batch_size=args.batch_size)
+        metrics = evaluate_images(model, examples, setup, batch_size=args.batch_size, progress=progress)
     elif head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
         seed = meta.get("training", {}).get("seed", 0)
-        metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed)
+        metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed,
+                                     progress=progress)
     else:
-        metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size)
+        metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size, progress=progress)
     return _report(metrics, f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)", args.json)
 
 

@@ -6,8 +6,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, load_training_data
+from .common import add_data_arguments, adapter_name, data_name, load_training_data
+from .console import quiet_libraries
 from .names import check_task
+from .paths import fresh_dir, writable_dir
+from .run_names import changed_settings, default_run_dir
 
 DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
 folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
@@ -17,7 +20,9 @@ and refuses one that changed since (the fusion records each one's SHA-256). With
 adapters that receive the most fusion attention on the validation split are kept (AdapterDrop's
 fusion pruning), trained further for --prune-epochs (default 0: used as pruned) and saved as a run
 of its own, OUTPUT_DIR/pruned (best/ and results.json); the unpruned fusion stays in OUTPUT_DIR.
---store STORE also saves the fusion as STORE/NAME: the pruned one when --prune is given."""
+--store STORE also saves the fusion as STORE/NAME: the pruned one when --prune is given. OUTPUT_DIR defaults to
+runs/NAME-DIGEST, six hex digits of the settings given (the adapters fused, the data, ...); a folder
+holding an earlier run is refused unless --overwrite is given."""
 
 
 def register(subparsers) -> None:
@@ -44,9 +49,30 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping (0: never)")
-    parser.add_argument("--output-dir", help="default: runs/<name>")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--output-dir", help="default: runs/<name>-<digest of the settings given>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into OUTPUT_DIR even if it holds an earlier run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no loading messages")
     parser.set_defaults(func=run)
+
+
+#: Options that change how a fusion is carried out or reported, or that are in the folder's name
+#: (the store stays in: it says which adapters the names are).
+_NOT_IN_DIGEST = ("output_dir", "overwrite", "quiet", "name")
+
+
+def output_dir(args: argparse.Namespace, name: str) -> Path:
+    """The run folder (``--output-dir`` or ``runs/<name>-<digest>``) and, with ``--store``, the
+    store, checked writable, before any work; the run folder must be free unless ``--overwrite``.
+
+    Raises:
+        ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
+    """
+    folder = args.output_dir or default_run_dir(name, changed_settings(args, register, _NOT_IN_DIGEST))
+    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite)
+    if args.store is not None:
+        writable_dir(args.store, "--store")
+    return output
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,15 +90,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
     if args.prune is not None and not 1 <= args.prune < len(folders):
         raise ValueError(f"--prune K keeps K of the {len(folders)} adapters fused: give 1 <= K < {len(folders)}")
-    task = load_training_data(args)
-    name = args.name or adapter_name(f"{task.name}_fusion")
+    name = args.name or adapter_name(f"{data_name(args)}_fusion")
+    output = output_dir(args, name)
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
+    quiet_libraries(args.quiet)
+    task = load_training_data(args)
     model, names, _ = load_adapters(folders, args.model)
     fused = {n: folder.resolve() for n, folder in zip(names, folders)}
     hashes = adapter_hashes(fused)  # what the fusion is trained over; loading it checks them
     fusion = FusionConfig(adapters=tuple(fused), temperature=args.temperature, regularization=args.regularization)
     add_task_adapter(model, name, fusion, task, pooling=args.pooling, seed=args.seed)
-    output = Path(args.output_dir or f"runs/{name}")
     config = TrainingConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
         seed=args.seed, patience=args.patience or None, output_dir=str(output), progress=not args.quiet,

@@ -6,12 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, load_training_data, parse_option
+from .common import add_data_arguments, adapter_name, data_name, load_training_data, options_dict, parse_option
+from .console import quiet_children, quiet_libraries
 from .names import check_task, method_options
+from .paths import fresh_dir, writable_dir
+from .run_names import changed_settings, default_run_dir, model_tag
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
 accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
 in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json.
+OUTPUT_DIR defaults to runs/NAME-METHOD-MODEL, plus six hex digits of the settings changed from
+their defaults if any (so runs that differ never share a folder); a folder holding an earlier run
+is refused unless --overwrite (or --resume) is given.
 With --nproc N it trains data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs):
 --batch-size is then the global batch of a step, split evenly across the processes.
 K-Adapter: --method k_adapter pretrains a knowledge adapter (e.g. on --task kfacts or kdeps);
@@ -61,8 +67,10 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    parser.add_argument("--output-dir", help="default: runs/<name>-<method>")
+    parser.add_argument("--output-dir", help="default: runs/<name>-<method>-<model>[-<digest of the changed settings>]")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into OUTPUT_DIR even if it holds an earlier run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     parser.add_argument("--store", help="also save the best adapter as STORE/<name>, an adapter store that "
                         "`fuse` and `predict --adapters` read; an adapter of that name already there is refused "
@@ -82,6 +90,33 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+#: Options that change how a run is carried out or reported, not what it trains, or that are
+#: already in the default run folder's name (see ``run_names.py``).
+_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "nproc", "fsdp", "gradient_checkpointing",
+                  "model", "method", "name")
+
+
+def output_dir(args: argparse.Namespace, name: str) -> Path:
+    """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``,
+    the store, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``.
+
+    Raises:
+        ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
+    """
+    folder = args.output_dir
+    if folder is None:
+        # the task is in the name unless --name replaced it; a train file's path stays in the digest
+        ignored = (*_NOT_IN_DIGEST, *(() if args.name else ("task",)))
+        settings = changed_settings(args, register, ignored)
+        if "option" in settings:  # in any order
+            settings["option"] = dict(sorted(options_dict(args.option).items()))
+        folder = default_run_dir(f"{name}-{args.method}-{model_tag(args.model)}", settings)
+    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume, resumable=True)
+    if args.store:  # whether the name is free there: check_store_entry, once the store code is imported
+        writable_dir(args.store, "--store")
+    return output
+
+
 def run(args: argparse.Namespace) -> int:
     options = method_options(args.method, args.option)  # names first: torch is not imported yet
     if args.task:
@@ -94,13 +129,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.batch_size % args.nproc:
         raise ValueError(f"--batch-size {args.batch_size} is split across --nproc {args.nproc} processes; make it a multiple")
+    name = args.name or adapter_name(data_name(args))
+    output = output_dir(args, name)  # before any work: a run must not train for an epoch, then fail to save
     if args.nproc > 1 and not launched():  # before the heavy imports: the N processes do the work
+        quiet_children(args.quiet)
         return relaunch(args.nproc, args.argv)
     if args.fsdp and not launched():
         raise ValueError("--fsdp shards across processes: add --nproc N (or launch with torchrun)")
+    quiet_libraries(args.quiet)
 
     from ..composition import AdapterDrop, Stack
-    from ..data.image_folders import folder_task_name
     from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model
     from ..inference.loading import STACKED_UNDER, load_under
@@ -123,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "k_task" and "adapters" not in options:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
-    name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else folder_task_name(args.train_dir)))
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
     config = TrainingConfig(
         epochs=args.epochs,
@@ -136,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         eval_every=args.eval_every,
         max_grad_norm=args.max_grad_norm or None,
-        output_dir=args.output_dir or f"runs/{name}-{args.method}",
+        output_dir=str(output),
         resume=args.resume,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
@@ -146,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     if task is None:
         task = load_training_data(args)
     if not args.quiet and main:
-        print(task.describe(), file=sys.stderr, flush=True)
+        print(f"{task.describe()}\nrun folder: {output}", file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
     for folder in knowledge.values():
         model.load_adapter(folder, activate=False)

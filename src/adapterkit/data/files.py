@@ -6,6 +6,7 @@ KeyError deep inside training, or rows skipped without a word, costs a user far 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 from adapterkit.data.labels import LabelCodec, as_number, class_name, infer_kind
 from adapterkit.data.splitting import split_examples
-from adapterkit.data.tables import Row, field_text, read_delimited, read_json_lines, require_columns
+from adapterkit.data.tables import CONVERT_HINT, Row, decode_text, field_text, read_delimited, read_json_lines, require_columns
 from adapterkit.data.task import CLASSIFICATION, KINDS, MASKED_LM, Example, TaskData, require_text
 from adapterkit.errors import ParameterError
 
@@ -33,7 +34,13 @@ class _Raw(NamedTuple):
     where: str
 
 
-def _read_rows(path: Path) -> list[Row]:
+def read_rows(path: Path, encoding: str = "utf-8", fix: str = CONVERT_HINT) -> list[Row]:
+    """The rows of a .csv, .tsv or .jsonl/.json file, with their line numbers.
+
+    Raises:
+        ValueError: the file is missing, has another extension, is not ``encoding`` text (naming
+            the line and ``fix``), is malformed, or holds no rows.
+    """
     if not path.is_file():
         raise ValueError(f"{path}: file not found; check the path (relative to {Path.cwd()})")
     suffix = path.suffix.lower()
@@ -42,14 +49,11 @@ def _read_rows(path: Path) -> list[Row]:
             f"{path}: unknown extension {suffix!r}; use .csv, .tsv, or .jsonl/.json with one "
             "JSON object per line"
         )
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as stream:
-            if suffix in _JSON_LINES:
-                rows = read_json_lines(stream, str(path))
-            else:
-                rows = read_delimited(stream, str(path), _DELIMITERS[suffix])[1]
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason}); save it as UTF-8") from error
+    stream = io.StringIO(decode_text(path.read_bytes(), str(path), encoding, fix), newline="")
+    if suffix in _JSON_LINES:
+        rows = read_json_lines(stream, str(path))
+    else:
+        rows = read_delimited(stream, str(path), _DELIMITERS[suffix])[1]
     if not rows:
         raise ValueError(f"{path} is empty: it holds no examples; add one example per row")
     return rows
@@ -57,7 +61,7 @@ def _read_rows(path: Path) -> list[Row]:
 
 def _read_examples(path: Path, text_columns: tuple[str, ...], label_column: str) -> list[_Raw]:
     examples = []
-    for row in _read_rows(path):
+    for row in read_rows(path):
         where = f"{path} line {row.line}"
         require_columns(
             row.fields,

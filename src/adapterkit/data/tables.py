@@ -14,12 +14,33 @@ from typing import Any, NamedTuple, TextIO
 
 from adapterkit.errors import ParameterError
 
+#: How to fix text in another encoding, for the messages of :func:`decode_text`.
+CONVERT_HINT = "convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT` (for Latin-1 text)"
+
 
 class Row(NamedTuple):
     """A row's fields by column name, with the line it starts on (1-based) for error messages."""
 
     line: int
     fields: Mapping[str, Any]
+
+
+def decode_text(data: bytes, source: str, encoding: str = "utf-8", fix: str = CONVERT_HINT) -> str:
+    """``data`` decoded from ``encoding`` (a UTF-8 byte-order mark dropped).
+
+    Raises:
+        ValueError: a byte sequence that is not ``encoding``, naming ``source``, the line, the column
+            and the byte, then ``fix``.
+    """
+    utf8 = encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+    try:
+        return data.decode("utf-8-sig" if utf8 else encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(
+            f"{source} line {line}: not {'UTF-8' if utf8 else encoding} text (byte 0x{data[error.start]:02x} at column {column}); {fix}"
+        ) from error
 
 
 def read_delimited(

@@ -5,12 +5,13 @@ evaluation and serving."""
 from .fusion import AttentionRecorder, FusionAttention, fusion_attention, prune_fusion
 from .metrics import MAIN_METRIC, accuracy, compute_metrics, macro_f1, mse, pearson
 from .multitask import predict_tasks
-from .predict import evaluate, head_config, predict, predict_loader
+from .predict import Prediction, evaluate, head_config, predict, predict_loader, score_texts
 
 __all__ = [
     "AttentionRecorder",
     "FusionAttention",
     "MAIN_METRIC",
+    "Prediction",
     "accuracy",
     "compute_metrics",
     "evaluate",
@@ -23,4 +24,5 @@ __all__ = [
     "predict_loader",
     "predict_tasks",
     "prune_fusion",
+    "score_texts",
 ]

@@ -24,14 +24,23 @@ def base_model_for(metas: Sequence[dict[str, Any]], folders: Sequence[Path], mod
     """The base model ``model`` names, or else the one the first adapter records.
 
     Raises:
-        ValueError: neither is known.
+        ValueError: neither is known, or the recorded one is not found here (naming ``--model``).
     """
     reference = model or metas[0].get("base_model", {}).get("name_or_path")
     if not reference:
         raise ParameterError("{folder} does not record its base model; name it with {model:=}", folder=folders[0])
     # the recorded image size is for a bundled CNN; another model then says it is not the adapter's
     image_size = metas[0].get("base_model", {}).get("image_size") if reference in VISION_MODELS else None
-    return AdapterModel.from_pretrained(reference, image_size=image_size)
+    try:
+        return AdapterModel.from_pretrained(reference, image_size=image_size)
+    except ValueError as error:
+        if model:
+            raise
+        # a relative folder recorded by an older adapterkit, or a model folder moved since
+        raise ValueError(
+            f"{folders[0]} was trained on base model {reference!r}, not found here ({error}); name the base "
+            "model with --model (model= in Python)"
+        ) from error
 
 
 def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[AdapterModel, list[str], list[dict[str, Any]]]:

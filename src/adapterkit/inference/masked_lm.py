@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..composition import Setup, as_setup
 from ..data.batching import encode_examples, make_loader
@@ -76,10 +77,18 @@ def masked_lm_metrics(
 
 
 def evaluate_masked_lm(
-    model: AdapterModel, examples: Sequence[Example], adapters: str | Setup, *, max_length: int = 128, batch_size: int = 32, seed: int = 0
+    model: AdapterModel,
+    examples: Sequence[Example],
+    adapters: str | Setup,
+    *,
+    max_length: int = 128,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """:func:`masked_lm_metrics` of ``adapters`` on the texts of ``examples`` (labels unused),
-    masked with ``seed``; inputs truncated as in ``predict.evaluate``.
+    masked with ``seed``; inputs truncated as in ``predict.evaluate``. ``progress``: a bar of
+    batches on stderr.
 
     Raises:
         ValueError: no examples, or the setup's head is not a ``masked_lm`` head.
@@ -89,4 +98,4 @@ def evaluate_masked_lm(
     require_masked_lm_head(model, adapters)
     dataset = encode_examples(model.tokenizer, examples, model.token_budget(adapters, max_length))
     loader = make_loader(dataset, MaskedLMCollator(model.tokenizer, seed), batch_size)
-    return masked_lm_metrics(model, loader, adapters)
+    return masked_lm_metrics(model, tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not progress), adapters)

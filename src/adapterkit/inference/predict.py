@@ -9,10 +9,12 @@ computed it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..composition import Setup, as_setup
 from ..data.batching import Collator, EncodedDataset, encode_examples, encode_texts, make_loader
@@ -59,25 +61,46 @@ def refuse_tagging(config: HeadConfig, name: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One input's prediction: ``label`` is the class name (or id, if the head has no names) or,
+    for regression, the score; ``scores`` maps each class to its softmax probability (empty for
+    regression)."""
+
+    label: str | float
+    scores: dict[str, float] = field(default_factory=dict)
+
+
 @torch.no_grad()
 def predict_loader(
-    model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], adapters: str | Setup, kind: str, accelerator: Any = None
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    adapters: str | Setup,
+    kind: str,
+    accelerator: Any = None,
+    probabilities: bool = False,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(predictions, labels or None): class ids (argmax) or regression scores for every example.
+    """(predictions, labels or None): class ids (argmax) or regression scores for every example;
+    with ``probabilities``, a classifier's softmax over its classes instead, ``(examples, classes)``.
 
     With an ``accelerator`` the loader is a prepared (sharded) one and results are gathered from
-    all processes, without the duplicates ``accelerate`` pads the last batch with.
+    all processes, without the duplicates ``accelerate`` pads the last batch with. ``progress``
+    shows a bar of batches on stderr.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     predictions, labels = [], []
     try:
-        for batch in loader:
+        for batch in tqdm(loader, desc="predicting", unit="batch", leave=False, disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}
             target = batch.pop("labels", None)
             logits = model(**batch, adapters=adapters).logits
-            output = logits.float() if kind == REGRESSION else logits.argmax(-1)
+            if kind == REGRESSION:
+                output = logits.float()
+            else:
+                output = logits.float().softmax(-1) if probabilities else logits.argmax(-1)
             if accelerator is not None:
                 output = accelerator.gather_for_metrics(output)
                 target = accelerator.gather_for_metrics(target) if target is not None else None
@@ -97,16 +120,17 @@ def evaluate(
     adapters: str | Setup,
     max_length: int = 128,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Metrics of ``adapters`` on labelled examples (accuracy/macro-F1 or Pearson/MSE); inputs are
     truncated to ``max_length`` tokens, or fewer if the model and the setup's prompts leave fewer
-    (``AdapterModel.token_budget``)."""
+    (``AdapterModel.token_budget``). ``progress``: a bar of batches on stderr."""
     if not examples:
         raise ValueError("no examples to evaluate")
     kind = head_config(model, adapters).kind
     dataset = encode_examples(model.tokenizer, examples, model.token_budget(adapters, max_length))
     loader = make_loader(dataset, Collator(model.tokenizer, kind), batch_size)
-    predictions, labels = predict_loader(model, loader, adapters, kind)
+    predictions, labels = predict_loader(model, loader, adapters, kind, progress=progress)
     return compute_metrics(kind, predictions, labels)
 
 
@@ -119,15 +143,33 @@ def predict(
 ) -> list[str | float]:
     """One prediction per input: the class name (or id, if the head has no names) or a score.
     Inputs are truncated as in :func:`evaluate`."""
+    return [p.label for p in score_texts(model, texts, adapters, max_length=max_length, batch_size=batch_size)]
+
+
+def score_texts(
+    model: AdapterModel,
+    texts: Sequence[tuple[str, ...] | str],
+    adapters: str | Setup,
+    max_length: int = 128,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[Prediction]:
+    """One :class:`Prediction` per input, with every class's probability. Inputs are truncated as
+    in :func:`evaluate`; ``progress``: a bar of batches on stderr."""
     config = head_config(model, adapters)
     inputs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
     dataset = EncodedDataset(encode_texts(model.tokenizer, inputs, model.token_budget(adapters, max_length)), None)
     loader = make_loader(dataset, Collator(model.tokenizer, config.kind), batch_size)
-    predictions, _ = predict_loader(model, loader, adapters, config.kind)
+    outputs, _ = predict_loader(model, loader, adapters, config.kind, probabilities=True, progress=progress)
+    return _predictions(config, outputs)
+
+
+def _predictions(config: HeadConfig, outputs: np.ndarray) -> list[Prediction]:
+    """:class:`Prediction` values from regression scores or class probabilities ``(examples, classes)``."""
     if config.kind == REGRESSION:
-        return [float(p) for p in predictions]
-    names = config.label_names
-    return [names[int(p)] if names else str(int(p)) for p in predictions]
+        return [Prediction(float(np.ravel(value)[0])) for value in outputs]
+    names = list(config.label_names) or [str(i) for i in range(config.num_labels)]
+    return [Prediction(names[int(row.argmax())], dict(zip(names, map(float, row)))) for row in outputs]
 
 
 def _require_processor(model: AdapterModel) -> None:
@@ -136,24 +178,32 @@ def _require_processor(model: AdapterModel) -> None:
 
 
 def evaluate_images(
-    model: AdapterModel, examples: Sequence[ImageExample], adapters: str | Setup, batch_size: int = 64
+    model: AdapterModel, examples: Sequence[ImageExample], adapters: str | Setup, batch_size: int = 64, progress: bool = False
 ) -> dict[str, float]:
     """Metrics of ``adapters`` on labelled images (accuracy and macro-F1), preprocessed as the
-    model's processor says (no augmentation)."""
+    model's processor says (no augmentation); ``progress``: a bar of batches on stderr."""
     if not examples:
         raise ValueError("no images to evaluate")
     _require_processor(model)
     kind = head_config(model, adapters).kind
     loader = make_image_loader(examples, model.processor, batch_size)
-    predictions, labels = predict_loader(model, loader, adapters, kind)
+    predictions, labels = predict_loader(model, loader, adapters, kind, progress=progress)
     return compute_metrics(kind, predictions, labels)
 
 
 def predict_images(model: AdapterModel, images: Sequence, adapters: str | Setup, batch_size: int = 64) -> list[str]:
     """One class name (or id, if the head has no names) per image (``uint8`` arrays)."""
+    return [str(p.label) for p in score_images(model, images, adapters, batch_size=batch_size)]
+
+
+def score_images(
+    model: AdapterModel, images: Sequence, adapters: str | Setup, batch_size: int = 64, progress: bool = False
+) -> list[Prediction]:
+    """One :class:`Prediction` per image (``uint8`` arrays), with every class's probability;
+    ``progress``: a bar of batches on stderr."""
     _require_processor(model)
     config = head_config(model, adapters)
     loader = make_image_loader([ImageExample(image, 0) for image in images], model.processor, batch_size)
-    predictions, _ = predict_loader(model, ({"pixel_values": b["pixel_values"]} for b in loader), adapters, config.kind)
-    names = config.label_names
-    return [names[int(p)] if names else str(int(p)) for p in predictions]
+    batches = ({"pixel_values": b["pixel_values"]} for b in loader)
+    outputs, _ = predict_loader(model, batches, adapters, config.kind, probabilities=True, progress=progress)
+    return _predictions(config, outputs)
