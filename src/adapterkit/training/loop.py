@@ -172,14 +172,17 @@ class StepLoop:
         if hooks.step_log is not None:
             hooks.step_log.write(record)
         ending = last or progress.stopped_early
-        checkpoint = None
+        written, checkpoint = True, None
         if end_of_epoch or ending:
             checkpoint = self._close_epoch(epoch, record, complete=end_of_epoch)
-        elif hooks.stop.requested or (cfg.save_steps is not None and progress.global_step % cfg.save_steps == 0):
+        elif cfg.save_steps is not None and progress.global_step % cfg.save_steps == 0:
             checkpoint = self._checkpoint()
+        else:
+            written = False
         if hooks.on_step_end is not None:
             hooks.on_step_end(dict(record))
-        if hooks.stop.requested and not ending:
+        if hooks.stop.requested and not ending:  # Ctrl-C during this step
+            checkpoint = checkpoint if written else self._checkpoint()
             raise TrainingInterrupted(
                 f"stopped at {position(progress.epoch, progress.batches_in_epoch, progress.global_step, self.parts.plan.batches)}"
                 + (f"; checkpoint written to {checkpoint}" if checkpoint is not None else " (no checkpoint kept)"),

@@ -7,10 +7,10 @@ An epoch of ``B`` batches with gradient accumulation ``K`` takes ``ceil(B / K)``
 over ``warmup_ratio`` of the run's steps and is sized by its total.
 
 **Resuming with another length** (more ``epochs``, another ``max_steps``): the schedule is
-rebuilt over the new total and continues from the step the checkpoint reached, so the learning
-rate follows the new run's curve from there (a linear decay that had reached 0 picks up where the
-longer curve stands at that step) and reaches its end with the new last step.
-:func:`resumed_schedule_note` says so in one line.
+rebuilt over the new total and continues from the step the checkpoint reached
+(:func:`continue_schedule`), so the learning rate follows the new run's curve from there (a
+linear decay that had reached 0 picks up where the longer curve stands at that step) and reaches
+its end with the new last step. :func:`resumed_schedule_note` says so in one line.
 """
 
 from __future__ import annotations
@@ -65,3 +65,15 @@ def resumed_schedule_note(name: str, saved_total: int, plan: StepPlan, step: int
         f"resuming a run of {saved_total} optimizer steps as one of {plan.total_steps}: the {name} learning-rate "
         f"schedule is rebuilt over {plan.total_steps} steps and continues from step {step}"
     )
+
+
+def continue_schedule(scheduler: Any) -> None:
+    """Set the optimizer's learning rates to ``scheduler``'s value at its current step.
+
+    A scheduler restored from a checkpoint keeps the rates the checkpoint's schedule had set; one
+    rebuilt over another total must set its own before the next step uses them. ``scheduler``
+    is a ``torch.optim.lr_scheduler.LRScheduler`` or accelerate's wrapper of one.
+    """
+    inner = getattr(scheduler, "scheduler", scheduler)
+    inner.last_epoch -= 1
+    inner.step()  # recomputes every group's rate at last_epoch, as the step that reached it did

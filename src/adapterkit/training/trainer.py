@@ -66,7 +66,7 @@ from .interrupt import StopRequest, TrainingInterrupted, interrupted_without_che
 from .loop import LoopHooks, LoopParts, StepLoop
 from .memory import PeakMemory
 from .result import TrainingResult
-from .schedule import StepPlan, make_scheduler, plan_steps, resumed_schedule_note
+from .schedule import StepPlan, continue_schedule, make_scheduler, plan_steps, resumed_schedule_note
 from .step_log import LOG_FILE, StepLog
 
 if TYPE_CHECKING:
@@ -237,6 +237,7 @@ class Trainer:
             self._warn_changes(saved)
             note = resumed_schedule_note(cfg.lr_scheduler, progress.planned_steps, plan, progress.global_step)
             if note is not None:
+                continue_schedule(scheduler)
                 self._warn(note)
             self._log(f"resuming {checkpoint_dir} at {position(progress.epoch, progress.batches_in_epoch, progress.global_step, plan.batches)}"
                       f" of {plan.total_steps} steps")
