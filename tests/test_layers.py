@@ -23,6 +23,7 @@ LAYERS = {
     "adapterkit.heads": 0,
     "adapterkit.masked_lm_head": 0,
     "adapterkit.atomic": 0,
+    "adapterkit.spelling": 0,
     "adapterkit.bundled_models": 0,
     "adapterkit.vision_models": 0,
     "adapterkit.data": 0,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..data import load_files, load_task
+from ..inference.metrics import class_report, compute_metrics, format_class_report
 from .common import add_data_arguments, relabel
 from .generation import add_generation_arguments
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..composition import Stack
     from ..inference.loading import load_saved_adapter, load_under, recorded_under
     from ..inference.masked_lm import evaluate_masked_lm
-    from ..inference.predict import evaluate, evaluate_images
+    from ..inference.predict import labelled_image_predictions, labelled_predictions
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     head = model.heads[name].config
@@ -78,23 +79,33 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"adapter {args.adapter} has a {head.kind} head, but the data is {data.kind}")
     examples = relabel(examples, data.label_names, head.label_names, head.kind)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
-    if data.modality == "image":
-        metrics = evaluate_images(model, examples, setup, batch_size=args.batch_size)
-    elif head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
+    title = f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)"
+    if head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
         seed = meta.get("training", {}).get("seed", 0)
         metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed)
+        return _report(metrics, title, args.json)
+    if data.modality == "image":
+        predictions, labels = labelled_image_predictions(model, examples, setup, batch_size=args.batch_size)
     else:
-        metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size)
-    return _report(metrics, f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)", args.json)
+        predictions, labels = labelled_predictions(model, examples, setup, max_length=max_length, batch_size=args.batch_size)
+    metrics = compute_metrics(head.kind, predictions, labels)
+    if head.kind != "classification":
+        return _report(metrics, title, args.json)
+    names = head.label_names or tuple(str(i) for i in range(head.outputs))
+    return _report(metrics, title, args.json, class_report(predictions, labels, names))
 
 
-def _report(metrics: dict[str, float], title: str, as_json: bool) -> int:
+def _report(metrics: dict[str, float], title: str, as_json: bool, classes: dict | None = None) -> int:
+    """Print the metrics (and a classification's per-class table and confusion matrix, ``classes``
+    from ``class_report``) as text, or as one JSON object holding both."""
     if as_json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps({**metrics, **(classes or {})}, sort_keys=True))
     else:
         print(title)
         for metric, value in metrics.items():
             print(f"{metric} {value:.4f}")
+        if classes is not None:
+            print(f"\n{format_class_report(classes)}")
     return 0
 
 

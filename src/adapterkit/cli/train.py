@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from .common import add_data_arguments, adapter_name, load_training_data, options_dict, parse_option
+from .run_config import RUN_CONFIG_FILE, save_run_config
+from .training_args import add_training_control_arguments, check_against_task, training_controls
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
 accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
@@ -69,6 +72,7 @@ def register(subparsers) -> None:
                         help="shard the frozen base weights across the processes (FSDP2); adapters stay whole")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute layer activations in the backward pass instead of storing them")
+    add_training_control_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -87,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     from ..composition import AdapterDrop, Stack
     from ..data.image_folders import folder_task_name
     from ..formats.native import read_adapter_config
-    from ..distributed import is_main_process, make_accelerator, shard_model
+    from ..distributed import is_main_process, make_accelerator, shard_model, world_size
     from ..inference.loading import STACKED_UNDER, load_under
     from ..inference.store import save_to_store
     from ..model import AdapterModel
     from ..registry import make_config
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
+    from ..training.interrupt import TrainingInterrupted
 
     options = options_dict(args.option)
     if args.knowledge and args.method != "k_task":
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
     name = args.name or adapter_name(args.task or (args.train_file.stem if args.train_file else folder_task_name(args.train_dir)))
+    output_dir = args.output_dir or f"runs/{name}-{args.method}"
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -121,14 +127,18 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         eval_every=args.eval_every,
         max_grad_norm=args.max_grad_norm or None,
-        output_dir=args.output_dir or f"runs/{name}-{args.method}",
+        output_dir=output_dir,
         resume=args.resume,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
         augment=not args.no_augment,
+        **training_controls(args, output_dir),
     )
     main = is_main_process()
+    if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
+        save_run_config(args, Path(output_dir) / RUN_CONFIG_FILE, {"name": name, "output_dir": output_dir, "nproc": world_size()})
     task = load_training_data(args)
+    check_against_task(args, task)
     if not args.quiet and main:
         print(task.describe(), file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
@@ -144,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(config)
     if args.fsdp:
         shard_model(model, accelerator)
-    result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
+    try:
+        result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
+    except TrainingInterrupted as stop:
+        return report_interrupt(stop, args.argv, main)
     if not main:  # rank 0 reports and writes
         return 0
     best = Path(config.output_dir) / "best"
@@ -161,3 +174,26 @@ def run(args: argparse.Namespace) -> int:
     if args.store:
         print(f"saved in the store: {save_to_store(model, name, args.store, like=f'{config.output_dir}/best')}")
     return 0
+
+
+def report_interrupt(stop, argv: list[str], main: bool) -> int:
+    """Say where Ctrl-C stopped the run (``TrainingInterrupted``) and the command that resumes it;
+    the exit status of an interrupted command, 130."""
+    if main:
+        print(f"adapterkit train: {stop.message}", file=sys.stderr)
+        if stop.checkpoint is not None:
+            print(f"resume with: {resume_command(argv)}", file=sys.stderr)
+    return 130
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line ``argv`` (``train ...``) with ``--resume`` (and the process count of a
+    relaunched distributed run), quoted for a POSIX shell."""
+    from ..distributed import launched, world_size
+
+    command = list(argv)
+    if "--resume" not in command:
+        command.append("--resume")
+    if launched() and world_size() > 1 and not any(a == "--nproc" or a.startswith("--nproc=") for a in command):
+        command += ["--nproc", str(world_size())]
+    return "adapterkit " + shlex.join(command)

@@ -15,6 +15,22 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional
 
+from ..data.task import CLASSIFICATION, TaskData
+
+
+def task_class_weights(spec: str | Sequence[float] | None, task: TaskData) -> torch.Tensor | None:
+    """The class weights ``spec`` names for ``task`` (None: unweighted), from its training split.
+
+    Raises:
+        ValueError: weights for a task that is not classification, or a list whose length is
+            not its number of labels.
+    """
+    if spec is None:
+        return None
+    if task.kind != CLASSIFICATION:
+        raise ValueError(f"class_weights weight a classification loss, but task {task.name!r} is {task.kind}")
+    return class_weight_vector(spec, [e.label for e in task.train], task.label_names)
+
 
 def class_weight_vector(spec: str | Sequence[float], labels: Sequence[int], label_names: Sequence[str]) -> torch.Tensor:
     """The weights ``spec`` names for a task with ``label_names`` whose training labels are ``labels``.

@@ -60,7 +60,7 @@ from .checkpoint import (
     restore_adapter_weights,
     save_checkpoint,
 )
-from .class_weights import class_weight_vector
+from .class_weights import task_class_weights
 from .config import TrainingConfig
 from .interrupt import StopRequest, TrainingInterrupted, interrupted_without_checkpoint, position
 from .loop import LoopHooks, LoopParts, StepLoop
@@ -134,7 +134,7 @@ class Trainer:
         self.setup = setup if setup is not None else adapter
         check_head(model, adapter, self.setup, task)
         self.metric = check_metric(self.config.metric or MAIN_METRIC[task.kind], task.kind)
-        self.class_weights = self._class_weights()
+        self.class_weights = task_class_weights(self.config.class_weights, task)
         # tokens per input as trained (saved with the adapter): the setup's prompts take positions too
         self.max_length = model.token_budget(self.setup, self.config.max_length)
         self.accelerator = accelerator
@@ -309,14 +309,6 @@ class Trainer:
         no_decay = [p for p in trainable if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
-
-    def _class_weights(self) -> torch.Tensor | None:
-        spec = self.config.class_weights
-        if spec is None:
-            return None
-        if self.task.kind != "classification":
-            raise ValueError(f"class_weights weight a classification loss, but task {self.task.name!r} is {self.task.kind}")
-        return class_weight_vector(spec, [e.label for e in self.task.train], self.task.label_names)
 
     def _saved_extra(self, epoch: int, metrics: dict[str, float], step: int | None) -> dict[str, Any]:
         """Stored in the best adapter's config, so ``eval``/``predict`` know how it was trained."""
