@@ -315,3 +315,15 @@ def test_an_immediate_interrupt_names_the_last_checkpoint_on_disk(model_dir, tmp
     with pytest.raises(TrainingInterrupted, match=r"the checkpoint in .* holds step 4 \(end of epoch 1\)") as stop:
         Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, epochs=2), on_step_end=hard).train()
     assert (stop.value.step, stop.value.epoch) == (4, 1)
+
+
+def test_resuming_with_the_same_settings_warns_of_nothing(model_dir, tmp_path, capsys):
+    task = toy_task(32, 16)
+    settings = dict(epochs=2, class_weights=(1.0, 2.0), gradient_accumulation_steps=2, save_steps=1)
+    with pytest.raises(Crash):
+        Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, **settings), on_step_end=crash_at(3)).train()
+    capsys.readouterr()
+    Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, resume=True, **settings)).train()
+    assert "warning" not in capsys.readouterr().err
+    Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, resume=True, **{**settings, "class_weights": None})).train()
+    assert "class_weights: [1.0, 2.0] -> None" in capsys.readouterr().err

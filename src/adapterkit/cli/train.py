@@ -12,8 +12,9 @@ from .run_config import RUN_CONFIG_FILE, save_run_config
 from .training_args import add_training_control_arguments, check_against_task, training_controls
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
-accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
-in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json.
+accuracy, or Pearson for regression, or --metric) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
+in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json; the flags
+in OUTPUT_DIR/config.yaml, a line per optimizer step in OUTPUT_DIR/log.jsonl.
 With --nproc N it trains data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs):
 --batch-size is then the global batch of a step, split evenly across the processes.
 K-Adapter: --method k_adapter pretrains a knowledge adapter (e.g. on --task kfacts or kdeps);

@@ -34,14 +34,14 @@ class StepLog:
     """
 
     def __init__(self, path: Path, tensorboard_dir: str | None = None, resume_step: int | None = None):
+        self._writer = None
+        if tensorboard_dir is not None:
+            self._writer = _summary_writer(tensorboard_dir, None if resume_step is None else resume_step + 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = _records_up_to(path, resume_step) if resume_step is not None else []
         with path.open("w", encoding="utf-8") as stream:  # a whole rewrite: the log is small next to a run
             stream.writelines(line + "\n" for line in kept)
         self._stream = path.open("a", encoding="utf-8")
-        self._writer = None
-        if tensorboard_dir is not None:
-            self._writer = _summary_writer(tensorboard_dir, None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one step's record (keys as the module says) and flush it to disk."""

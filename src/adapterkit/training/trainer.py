@@ -187,7 +187,9 @@ class Trainer:
 
         checkpoint_dir, best_dir = output / CHECKPOINT_DIR, output / BEST_DIR
         progress, restore_rng = self._resume(checkpoint_dir, optimizer, scheduler, plan)
-        step_log = StepLog(output / LOG_FILE, cfg.tensorboard_dir, progress.global_step if restore_rng else None) if keep and self._main else None
+        step_log = None
+        if keep and self._main:  # a resumed run keeps the log up to its checkpoint's step
+            step_log = StepLog(output / LOG_FILE, cfg.tensorboard_dir, progress.global_step if restore_rng else None)
 
         def validate() -> dict[str, float]:
             recompute_batchnorm_statistics(model, statistics_loader, self.setup)  # saved with the adapter
@@ -202,10 +204,14 @@ class Trainer:
                 save_checkpoint(checkpoint_dir, model, self.adapter, optimizer, scheduler, progress, cfg.to_dict())
             return checkpoint_dir if keep else None
 
-        parts = LoopParts(cfg, plan, acc, wrapped, optimizer, scheduler, train_loader, trainable, self.setup, self.class_weights, self.metric)
+        parts = LoopParts(
+            cfg, plan, acc, wrapped, optimizer, scheduler, train_loader, trainable, self.setup, self.class_weights, self.metric
+        )
         with PeakMemory(acc.device) as peak, StopRequest(keep and acc.num_processes == 1) as stop:
-            hooks = LoopHooks(validate, save_best, checkpoint, self._log, self._log_epoch, peak.so_far, restore_rng, step_log, stop,
-                              self.on_epoch_end, self.on_step_end)
+            hooks = LoopHooks(
+                validate, save_best, checkpoint, self._log, self._log_epoch, peak.so_far, restore_rng, step_log, stop,
+                self.on_epoch_end, self.on_step_end,
+            )
             try:
                 StepLoop(parts, hooks, progress).run()
             except TrainingInterrupted:
@@ -239,8 +245,8 @@ class Trainer:
             if note is not None:
                 continue_schedule(scheduler)
                 self._warn(note)
-            self._log(f"resuming {checkpoint_dir} at {position(progress.epoch, progress.batches_in_epoch, progress.global_step, plan.batches)}"
-                      f" of {plan.total_steps} steps")
+            where = position(progress.epoch, progress.batches_in_epoch, progress.global_step, plan.batches)
+            self._log(f"resuming {checkpoint_dir} at {where} of {plan.total_steps} steps")
             return progress, restore_rng
         if cfg.resume:
             self._log(f"no checkpoint in {checkpoint_dir}; training from the start")
@@ -362,8 +368,9 @@ class Trainer:
         )
 
     def _warn_changes(self, saved: dict[str, Any]) -> None:
-        current = self.config.to_dict()
-        changed = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in _RESULT_FIELDS if saved.get(k) != current[k]]
+        current = json_form(self.config.to_dict())
+        saved = {**json_form(TrainingConfig().to_dict()), **saved}  # checkpoints from before a field existed
+        changed = [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in _RESULT_FIELDS if saved[k] != current[k]]
         if changed:
             self._warn(
                 "resuming with settings that differ from the interrupted run (" + "; ".join(changed) + "); "
