@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from ..data import load_files, load_task
-from ..inference.metrics import class_report, compute_metrics, format_class_report
 from .common import add_data_arguments, relabel
 from .generation import add_generation_arguments
 
@@ -43,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..composition import Stack
     from ..inference.loading import load_saved_adapter, load_under, recorded_under
     from ..inference.masked_lm import evaluate_masked_lm
+    from ..inference.metrics import class_report, compute_metrics
     from ..inference.predict import labelled_image_predictions, labelled_predictions
 
     model, name, meta = load_saved_adapter(args.adapter, args.model)
@@ -105,6 +105,8 @@ def _report(metrics: dict[str, float], title: str, as_json: bool, classes: dict 
         for metric, value in metrics.items():
             print(f"{metric} {value:.4f}")
         if classes is not None:
+            from ..inference.metrics import format_class_report
+
             print(f"\n{format_class_report(classes)}")
     return 0
 

@@ -12,9 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..inference.metrics import check_metric
-
-#: Must match ``training.schedule.SCHEDULERS`` (not imported: the CLI's parser stays light).
+#: Must match ``training.schedule.SCHEDULERS`` (not imported: building the parser imports no torch).
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 
 
@@ -61,6 +59,8 @@ def training_controls(args: argparse.Namespace, output_dir: str) -> dict[str, An
         ValueError: an unknown ``--metric`` (with the metric names; whether the task reports it
             is checked once the task is loaded).
     """
+    from ..inference.metrics import check_metric
+
     if args.metric is not None:
         check_metric(args.metric)
     tensorboard = args.log_dir or (Path(output_dir) / "tensorboard" if args.tensorboard else None)
@@ -83,6 +83,7 @@ def check_against_task(args: argparse.Namespace, task: Any) -> None:
     Raises:
         ValueError: naming the metrics of the task's kind, or its labels.
     """
+    from ..inference.metrics import check_metric
     from ..training.class_weights import task_class_weights
 
     if args.metric is not None:
