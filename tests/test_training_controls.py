@@ -82,6 +82,17 @@ def test_max_steps_stops_mid_epoch_validates_there_and_logs_every_step(model_dir
     assert result.validation_metrics == next(r["validation"] for r in log if r["step"] == best["step"])
 
 
+def test_patience_counts_step_validations_and_stops_mid_epoch(model_dir, tmp_path):
+    task = toy_task(64, 16)  # 8 steps per epoch; a rate too small to change any prediction
+    result = Trainer(fresh(model_dir, task=task), "toy", task,
+                     quick(tmp_path, epochs=3, learning_rate=1e-12, eval_steps=2, patience=2)).train()
+    assert result.stopped_early and result.best_epoch == 1 and result.epochs_run == 1
+    log = log_of(tmp_path)
+    assert [r["step"] for r in log if "validation" in r] == [2, 4, 6] and log[-1]["step"] == 6
+    assert [r.get("best", False) for r in log if "validation" in r] == [True, False, False]
+    assert len(result.history) == 1 and result.history[0]["validation"] == log[-1]["validation"]  # the run ended at step 6
+
+
 def test_tensorboard_event_files_hold_the_logged_scalars(model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

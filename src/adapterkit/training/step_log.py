@@ -1,7 +1,7 @@
 """The per-step log of a run: ``output_dir/log.jsonl`` and, optionally, TensorBoard event files.
 
-Every optimizer step appends one JSON object to ``log.jsonl`` (and flushes it, so a killed run
-keeps every line it finished): ``step`` (optimizer steps so far), ``epoch`` (1-based), ``loss``
+Every optimizer step appends one JSON object to ``log.jsonl`` and flushes it (a killed run keeps
+the lines it finished, but for one cut short, which :func:`read_log` skips): ``step`` (optimizer steps so far), ``epoch`` (1-based), ``loss``
 (the step's mean training loss, over its accumulated batches and all processes),
 ``learning_rate`` (the rate the step used) and, on a step that validated, ``validation`` (the
 metrics) and ``best`` (whether it improved the selection metric). A resumed run first drops the
@@ -16,7 +16,6 @@ With a ``tensorboard_dir`` the same figures go to ``torch.utils.tensorboard.Summ
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,6 @@ class StepLog:
         """Append one step's record (keys as the module says) and flush it to disk."""
         self._stream.write(json.dumps(record, sort_keys=True) + "\n")
         self._stream.flush()
-        os.fsync(self._stream.fileno())
         if self._writer is not None:
             step = record["step"]
             self._writer.add_scalar("train/loss", record["loss"], step)
