@@ -120,6 +120,7 @@ def test_the_command_line_overrides_the_file_and_json_is_read_too(workspace, tmp
         ("method: bitfit\nepochs: three\n", "epochs must be an integer, got 'three'"),
         ("method: bitfit\nquiet: 1\n", "quiet is a switch: give true or false"),
         ("method: bitfit\nlr_scheduler: step\n", "lr_scheduler must be one of linear, cosine, constant_with_warmup"),
+        ("method: bitfit\nmixed_precision: no\n", "mixed_precision is not a switch, got false (YAML reads no/yes"),
         ("- method\n", "must hold a mapping"),
         ("method: [unclosed\n", "is not valid YAML"),
     ],

@@ -20,7 +20,9 @@ def register(subparsers) -> None:
         "recorded in the adapter is loaded unless --model is given. An adapter trained above others "
         "(train --stack-under) runs above them again, or above the ones --stack-under names (a MAD-X language "
         "adapter swapped for another language's), or alone with --alone. A masked-LM adapter (a language "
-        "adapter) reports masked-token accuracy, loss and perplexity (exp of the mean loss over masked tokens).",
+        "adapter) reports masked-token accuracy, loss and perplexity (exp of the mean loss over masked tokens). "
+        "A classifier also gets per-class precision, recall and F1 and the confusion matrix (keys per_class and "
+        "confusion_matrix with --json).",
     )
     parser.add_argument("--adapter", required=True, type=Path, help="a saved adapter folder")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="split seed of a bundled task (default: the training seed)")
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the metrics (and a classifier's per-class ones) as one JSON object")
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -161,6 +161,8 @@ def _value(action: argparse.Action, value: Any, where: str) -> Any:
 
 def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
     convert = action.type or str
+    if isinstance(value, bool) and convert is not bool:
+        raise ValueError(f"{where} is not a switch, got {str(value).lower()} (YAML reads no/yes/off/on as false/true: quote them, 'no')")
     if convert in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (convert is int and not float(value).is_integer()):
             raise ValueError(f"{where} must be {'an integer' if convert is int else 'a number'}, got {value!r}")
