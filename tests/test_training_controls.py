@@ -93,6 +93,14 @@ def test_patience_counts_step_validations_and_stops_mid_epoch(model_dir, tmp_pat
     assert len(result.history) == 1 and result.history[0]["validation"] == log[-1]["validation"]  # the run ended at step 6
 
 
+def test_a_run_ended_by_max_steps_resumes_with_more_steps_and_one_record_per_epoch(model_dir, tmp_path):
+    task = toy_task(64, 16)  # 8 steps per epoch
+    Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, max_steps=5)).train()
+    again = Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, max_steps=12, resume=True)).train()
+    assert [r["epoch"] for r in again.history] == [1, 2] and again.epochs_run == 2
+    assert [r["step"] for r in log_of(tmp_path)] == list(range(1, 13))
+
+
 def test_tensorboard_event_files_hold_the_logged_scalars(model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

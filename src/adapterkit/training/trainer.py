@@ -241,6 +241,8 @@ class Trainer:
         if cfg.resume and (checkpoint_dir / STATE_FILE).is_file():
             progress, saved, restore_rng = load_checkpoint(checkpoint_dir, self.model, self.adapter, optimizer, scheduler)
             self._warn_changes(saved)
+            if progress.batches_in_epoch and progress.history and progress.history[-1]["epoch"] == progress.epoch + 1:
+                progress.history.pop()  # a run that ended mid-epoch (max_steps) recorded it; the epoch goes on
             note = resumed_schedule_note(cfg.lr_scheduler, progress.planned_steps, plan, progress.global_step)
             if note is not None:
                 continue_schedule(scheduler)
