@@ -83,7 +83,9 @@ def test_eval_on_the_test_file_reproduces_the_training_result(trained, workspace
     code, out, err = run_cli("eval", "--adapter", str(output / "best"), "--test-file", str(workspace["test"]),
                              "--label-column", "sentiment", "--json")
     assert code == 0, err
-    assert json.loads(out) == pytest.approx(results["test_metrics"])
+    scores = json.loads(out)
+    assert {k: scores.pop(k) for k in results["test_metrics"]} == pytest.approx(results["test_metrics"])
+    assert set(scores) == {"per_class", "confusion_matrix"}  # per class: see test_cli_training_controls
 
 
 def test_eval_maps_labels_by_name_when_a_file_orders_them_differently(trained, workspace):

@@ -48,7 +48,7 @@ def test_train_eval_predict_on_an_image_folder(tmp_path):
     assert saved["name"] == saved["task"]["name"] == tmp_path.name  # train/ is a split's folder: named after its parent
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(test), "--json")
     assert code == 0, err
-    assert set(json.loads(out)) == {"accuracy", "macro_f1"}
+    assert set(json.loads(out)) == {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
     shutil.copytree(test / "light", tmp_path / "lights" / "light")  # some of the classes: evaluated
     code, out, err = run_cli("eval", "--adapter", str(tmp_path / "run" / "best"), "--test-dir", str(tmp_path / "lights"))
     assert code == 0 and "(3 examples)" in out, err

@@ -24,6 +24,7 @@ LAYERS = {
     "adapterkit.masked_lm_head": 0,
     "adapterkit.atomic": 0,
     "adapterkit.errors": 0,
+    "adapterkit.spelling": 0,
     "adapterkit.bundled_models": 0,
     "adapterkit.vision_models": 0,
     "adapterkit.data": 0,

@@ -21,6 +21,7 @@ from ..bundled_models import ModelInstallError
 from ..errors import ParameterError
 from .parsing import CliParser, flag_names
 from .paths import describe_os_error
+from .run_config import apply_run_config
 
 
 def package_version() -> str:
@@ -53,11 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 usage or input error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if apply_run_config(build_parser, parser, argv) is not None:  # `train --config FILE`: its values become defaults
+        return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2): argparse already printed
         return exit_.code if isinstance(exit_.code, int) else 0
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches itself with it
+    args.argv = argv  # `train --nproc N` relaunches itself with it
     try:
         return args.func(args)
     except (ValueError, OSError, ModelInstallError, ModuleNotFoundError) as error:

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         "recorded in the adapter is loaded unless --model is given. An adapter trained above others "
         "(train --stack-under) runs above them again, or above the ones --stack-under names (a MAD-X language "
         "adapter swapped for another language's), or alone with --alone. A masked-LM adapter (a language "
-        "adapter) reports masked-token accuracy, loss and perplexity (exp of the mean loss over masked tokens).",
+        "adapter) reports masked-token accuracy, loss and perplexity (exp of the mean loss over masked tokens). "
+        "A classifier also gets per-class precision, recall and F1 and the confusion matrix (keys per_class and "
+        "confusion_matrix with --json).",
     )
     parser.add_argument("--adapter", required=True, type=Path, help="a saved adapter folder")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapter)")
@@ -35,7 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="split seed of a bundled task (default: the training seed)")
     parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the metrics (and a classifier's per-class ones) as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no loading messages")
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_task
     from ..inference.loading import load_saved_adapter, load_under, recorded_under
     from ..inference.masked_lm import evaluate_masked_lm
-    from ..inference.predict import evaluate, evaluate_images
+    from ..inference.metrics import class_report, compute_metrics
+    from ..inference.predict import labelled_image_predictions, labelled_predictions
 
     quiet_libraries(args.quiet)
     progress = show_progress(args.quiet)
@@ -90,15 +93,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"adapter {args.adapter} has a {head.kind} head, but the data is {data.kind}")
     examples = relabel(examples, data.label_names, head.label_names, head.kind)
     max_length = args.max_length or meta.get("training", {}).get("max_length", 128)
-    if data.modality == "image":
-        metrics = evaluate_images(model, examples, setup, batch_size=args.batch_size, progress=progress)
-    elif head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
+    title = f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)"
+    if head.kind == "masked_lm":  # masks seeded by the training seed, as in training's evaluation
         seed = meta.get("training", {}).get("seed", 0)
         metrics = evaluate_masked_lm(model, examples, setup, max_length=max_length, batch_size=args.batch_size, seed=seed,
                                      progress=progress)
+        return _report(metrics, title, args.json)
+    if data.modality == "image":
+        predictions, labels = labelled_image_predictions(model, examples, setup, batch_size=args.batch_size, progress=progress)
     else:
-        metrics = evaluate(model, examples, setup, max_length=max_length, batch_size=args.batch_size, progress=progress)
-    return _report(metrics, f"{' > '.join([*under, name])} on {data.name} ({len(examples)} examples)", args.json)
+        predictions, labels = labelled_predictions(model, examples, setup, max_length=max_length, batch_size=args.batch_size,
+                                                   progress=progress)
+    metrics = compute_metrics(head.kind, predictions, labels)
+    if head.kind != "classification":
+        return _report(metrics, title, args.json)
+    names = head.label_names or tuple(str(i) for i in range(head.outputs))
+    return _report(metrics, title, args.json, class_report(predictions, labels, names))
 
 
 def read_test_file(args: argparse.Namespace, meta: dict, kind: str):
@@ -110,13 +120,19 @@ def read_test_file(args: argparse.Namespace, meta: dict, kind: str):
     return load_files(args.test_file, args.test_file, args.test_file, columns, args.label_column, kind=kind)
 
 
-def _report(metrics: dict[str, float], title: str, as_json: bool) -> int:
+def _report(metrics: dict[str, float], title: str, as_json: bool, classes: dict | None = None) -> int:
+    """Print the metrics (and a classification's per-class table and confusion matrix, ``classes``
+    from ``class_report``) as text, or as one JSON object holding both."""
     if as_json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps({**metrics, **(classes or {})}, sort_keys=True))
     else:
         print(title)
         for metric, value in metrics.items():
             print(f"{metric} {value:.4f}")
+        if classes is not None:
+            from ..inference.metrics import format_class_report
+
+            print(f"\n{format_class_report(classes)}")
     return 0
 
 

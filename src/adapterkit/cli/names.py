@@ -13,7 +13,7 @@ from typing import Any
 
 from .common import options_dict
 from .manifest import METHODS, TASKS
-from .parsing import did_you_mean
+from ..spelling import did_you_mean
 
 UNION_EXAMPLE = """'configs=[{"method": "lora", "r": 4}, {"method": "pfeiffer", "reduction_factor": 32}]'"""
 """How a union's members are written on the command line: a JSON list of configs, each with its

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,11 +11,14 @@ from .common import add_data_arguments, adapter_name, data_name, load_training_d
 from .console import quiet_children, quiet_libraries
 from .names import check_task, method_options
 from .paths import fresh_dir, writable_dir
+from .run_config import RUN_CONFIG_FILE, save_run_config
 from .run_names import changed_settings, default_run_dir, model_tag
+from .training_args import add_training_control_arguments, check_against_task, training_controls
 
 DESCRIPTION = """Train an adapter on a bundled task or your own files. The best adapter (by validation
-accuracy, or Pearson for regression) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
-in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json.
+accuracy, or Pearson for regression, or --metric) is saved in OUTPUT_DIR/best, a checkpoint after every epoch
+in OUTPUT_DIR/checkpoint (continue with --resume), and the result in OUTPUT_DIR/results.json; the flags
+in OUTPUT_DIR/config.yaml, a line per optimizer step in OUTPUT_DIR/log.jsonl.
 OUTPUT_DIR defaults to runs/NAME-METHOD-MODEL, plus six hex digits of the settings changed from
 their defaults if any (so runs that differ never share a folder); a folder holding an earlier run
 is refused unless --overwrite (or --resume) is given.
@@ -87,6 +91,7 @@ def register(subparsers) -> None:
                         help="shard the frozen base weights across the processes (FSDP2); adapters stay whole")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute layer activations in the backward pass instead of storing them")
+    add_training_control_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -140,12 +145,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..composition import AdapterDrop, Stack
     from ..formats.native import read_adapter_config
-    from ..distributed import is_main_process, make_accelerator, shard_model
+    from ..distributed import is_main_process, make_accelerator, shard_model, world_size
     from ..inference.loading import STACKED_UNDER, load_under
     from ..inference.store import ADAPTER_HASHES, adapter_hashes, check_store_entry, save_to_store
     from ..model import AdapterModel
     from ..registry import make_config
     from ..training import Trainer, TrainingConfig, add_task_adapter, format_table
+    from ..training.interrupt import TrainingInterrupted
 
     if args.knowledge and args.method != "k_task":
         raise ValueError(f"--knowledge loads knowledge adapters for --method k_task, not for {args.method}")
@@ -162,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
+    output_dir = str(output)
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -173,15 +180,19 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         eval_every=args.eval_every,
         max_grad_norm=args.max_grad_norm or None,
-        output_dir=str(output),
+        output_dir=output_dir,
         resume=args.resume,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
         augment=not args.no_augment,
+        **training_controls(args, output_dir),
     )
     main = is_main_process()
+    if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
+        save_run_config(args, Path(output_dir) / RUN_CONFIG_FILE, {"name": name, "output_dir": output_dir, "nproc": world_size()})
     if task is None:
         task = load_training_data(args)
+    check_against_task(args, task)
     if not args.quiet and main:
         print(f"{task.describe()}\nrun folder: {output}", file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
@@ -197,7 +208,10 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(config)
     if args.fsdp:
         shard_model(model, accelerator)
-    result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
+    try:
+        result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
+    except TrainingInterrupted as stop:
+        return report_interrupt(stop, args.argv, main)
     if not main:  # rank 0 reports and writes
         return 0
     best = Path(config.output_dir) / "best"
@@ -216,3 +230,26 @@ def run(args: argparse.Namespace) -> int:
         stored = save_to_store(model, name, args.store, like=f"{config.output_dir}/best", replace=args.replace_in_store)
         print(f"saved in the store: {stored}" + (f" ({replacing})" if replacing else ""))
     return 0
+
+
+def report_interrupt(stop, argv: list[str], main: bool) -> int:
+    """Say where Ctrl-C stopped the run (``TrainingInterrupted``) and the command that resumes it;
+    the exit status of an interrupted command, 130."""
+    if main:
+        print(f"adapterkit train: {stop.message}", file=sys.stderr)
+        if stop.checkpoint is not None:
+            print(f"resume with: {resume_command(argv)}", file=sys.stderr)
+    return 130
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line ``argv`` (``train ...``) with ``--resume`` (and the process count of a
+    relaunched distributed run), quoted for a POSIX shell."""
+    from ..distributed import launched, world_size
+
+    command = list(argv)
+    if "--resume" not in command:
+        command.append("--resume")
+    if launched() and world_size() > 1 and not any(a == "--nproc" or a.startswith("--nproc=") for a in command):
+        command += ["--nproc", str(world_size())]
+    return "adapterkit " + shlex.join(command)

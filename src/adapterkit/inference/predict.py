@@ -125,13 +125,26 @@ def evaluate(
     """Metrics of ``adapters`` on labelled examples (accuracy/macro-F1 or Pearson/MSE); inputs are
     truncated to ``max_length`` tokens, or fewer if the model and the setup's prompts leave fewer
     (``AdapterModel.token_budget``). ``progress``: a bar of batches on stderr."""
+    predictions, labels = labelled_predictions(model, examples, adapters, max_length, batch_size, progress)
+    return compute_metrics(head_config(model, adapters).kind, predictions, labels)
+
+
+def labelled_predictions(
+    model: AdapterModel, examples: Sequence[Example], adapters: str | Setup, max_length: int = 128, batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, labels) of ``adapters`` on labelled examples, as :func:`evaluate` scores them
+    (``progress``: a bar of batches on stderr).
+
+    Raises:
+        ValueError: no examples.
+    """
     if not examples:
         raise ValueError("no examples to evaluate")
     kind = head_config(model, adapters).kind
     dataset = encode_examples(model.tokenizer, examples, model.token_budget(adapters, max_length))
     loader = make_loader(dataset, Collator(model.tokenizer, kind), batch_size)
-    predictions, labels = predict_loader(model, loader, adapters, kind, progress=progress)
-    return compute_metrics(kind, predictions, labels)
+    return predict_loader(model, loader, adapters, kind, progress=progress)
 
 
 def predict(
@@ -182,13 +195,24 @@ def evaluate_images(
 ) -> dict[str, float]:
     """Metrics of ``adapters`` on labelled images (accuracy and macro-F1), preprocessed as the
     model's processor says (no augmentation); ``progress``: a bar of batches on stderr."""
+    predictions, labels = labelled_image_predictions(model, examples, adapters, batch_size, progress)
+    return compute_metrics(head_config(model, adapters).kind, predictions, labels)
+
+
+def labelled_image_predictions(
+    model: AdapterModel, examples: Sequence[ImageExample], adapters: str | Setup, batch_size: int = 64, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, labels) of ``adapters`` on labelled images, as :func:`evaluate_images` scores them
+    (``progress``: a bar of batches on stderr).
+
+    Raises:
+        ValueError: no images, or a model that reads text.
+    """
     if not examples:
         raise ValueError("no images to evaluate")
     _require_processor(model)
-    kind = head_config(model, adapters).kind
     loader = make_image_loader(examples, model.processor, batch_size)
-    predictions, labels = predict_loader(model, loader, adapters, kind, progress=progress)
-    return compute_metrics(kind, predictions, labels)
+    return predict_loader(model, loader, adapters, head_config(model, adapters).kind, progress=progress)
 
 
 def predict_images(model: AdapterModel, images: Sequence, adapters: str | Setup, batch_size: int = 64) -> list[str]:

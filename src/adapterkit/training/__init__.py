@@ -18,6 +18,7 @@ from ..inference.metrics import MAIN_METRIC, accuracy, compute_metrics, macro_f1
 from ..inference.predict import evaluate, predict
 from .checkpoint import BEST_DIR, CHECKPOINT_DIR, RESULTS_FILE, Progress, restore_adapter_weights
 from .config import TrainingConfig, default_learning_rate
+from .interrupt import TrainingInterrupted
 from .memory import PeakMemory
 from .multitask import mixture_batches, train_multitask
 from .report import format_table
@@ -38,6 +39,7 @@ __all__ = [
     "RESULTS_FILE",
     "Trainer",
     "TrainingConfig",
+    "TrainingInterrupted",
     "TrainingResult",
     "accuracy",
     "add_task_adapter",

@@ -1,12 +1,18 @@
-"""Per-epoch checkpoints: everything needed to continue a run exactly where it stopped.
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+Written after every epoch, every ``save_steps`` optimizer steps, and when Ctrl-C stops a run
+(``interrupt.py``); a checkpoint taken mid-epoch records how many batches of the epoch were used,
+so the resumed run skips them (the shuffle order is a function of seed and epoch) and continues
+with the random generators as they were at that step.
 
 ``output_dir/checkpoint/`` holds
 
 * ``adapter/``: the adapter being trained, in the ordinary adapter format (``save_adapter``);
 * ``optimizer.{safetensors,json}``, ``scheduler.{safetensors,json}``, ``rng.{safetensors,json}``:
   their state trees (see :mod:`adapterkit.training.state`; no pickle anywhere);
-* ``trainer_state.json``: epochs completed, optimizer steps, best validation score and epoch,
-  the patience counter, the per-epoch history, time and memory so far, and the config.
+* ``trainer_state.json``: epochs completed, batches used of the current one, optimizer steps
+  (and the run's planned total), best validation score, epoch and step, the patience counter,
+  the per-epoch history, time and memory so far, and the config.
 
 The folder is written with :func:`adapterkit.atomic.atomic_directory`, so a run killed while
 saving leaves the previous complete checkpoint in place, never a mixture of two epochs.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,14 +46,22 @@ FORMAT = "adapterkit.checkpoint/1"
 class Progress:
     """The trainer's counters: what a checkpoint restores besides weights and optimizer.
 
-    ``epoch`` counts completed epochs, so a resumed run starts with epoch index ``epoch``.
-    ``bad_evaluations`` is the patience counter (validations in a row without improvement).
+    ``epoch`` counts completed epochs, so a resumed run starts with epoch index ``epoch``, after
+    its first ``batches_in_epoch`` batches (whose summed training loss is ``epoch_loss_sum``).
+    ``global_step`` counts optimizer steps, of ``planned_steps`` in the run. ``bad_evaluations``
+    is the patience counter (validations in a row without improvement). ``best_epoch`` (1-based)
+    and ``best_step`` locate the best validation, whose metrics are ``best_validation``.
     """
 
     epoch: int = 0
     global_step: int = 0
+    batches_in_epoch: int = 0
+    epoch_loss_sum: float = 0.0
+    planned_steps: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
+    best_step: int | None = None
+    best_validation: dict[str, float] = field(default_factory=dict)
     bad_evaluations: int = 0
     stopped_early: bool = False
     train_time_s: float = 0.0
@@ -107,14 +122,16 @@ def read_checkpoint_state(directory: Path) -> dict[str, Any]:
 
 def load_checkpoint(
     directory: Path, model: AdapterModel, name: str, optimizer: Any, scheduler: Any
-) -> tuple[Progress, dict[str, Any]]:
-    """Restore adapter weights, optimizer, scheduler and RNG states; return (progress, saved config).
+) -> tuple[Progress, dict[str, Any], Callable[[], None]]:
+    """Restore adapter weights, optimizer and scheduler states.
 
-    Restores the random generators too, so call it right before the training loop continues.
+    Returns (progress, saved config, restore_rng): call ``restore_rng()`` where the checkpoint
+    was taken: at an epoch boundary before the next epoch's data iterator is made (making one
+    draws from torch's generator), mid-epoch after the new iterator has skipped the used batches.
     """
     state = read_checkpoint_state(directory)
     restore_adapter_weights(model, name, directory / "adapter")
     optimizer.load_state_dict(load_tree(directory, "optimizer"))
     scheduler.load_state_dict(load_tree(directory, "scheduler"))
-    restore_rng_state(load_tree(directory, "rng"))
-    return Progress(**state["progress"]), state["config"]
+    rng = load_tree(directory, "rng")
+    return Progress(**state["progress"]), state["config"], lambda: restore_rng_state(rng)

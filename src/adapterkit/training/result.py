@@ -79,7 +79,8 @@ class TrainingResult:
 
     @property
     def main_metric(self) -> str:
-        return MAIN_METRIC[self.kind]
+        """The metric that selected the best adapter (``TrainingConfig.metric``, else the kind's)."""
+        return self.config.get("metric") or MAIN_METRIC[self.kind]
 
     @property
     def main_test_score(self) -> float:

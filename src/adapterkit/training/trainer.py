@@ -6,25 +6,26 @@ the model, wraps it in DDP when there are several processes (only parameters tha
 are synchronised, i.e. the adapter), splits each batch into one equal slice per process (so N
 processes take the steps one process takes), and ``is_main_process`` guards every file write.
 
-One epoch = a pass over the (shuffled) training split, then, every ``eval_every`` epochs,
-validation. An improvement of the main validation metric (accuracy, Pearson for regression,
-masked-token accuracy for a masked-LM task: its batches masked as BERT's, ``data/masking.py``) saves the adapter to ``output_dir/best``; ``patience`` validations in a row without
-one end the run. After every epoch the full state goes to ``output_dir/checkpoint`` (see
-``checkpoint.py``), so ``resume=True`` continues after the last completed epoch and ends with
-the same weights as a run that was never interrupted. At the end the best adapter is loaded
-back into the model (left in eval mode; a reparameterised prefix folded into plain prefixes, and
-``best/`` rewritten in that small form), evaluated on the test split, and the
-:class:`TrainingResult` is written to ``output_dir/results.json``.
+The trainer builds the loaders, the optimizer and the learning-rate schedule
+(``schedule.py``: sized by ``epochs`` or ``max_steps`` and the gradient accumulation), resumes
+from ``output_dir/checkpoint`` when asked (``checkpoint.py``), and hands them to the loop
+(``loop.py``): optimizer steps, validation every ``eval_every`` epochs or ``eval_steps`` steps,
+the best adapter (by the selection ``metric``: accuracy, Pearson for regression, masked-token
+accuracy for a masked-LM task, perplexity for causal-LM tasks, unless another is named) saved to
+``output_dir/best``, ``patience``, checkpoints (after every epoch, every ``save_steps`` steps, on
+Ctrl-C: ``interrupt.py``), and the per-step log ``output_dir/log.jsonl`` (``step_log.py``). A
+resumed run ends with the same weights as a run that was never interrupted, from an epoch
+boundary or mid-epoch. At the end the best adapter is loaded back into the model (left in eval
+mode; a reparameterised prefix folded into plain prefixes, and ``best/`` rewritten in that small
+form), evaluated on the test split, and the :class:`TrainingResult` is written to
+``output_dir/results.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import tempfile
-import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +33,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from ..composition import Setup
 from ..data.batching import Collator, encode_examples, make_loader
@@ -46,10 +45,11 @@ from ..distributed import make_accelerator
 from ..errors import ParameterError
 from ..formats.native import CONFIG_FILE, read_adapter_config
 from ..inference.masked_lm import masked_lm_metrics
-from ..inference.metrics import MAIN_METRIC, compute_metrics, improves
+from ..inference.metrics import MAIN_METRIC, check_metric, compute_metrics
 from ..inference.perplexity import loader_perplexity
-from ..inference.predict import head_config, predict_loader
+from ..inference.predict import predict_loader
 from .batchnorm import recompute_batchnorm_statistics, trained_batchnorms
+from .checks import check_head, check_modality
 from .checkpoint import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -61,15 +61,22 @@ from .checkpoint import (
     restore_adapter_weights,
     save_checkpoint,
 )
+from .class_weights import task_class_weights
 from .config import TrainingConfig
+from .interrupt import StopRequest, TrainingInterrupted, interrupted_without_checkpoint, position
+from .loop import LoopHooks, LoopParts, StepLoop
 from .memory import PeakMemory
 from .result import TrainingResult, majority_accuracy
+from .schedule import StepPlan, continue_schedule, make_scheduler, plan_steps, resumed_schedule_note
+from .step_log import LOG_FILE, StepLog
 
 if TYPE_CHECKING:
     from ..model import AdapterModel
 
-#: Config fields whose change between an interrupted run and its resumption changes the result.
-_RESULT_FIELDS = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_ratio", "max_length", "seed", "max_grad_norm")
+#: Config fields whose change between an interrupted run and its resumption changes the result
+#: (a change of length, ``epochs`` or ``max_steps``, is told by ``schedule.resumed_schedule_note``).
+_RESULT_FIELDS = ("batch_size", "learning_rate", "weight_decay", "warmup_ratio", "max_length", "seed", "max_grad_norm",
+                  "gradient_accumulation_steps", "lr_scheduler", "class_weights", "metric")
 
 
 class Trainer:
@@ -85,6 +92,14 @@ class Trainer:
             ``Stack("lang", adapter)`` to train a task adapter on top of a frozen one.
         accelerator: an ``accelerate.Accelerator`` to use instead of a new one.
         on_epoch_end: called with each epoch's record (after its checkpoint is written).
+        on_step_end: called with each optimizer step's record (as in ``log.jsonl``, after any
+            checkpoint of that step is written).
+
+    Raises:
+        ValueError: an adapter, head, task or config that do not fit together (an unknown
+            selection metric for the task's kind, class weights on a task that is not
+            classification or of another number of labels).
+        TrainingInterrupted: (from :meth:`train`) Ctrl-C stopped the run; it names the checkpoint.
 
     Inputs are truncated to ``config.max_length`` tokens, or to fewer when the model's positions
     less the setup's prompt positions leave fewer (``AdapterModel.token_budget``, which warns when
@@ -101,6 +116,7 @@ class Trainer:
         setup: str | Setup | None = None,
         accelerator: Accelerator | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_step_end: Callable[[dict[str, Any]], None] | None = None,
     ):
         if adapter not in model.adapters:
             known = ", ".join(model.adapters) or "none"
@@ -117,11 +133,14 @@ class Trainer:
         self.task = task
         self.config = config or TrainingConfig()
         self.setup = setup if setup is not None else adapter
-        self._check_head()
+        check_head(model, adapter, self.setup, task)
+        self.metric = check_metric(self.config.metric or MAIN_METRIC[task.kind], task.kind)
+        self.class_weights = task_class_weights(self.config.class_weights, task)
         # tokens per input as trained (saved with the adapter): the setup's prompts take positions too
         self.max_length = model.token_budget(self.setup, self.config.max_length)
         self.accelerator = accelerator
         self.on_epoch_end = on_epoch_end
+        self.on_step_end = on_step_end
         self.method = model.adapters[adapter].config.method
         self.learning_rate = self.config.learning_rate_for(self.method)
 
@@ -158,57 +177,51 @@ class Trainer:
         statistics_loader = loader(task.train, eval_batch) if trained_batchnorms(model) else ()  # unshuffled, not augmented
         # With split batches the prepared loader has as many steps as this one, and accelerate
         # steps the scheduler once per optimizer step.
-        total_steps = len(train_loader) * cfg.epochs
+        plan = plan_steps(len(train_loader), cfg.epochs, cfg.gradient_accumulation_steps, cfg.max_steps)
+        self._epochs = plan.epochs
         optimizer = torch.optim.AdamW(self._param_groups(), lr=self.learning_rate)
-        scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+        scheduler = make_scheduler(cfg.lr_scheduler, optimizer, cfg.warmup_ratio, plan.total_steps)
         wrapped, optimizer, train_loader, val_loader, test_loader, scheduler = acc.prepare(
             model, optimizer, train_loader, val_loader, test_loader, scheduler
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         checkpoint_dir, best_dir = output / CHECKPOINT_DIR, output / BEST_DIR
-        progress = Progress()
-        if cfg.resume and (checkpoint_dir / STATE_FILE).is_file():
-            progress, saved = load_checkpoint(checkpoint_dir, model, self.adapter, optimizer, scheduler)
-            self._warn_changes(saved)
-            self._log(f"resuming {checkpoint_dir} after epoch {progress.epoch} of {cfg.epochs}")
-        elif cfg.resume:
-            self._log(f"no checkpoint in {checkpoint_dir}; training from the start")
+        progress, restore_rng = self._resume(checkpoint_dir, optimizer, scheduler, plan)
+        step_log = None
+        if keep and self._main:  # a resumed run keeps the log up to its checkpoint's step
+            step_log = StepLog(output / LOG_FILE, cfg.tensorboard_dir, progress.global_step if restore_rng else None)
 
-        main = MAIN_METRIC[task.kind]
-        with PeakMemory(acc.device) as peak:
-            for epoch in range(progress.epoch, cfg.epochs):
-                if progress.stopped_early:
-                    break
-                started = time.perf_counter()
-                record: dict[str, Any] = {"epoch": epoch + 1}
-                record["train_loss"] = self._train_epoch(acc, wrapped, train_loader, optimizer, scheduler, trainable, epoch, progress)
-                record["learning_rate"] = scheduler.get_last_lr()[0]
-                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    recompute_batchnorm_statistics(model, statistics_loader, self.setup)  # saved with the adapter
-                    metrics = self._evaluate(acc, val_loader)
-                    record["validation"] = metrics
-                    if improves(main, metrics[main], progress.best_metric):
-                        progress.best_metric, progress.best_epoch, progress.bad_evaluations = metrics[main], epoch + 1, 0
-                        record["best"] = True
-                        if self._main:
-                            model.save_adapter(self.adapter, best_dir, extra=self._saved_extra(epoch + 1, metrics))
-                    else:
-                        progress.bad_evaluations += 1
-                        out_of_patience = cfg.patience is not None and progress.bad_evaluations >= cfg.patience
-                        progress.stopped_early = out_of_patience and epoch + 1 < cfg.epochs
-                progress.epoch = epoch + 1
-                progress.train_time_s += time.perf_counter() - started
-                progress.peak_memory_bytes = max(progress.peak_memory_bytes, peak.so_far())
-                progress.history.append(record)
-                if keep and self._main:
-                    save_checkpoint(checkpoint_dir, model, self.adapter, optimizer, scheduler, progress, cfg.to_dict())
-                acc.wait_for_everyone()
-                self._log_epoch(record, time.perf_counter() - started)
-                if self.on_epoch_end is not None:
-                    self.on_epoch_end(dict(record))
-            if progress.stopped_early:
-                self._log(f"stopped early: no {main} improvement for {progress.bad_evaluations} validation(s)")
+        def validate() -> dict[str, float]:
+            recompute_batchnorm_statistics(model, statistics_loader, self.setup)  # saved with the adapter
+            return self._evaluate(acc, val_loader)
+
+        def save_best(epoch: int, step: int, metrics: dict[str, float]) -> None:
+            if self._main:
+                model.save_adapter(self.adapter, best_dir, extra=self._saved_extra(epoch, metrics, step))
+
+        def checkpoint() -> Path | None:
+            if keep and self._main:
+                save_checkpoint(checkpoint_dir, model, self.adapter, optimizer, scheduler, progress, cfg.to_dict())
+            return checkpoint_dir if keep else None
+
+        parts = LoopParts(
+            cfg, plan, acc, wrapped, optimizer, scheduler, train_loader, trainable, self.setup, self.class_weights, self.metric
+        )
+        with PeakMemory(acc.device) as peak, StopRequest(keep and acc.num_processes == 1) as stop:
+            hooks = LoopHooks(
+                validate, save_best, checkpoint, self._log, self._log_epoch, peak.so_far, restore_rng, step_log, stop,
+                self.on_epoch_end, self.on_step_end,
+            )
+            try:
+                StepLoop(parts, hooks, progress).run()
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt:
+                raise interrupted_without_checkpoint(checkpoint_dir if keep else None) from None
+            finally:
+                if step_log is not None:
+                    step_log.close()
         progress.peak_memory_bytes = max(progress.peak_memory_bytes, peak.bytes)
 
         acc.wait_for_everyone()
@@ -222,6 +235,25 @@ class Trainer:
             result.save(output / RESULTS_FILE)
         acc.wait_for_everyone()
         return result
+
+    def _resume(self, checkpoint_dir: Path, optimizer, scheduler, plan: StepPlan) -> tuple[Progress, Callable[[], None] | None]:
+        """(progress, restore_rng): a fresh start, or the checkpoint's state when resuming."""
+        cfg = self.config
+        if cfg.resume and (checkpoint_dir / STATE_FILE).is_file():
+            progress, saved, restore_rng = load_checkpoint(checkpoint_dir, self.model, self.adapter, optimizer, scheduler)
+            self._warn_changes(saved)
+            if progress.batches_in_epoch and progress.history and progress.history[-1]["epoch"] == progress.epoch + 1:
+                progress.history.pop()  # a run that ended mid-epoch (max_steps) recorded it; the epoch goes on
+            note = resumed_schedule_note(cfg.lr_scheduler, progress.planned_steps, plan, progress.global_step)
+            if note is not None:
+                continue_schedule(scheduler)
+                self._warn(note)
+            where = position(progress.epoch, progress.batches_in_epoch, progress.global_step, plan.batches)
+            self._log(f"resuming {checkpoint_dir} at {where} of {plan.total_steps} steps")
+            return progress, restore_rng
+        if cfg.resume:
+            self._log(f"no checkpoint in {checkpoint_dir}; training from the start")
+        return Progress(), None
 
     def _restore_best(self, acc, best_dir: Path, progress: Progress) -> None:
         """Load the best weights back into the model, folded into their inference form.
@@ -241,35 +273,8 @@ class Trainer:
         if model.fold_adapter(self.adapter):  # the same answer on every process
             acc.wait_for_everyone()  # every process has read best/ before it is rewritten
             if self._main:
-                extra = self._saved_extra(progress.best_epoch, _best_validation(progress))
+                extra = self._saved_extra(progress.best_epoch, _best_validation(progress), progress.best_step)
                 model.save_adapter(self.adapter, best_dir, extra=extra)
-
-    def _train_epoch(self, acc, wrapped, loader, optimizer, scheduler, trainable, epoch: int, progress: Progress) -> float:
-        cfg = self.config
-        wrapped.train()
-        loader.set_epoch(epoch)  # the shuffle order of this epoch (and of every process)
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (cfg.progress and self._main),
-            leave=False,
-            dynamic_ncols=True,
-        )
-        total, count = 0.0, 0
-        for batch in bar:
-            loss = wrapped(**batch, adapters=self.setup).loss
-            acc.backward(loss)
-            if cfg.max_grad_norm is not None:
-                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.global_step += 1
-            total += loss.item()
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-        mean = torch.tensor(total / count if count else math.nan, device=acc.device)
-        return float(acc.reduce(mean, "mean").item())
 
     def _loader_maker(self):
         """``loader(examples, batch_size, shuffle_seed=None)`` for the task's modality: token ids
@@ -314,30 +319,7 @@ class Trainer:
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 
-    def _check_head(self) -> None:
-        head, task = head_config(self.model, self.setup), self.task
-        if (head.kind == "causal_lm") != (task.kind in GENERATION_KINDS):
-            raise ValueError(
-                f"adapter {self.adapter!r} has a {head.kind} head, but task {task.name!r} is {task.kind}; "
-                + ("causal-LM tasks train an adapter with a causal_lm head (add_task_adapter gives it one)"
-                   if task.kind in GENERATION_KINDS else "a causal_lm head trains on translation or language-modelling tasks")
-            )
-        if head.kind == "causal_lm":
-            return
-        if head.kind != task.kind:
-            raise ValueError(f"adapter {self.adapter!r} has a {head.kind} head, but task {task.name!r} is {task.kind}")
-        if head.outputs != task.num_labels:
-            raise ValueError(
-                f"adapter {self.adapter!r} has a head with {head.outputs} outputs, but task {task.name!r} has "
-                f"{task.num_labels} labels; add the adapter with head=task_head(task) (or add_task_adapter)"
-            )
-        if head.label_names and tuple(head.label_names) != tuple(task.label_names):
-            raise ValueError(
-                f"adapter {self.adapter!r} predicts labels {list(head.label_names)}, but task {task.name!r} has "
-                f"{list(task.label_names)} (names and order must match)"
-            )
-
-    def _saved_extra(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    def _saved_extra(self, epoch: int, metrics: dict[str, float], step: int | None) -> dict[str, Any]:
         """Stored in the best adapter's config, so ``eval``/``predict`` know how it was trained."""
         task = self.task
         image = {"image_size": self.model.processor.size} if task.modality == "image" else {}
@@ -352,6 +334,7 @@ class Trainer:
             },
             "training": {
                 "epoch": epoch,
+                "step": step,
                 "validation": metrics,
                 "max_length": self.max_length,
                 "learning_rate": self.learning_rate,
@@ -379,7 +362,7 @@ class Trainer:
             train_time_s=progress.train_time_s,
             peak_memory_bytes=progress.peak_memory_bytes,
             memory_measure=PeakMemory(acc.device).measure,
-            epochs_run=progress.epoch,
+            epochs_run=progress.epoch + (1 if progress.batches_in_epoch else 0),
             best_epoch=progress.best_epoch,
             stopped_early=progress.stopped_early,
             learning_rate=self.learning_rate,
@@ -390,21 +373,26 @@ class Trainer:
         )
 
     def _warn_changes(self, saved: dict[str, Any]) -> None:
-        current = self.config.to_dict()
-        changed = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in _RESULT_FIELDS if saved.get(k) != current[k]]
+        current = json_form(self.config.to_dict())
+        saved = {**json_form(TrainingConfig().to_dict()), **saved}  # checkpoints from before a field existed
+        changed = [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in _RESULT_FIELDS if saved[k] != current[k]]
         if changed:
-            warnings.warn(
+            self._warn(
                 "resuming with settings that differ from the interrupted run (" + "; ".join(changed) + "); "
-                "the result will differ from an uninterrupted run",
-                stacklevel=3,
+                "the result will differ from an uninterrupted run"
             )
+
+    def _warn(self, message: str) -> None:
+        """One line on stderr (main process), even without progress output."""
+        if self._main:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _log(self, message: str) -> None:
         if self.config.progress and self._main:
             print(message, file=sys.stderr, flush=True)
 
     def _log_epoch(self, record: dict[str, Any], seconds: float) -> None:
-        parts = [f"epoch {record['epoch']}/{self.config.epochs}", f"train loss {record['train_loss']:.4f}"]
+        parts = [f"epoch {record['epoch']}/{self._epochs}", f"train loss {record['train_loss']:.4f}"]
         if "validation" in record:
             metrics = " ".join(f"{k} {v:.4f}" for k, v in record["validation"].items())
             parts.append(f"validation {metrics}" + (" (best)" if record.get("best") else ""))
@@ -412,24 +400,7 @@ class Trainer:
         self._log(", ".join(parts))
 
 
-def check_modality(model: AdapterModel, task: TaskData) -> None:
-    """Refuse a task the model cannot read: images need a CNN with its preprocessor, texts a tokenizer."""
-    if task.modality == "image" and model.processor is None:
-        raise ValueError(
-            f"task {task.name!r} is images, but this {model.parts.model_type!r} model reads text; "
-            "train it on an image model (e.g. --model efficientnet-lite0)"
-        )
-    if task.modality == "text" and model.processor is not None:
-        raise ValueError(
-            f"task {task.name!r} is text, but this {model.parts.model_type!r} model reads images; "
-            "train it on a text model (e.g. --model minilm), or give this one an image task"
-        )
-    if task.modality == "text" and model.tokenizer is None:
-        raise ValueError(
-            "the model has no tokenizer; load it with AdapterModel.from_pretrained or pass tokenizer= to AdapterModel"
-        )
-
-
 def _best_validation(progress: Progress) -> dict[str, float]:
-    """The validation metrics of the best epoch ({} before any validation)."""
-    return next((r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch), {})
+    """The validation metrics of the best validation ({} before any); checkpoints written before
+    ``best_validation`` was kept have them in the best epoch's history record."""
+    return progress.best_validation or next((r["validation"] for r in progress.history if r["epoch"] == progress.best_epoch), {})
