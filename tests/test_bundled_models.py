@@ -218,8 +218,12 @@ def test_smollm2_converted_folder_answers_greedily() -> None:
     assert "Paris" in answer
 
 
-def test_cli_reports_a_missing_model_package_without_a_traceback(adapterkit_cache: Path, monkeypatch, capsys) -> None:
+def test_cli_reports_a_missing_model_package_without_a_traceback(
+    adapterkit_cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from adapterkit.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default run folder, runs/..., is made in the working directory
 
     real_find_spec = bundled_models.importlib.util.find_spec
     monkeypatch.setattr(

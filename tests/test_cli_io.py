@@ -134,7 +134,7 @@ def test_a_file_system_error_during_the_work_is_one_line_naming_the_path(monkeyp
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/srv/models/x")
 
-    monkeypatch.setattr("adapterkit.inference.loading.load_saved_adapter", denied)
+    monkeypatch.setattr("adapterkit.formats.native.read_adapter_config", denied)
     code, _, err = run_cli("eval", "--adapter", "somewhere", "--task", "rotten_tomatoes", "--quiet")
     one_line_error(code, err, "adapterkit eval: error: /srv/models/x: permission denied")
     assert describe_os_error(FileNotFoundError("x.csv: file not found")) == "x.csv: file not found"
@@ -220,7 +220,7 @@ def test_the_default_folder_names_the_model_and_an_earlier_run_is_refused(worksp
     code, out, err = run_cli(*train_argv(workspace))
     assert code == 0, err
     (run,) = (tmp_path / "runs").iterdir()
-    assert run.name.startswith("train_adapter-bitfit-tiny_model-") and len(run.name.rsplit("-", 1)[1]) == 6
+    assert run.name.startswith("train-bitfit-tiny_model-") and len(run.name.rsplit("-", 1)[1]) == 6  # train.csv: adapter train_adapter
     assert str(Path("runs") / run.name / "best") in out
     first = (run / "results.json").read_text()
     code, _, err = run_cli(*train_argv(workspace))  # the same run again: refused, nothing touched

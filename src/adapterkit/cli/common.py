@@ -144,15 +144,20 @@ def data_name(args: argparse.Namespace) -> str:
     return folder_task_name(args.train_dir)
 
 
+def file_safe_name(text: str) -> str:
+    """``text`` as letters, digits, '_' and '-' (a task or file name made a name; no torch needed)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "adapter"
+
+
 def adapter_name(text: str) -> str:
-    """A valid adapter name (letters, digits, '_' and '-') made from a task or file name.
+    """A valid adapter name (:func:`file_safe_name`) made from a task or file name.
 
     Names of ``nn.Module`` attributes (a file called ``train.csv`` gives ``train``) are refused
     by the model, so those get an ``_adapter`` suffix.
     """
     from torch import nn
 
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "adapter"
+    name = file_safe_name(text)
     return f"{name}_adapter" if hasattr(nn.ModuleDict, name) else name
 
 

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 #: Options that change how a fusion is carried out or reported, or that are in the folder's name
 #: (the store stays in: it says which adapters the names are).
-_NOT_IN_DIGEST = ("output_dir", "overwrite", "quiet", "name")
+_NOT_IN_DIGEST = ("output_dir", "overwrite", "replace_in_store", "quiet", "name")
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:

@@ -116,8 +116,8 @@ def check_options(args: argparse.Namespace) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     output = check_options(args)
-    quiet_libraries(args.quiet)
     if args.adapters:
+        quiet_libraries(args.quiet)
         return run_parallel(args, output)
     from ..formats.native import read_adapter_config
 
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.adapter} generates text: --scores is for classification adapters")
     texts = None if images else read_inputs(args.input, columns[:1] if generates else columns, args.encoding)
 
+    quiet_libraries(args.quiet)  # imports torch
     from ..inference.loading import load_saved_adapter
     from ..inference.predict import score_texts
 

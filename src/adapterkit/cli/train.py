@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, data_name, load_training_data, options_dict, parse_option
+from .common import (
+    add_data_arguments, adapter_name, data_name, file_safe_name, load_training_data, options_dict, parse_option,
+)
 from .console import quiet_children, quiet_libraries
 from .names import check_task, method_options
 from .paths import fresh_dir, writable_dir
@@ -97,13 +100,14 @@ def register(subparsers) -> None:
 
 #: Options that change how a run is carried out or reported, not what it trains, or that are
 #: already in the default run folder's name (see ``run_names.py``).
-_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "nproc", "fsdp", "gradient_checkpointing",
-                  "model", "method", "name")
+_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "replace_in_store", "nproc", "fsdp",
+                  "gradient_checkpointing", "save_steps", "tensorboard", "log_dir", "config", "model", "method", "name")
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:
     """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``,
-    the store, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``.
+    the store, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``
+    (checked by the first process only: the others of a distributed run may find its first files there).
 
     Raises:
         ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
@@ -116,7 +120,8 @@ def output_dir(args: argparse.Namespace, name: str) -> Path:
         if "option" in settings:  # in any order
             settings["option"] = dict(sorted(options_dict(args.option).items()))
         folder = default_run_dir(f"{name}-{args.method}-{model_tag(args.model)}", settings)
-    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume, resumable=True)
+    later_rank = int(os.environ.get("RANK", "0")) > 0
+    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume or later_rank, resumable=True)
     if args.store:  # whether the name is free there: check_store_entry, once the store code is imported
         writable_dir(args.store, "--store")
     return output
@@ -126,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     options = method_options(args.method, args.option)  # names first: torch is not imported yet
     if args.task:
         check_task(args.task)
+    # before any work: a run must not train for an epoch, then fail to save (the folder is named
+    # without torch: `train.csv`'s adapter is `train_adapter`, its run folder runs/train-...)
+    output = output_dir(args, args.name or file_safe_name(data_name(args)))
     # one process: the data too before the heavy imports (--nproc N: each relaunched process loads it)
     task = load_training_data(args) if args.nproc == 1 else None
     from ..distributed import launched, relaunch
@@ -134,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.batch_size % args.nproc:
         raise ValueError(f"--batch-size {args.batch_size} is split across --nproc {args.nproc} processes; make it a multiple")
-    name = args.name or adapter_name(data_name(args))
-    output = output_dir(args, name)  # before any work: a run must not train for an epoch, then fail to save
     if args.nproc > 1 and not launched():  # before the heavy imports: the N processes do the work
         quiet_children(args.quiet)
         return relaunch(args.nproc, args.argv)
@@ -167,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "k_task" and "adapters" not in options:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
+    name = args.name or adapter_name(data_name(args))
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
     config = TrainingConfig(
         epochs=args.epochs,
