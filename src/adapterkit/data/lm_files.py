@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from adapterkit.data.files import _read_rows
+from adapterkit.data.files import read_rows
 from adapterkit.data.prompts import SIMPLE, user_message
 from adapterkit.data.splitting import split_examples
 from adapterkit.data.tables import Row, field_text
@@ -77,7 +77,7 @@ def read_lm_file(path: Path, kind: str | None) -> tuple[str, list[Example]]:
     """
     first: tuple[str, Row] | None = None
     examples = []
-    for row in _read_rows(path):
+    for row in read_rows(path):
         where = f"{path} line {row.line}"
         form = _form_of(list(row.fields))
         if form is None or (kind is not None and FORMS[form][2] != kind):
@@ -99,7 +99,7 @@ def read_lm_file(path: Path, kind: str | None) -> tuple[str, list[Example]]:
         if len(texts) == 2:
             texts = (user_message(texts[0], field_text(row.fields.get("input"))), texts[1])
         examples.append(Example(texts, 0))
-    assert first is not None  # _read_rows refuses an empty file
+    assert first is not None  # read_rows refuses an empty file
     return FORMS[first[0]][2], examples
 
 
