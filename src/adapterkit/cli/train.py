@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
-    output_dir = str(output)
+    run_folder = str(output)
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -180,16 +180,16 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         eval_every=args.eval_every,
         max_grad_norm=args.max_grad_norm or None,
-        output_dir=output_dir,
+        output_dir=run_folder,
         resume=args.resume,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
         augment=not args.no_augment,
-        **training_controls(args, output_dir),
+        **training_controls(args, run_folder),
     )
     main = is_main_process()
     if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
-        save_run_config(args, Path(output_dir) / RUN_CONFIG_FILE, {"name": name, "output_dir": output_dir, "nproc": world_size()})
+        save_run_config(args, Path(run_folder) / RUN_CONFIG_FILE, {"name": name, "output_dir": run_folder, "nproc": world_size()})
     if task is None:
         task = load_training_data(args)
     check_against_task(args, task)

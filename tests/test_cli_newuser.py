@@ -1,0 +1,17 @@
+"""Issue 16 checked as a new user would: what still went wrong after the merges, each as a test
+that failed before its fix. Runs in-process on the tiny BERT folder of ``test_cli``."""
+
+from __future__ import annotations
+
+import json
+
+from test_cli import run_cli, workspace  # noqa: F401 (module-scoped fixture)
+from test_cli_io import one_line_error, train_argv
+from test_training import one_thread  # noqa: F401 (autouse fixture)
+
+
+def test_train_runs_and_saves_its_run(workspace, tmp_path):
+    code, out, err = run_cli(*train_argv(workspace, "--output-dir", str(tmp_path / "run")))
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 1
+    assert (tmp_path / "run" / "config.yaml").is_file()
