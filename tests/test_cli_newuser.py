@@ -15,3 +15,9 @@ def test_train_runs_and_saves_its_run(workspace, tmp_path):
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 1
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_predict_output_naming_a_folder_says_so(tmp_path):
+    (tmp_path / "preds").mkdir()
+    code, _, err = run_cli("predict", "--adapter", str(tmp_path / "nowhere"), "--output", str(tmp_path / "preds"))
+    one_line_error(code, err, "is a folder")
