@@ -3,11 +3,15 @@ that failed before its fix. Runs in-process on the tiny BERT folder of ``test_cl
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 from test_cli import run_cli, workspace  # noqa: F401 (module-scoped fixture)
 from test_cli_io import one_line_error, train_argv
 from test_training import one_thread  # noqa: F401 (autouse fixture)
+
+from adapterkit.cli import main
 
 
 def test_train_runs_and_saves_its_run(workspace, tmp_path):
@@ -21,3 +25,17 @@ def test_predict_output_naming_a_folder_says_so(tmp_path):
     (tmp_path / "preds").mkdir()
     code, _, err = run_cli("predict", "--adapter", str(tmp_path / "nowhere"), "--output", str(tmp_path / "preds"))
     one_line_error(code, err, "is a folder")
+
+
+class ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_output_piped_into_head_ends_quietly(monkeypatch):
+    """`adapterkit methods | head`: the reader closing the pipe is no error to report."""
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    with contextlib.redirect_stderr(err):
+        code = main(["methods"])
+    assert code == 141 and err.getvalue() == ""
