@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 
+import pytest
+
 from test_cli import run_cli, workspace  # noqa: F401 (module-scoped fixture)
 from test_cli_io import one_line_error, train_argv
 from test_training import one_thread  # noqa: F401 (autouse fixture)
@@ -39,3 +41,14 @@ def test_output_piped_into_head_ends_quietly(monkeypatch):
     with contextlib.redirect_stderr(err):
         code = main(["methods"])
     assert code == 141 and err.getvalue() == ""
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--eval-steps", "-1"], "--eval-steps must be a positive integer, got -1"),
+    (["--save-steps", "0"], "--save-steps must be a positive integer, got 0"),
+    (["--class-weights", "0,0"], "--class-weights must be >= 0 and not all 0"),
+])
+def test_step_and_weight_flags_are_named_as_flags(workspace, tmp_path, flags, message):
+    code, _, err = run_cli(*train_argv(workspace, *flags, "--output-dir", str(tmp_path / "run")))
+    one_line_error(code, err, message)
+    assert not (tmp_path / "run").exists()
