@@ -52,3 +52,9 @@ def test_step_and_weight_flags_are_named_as_flags(workspace, tmp_path, flags, me
     code, _, err = run_cli(*train_argv(workspace, *flags, "--output-dir", str(tmp_path / "run")))
     one_line_error(code, err, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_negative_seed_names_the_flag(workspace, tmp_path):
+    code, _, err = run_cli(*train_argv(workspace, "--seed", "-1", "--output-dir", str(tmp_path / "run")))
+    assert code == 2 and "argument --seed: expected a whole number from 0" in err, err
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,17 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def parse_seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**32 - 1 (what numpy, which splits and shuffles, accepts)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 4294967295, got {text!r}")
+    return seed
+
+
 def options_dict(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in pairs or []:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, data_name, load_training_data
+from .common import add_data_arguments, adapter_name, data_name, load_training_data, parse_seed
 from .console import quiet_libraries
 from .names import check_task
 from .paths import fresh_dir, writable_dir
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the fusion method's)")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=parse_seed, default=0)
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping (0: never)")
     parser.add_argument("--output-dir", help="default: runs/<name>-<digest of the settings given>")
     parser.add_argument("--overwrite", action="store_true",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..data.prompts import PROMPT_FORMATS, SIMPLE, TEXT
+from .common import parse_seed
 from .generation import add_generation_arguments
 
 DESCRIPTION = """Generate a response to each prompt with a causal-LM adapter trained by `adapterkit
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
                         help="how prompts are written (default: the adapter's; simple without an adapter)")
     parser.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
     parser.add_argument("--top-p", type=float, help="sample from the smallest token set of this probability (default: greedy)")
-    parser.add_argument("--seed", type=int, default=0, help="the sampling seed (default: 0)")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="the sampling seed (default: 0)")
     parser.add_argument("--max-length", type=int, help="prompt budget: the instruction gets half of it "
                         "(default: the length the adapter was trained with, else 128)")
     parser.add_argument("--batch-size", type=int, default=8)
