@@ -58,3 +58,11 @@ def test_a_negative_seed_names_the_flag(workspace, tmp_path):
     code, _, err = run_cli(*train_argv(workspace, "--seed", "-1", "--output-dir", str(tmp_path / "run")))
     assert code == 2 and "argument --seed: expected a whole number from 0" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unwritable_log_dir_is_refused_before_any_work(workspace, tmp_path):
+    (tmp_path / "plain-file").write_text("")
+    code, _, err = run_cli(*train_argv(workspace, "--log-dir", str(tmp_path / "plain-file" / "tb"),
+                                       "--output-dir", str(tmp_path / "run")))
+    one_line_error(code, err, "--log-dir", "is a file, not a folder")
+    assert not (tmp_path / "run").exists()  # else a rerun would need --overwrite

@@ -102,8 +102,8 @@ _NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "nproc"
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:
-    """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``,
-    the store, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``.
+    """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``
+    and ``--log-dir``, the store and the TensorBoard folder, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``.
 
     Raises:
         ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
@@ -119,6 +119,8 @@ def output_dir(args: argparse.Namespace, name: str) -> Path:
     output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume, resumable=True)
     if args.store:  # whether the name is free there: check_store_entry, once the store code is imported
         writable_dir(args.store, "--store")
+    if args.log_dir:
+        writable_dir(args.log_dir, "--log-dir")
     return output
 
 
