@@ -66,3 +66,12 @@ def test_an_unwritable_log_dir_is_refused_before_any_work(workspace, tmp_path):
                                        "--output-dir", str(tmp_path / "run")))
     one_line_error(code, err, "--log-dir", "is a file, not a folder")
     assert not (tmp_path / "run").exists()  # else a rerun would need --overwrite
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"epochs: 1\nname: caf\xe9\n")
+    code, _, err = run_cli("train", "--method", "lora", "--task", "trec6", "--config", str(config))
+    one_line_error(code, err, f"--config {config} line 2: not UTF-8 text")
+    code, _, err = run_cli("train", "--method", "lora", "--task", "trec6", "--config", str(tmp_path))
+    one_line_error(code, err, "is a folder")

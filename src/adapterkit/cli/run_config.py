@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.tables import decode_text
 from ..spelling import did_you_mean
 
 RUN_CONFIG_FILE = "config.yaml"
@@ -64,13 +65,15 @@ def read_run_config(path: Path) -> dict[str, Any]:
     """The mapping in a YAML or JSON run config.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not YAML/JSON, or not a mapping.
+        FileNotFoundError: no such file. ValueError: a folder, not UTF-8, not YAML/JSON, or not a mapping.
     """
     import yaml
 
+    if path.is_dir():
+        raise ValueError(f"--config {path}: is a folder; give a YAML or JSON file (a run's OUTPUT_DIR/config.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    text = decode_text(path.read_bytes(), f"--config {path}")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
