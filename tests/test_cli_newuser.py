@@ -75,3 +75,10 @@ def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path):
     one_line_error(code, err, f"--config {config} line 2: not UTF-8 text")
     code, _, err = run_cli("train", "--method", "lora", "--task", "trec6", "--config", str(tmp_path))
     one_line_error(code, err, "is a folder")
+
+
+def test_python_warnings_are_one_line_naming_the_command(workspace, tmp_path):
+    # the tiny BERT reads 64 positions: asking for 128 warns
+    code, _, err = run_cli(*train_argv(workspace, "--max-length", "128", "--output-dir", str(tmp_path / "run")))
+    assert code == 0, err
+    assert err.strip() == "adapterkit train: warning: max_length 128 reduced to 64 tokens per input: this 'bert' model reads 64 positions"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
 from ..errors import ParameterError
+from .console import one_line_warnings
 from .parsing import CliParser, flag_names
 from .paths import describe_os_error
 from .run_config import apply_run_config
@@ -64,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     args.argv = argv  # `train --nproc N` relaunches itself with it
     try:
-        return args.func(args)
+        with one_line_warnings(args.command):
+            return args.func(args)
     except BrokenPipeError:  # `adapterkit methods | head`: the reader has what it wanted
         return reader_gone()
     except (ValueError, OSError, ModelInstallError, ModuleNotFoundError) as error:
