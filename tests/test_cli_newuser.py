@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 
 import pytest
 
@@ -82,3 +84,22 @@ def test_python_warnings_are_one_line_naming_the_command(workspace, tmp_path):
     code, _, err = run_cli(*train_argv(workspace, "--max-length", "128", "--output-dir", str(tmp_path / "run")))
     assert code == 0, err
     assert err.strip() == "adapterkit train: warning: max_length 128 reduced to 64 tokens per input: this 'bert' model reads 64 positions"
+
+
+def test_an_overwriting_run_stopped_by_ctrl_c_does_not_keep_the_earlier_result(workspace, tmp_path, monkeypatch):
+    import adapterkit.training
+
+    class CtrlCAtStep2(adapterkit.training.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, on_step_end=lambda r: r["step"] == 2 and os.kill(os.getpid(), signal.SIGINT))
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(*train_argv(workspace, "--output-dir", str(run)))
+    assert code == 0, err
+    monkeypatch.setattr(adapterkit.training, "Trainer", CtrlCAtStep2)
+    code, _, err = run_cli(*train_argv(workspace, "--output-dir", str(run), "--overwrite", "--lr", "0.05"))
+    assert code == 130, err
+    assert not (run / "results.json").exists()  # else `report` shows the earlier run as this one
+    monkeypatch.undo()
+    code, out, err = run_cli("report", str(run))
+    assert "skipped" in err and "unfinished" in err, err
