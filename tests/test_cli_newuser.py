@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from test_cli import run_cli, workspace  # noqa: F401 (module-scoped fixture)
-from test_cli_io import one_line_error, train_argv
+from test_cli_io import SMALL, files, one_line_error, train_argv
 from test_training import one_thread  # noqa: F401 (autouse fixture)
 
 from adapterkit.cli import main
@@ -103,3 +103,18 @@ def test_an_overwriting_run_stopped_by_ctrl_c_does_not_keep_the_earlier_result(w
     monkeypatch.undo()
     code, out, err = run_cli("report", str(run))
     assert "skipped" in err and "unfinished" in err, err
+
+
+def test_fuse_overwrite_without_prune_drops_the_earlier_pruned_fusion(workspace, tmp_path):
+    for name in ("first", "second"):
+        code, _, err = run_cli(*train_argv(workspace, "--name", name, "--output-dir", str(tmp_path / name), method="pfeiffer"))
+        assert code == 0, err
+    fuse = ["fuse", "--model", str(workspace["model"]), "--adapters", f"{tmp_path / 'first/best'},{tmp_path / 'second/best'}",
+            *files(workspace), *SMALL, "--output-dir", str(tmp_path / "fusion")]
+    code, _, err = run_cli(*fuse, "--prune", "1")
+    assert code == 0, err
+    assert (tmp_path / "fusion" / "pruned" / "results.json").is_file()
+    code, _, err = run_cli(*fuse, "--overwrite")
+    assert code == 0, err
+    code, out, err = run_cli("report", str(tmp_path / "fusion"))
+    assert code == 0 and "pruned" not in out, out  # the earlier run's pruned fusion is not this run's

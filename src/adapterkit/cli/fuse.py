@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 
 from .common import add_data_arguments, adapter_name, data_name, load_training_data, parse_seed
@@ -11,6 +12,9 @@ from .console import quiet_libraries
 from .names import check_task
 from .paths import fresh_dir, writable_dir
 from .run_names import changed_settings, default_run_dir
+
+#: The pruned fusion's run folder, inside the unpruned one's (``--prune``).
+PRUNED_DIR = "pruned"
 
 DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
 folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
@@ -95,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
     quiet_libraries(args.quiet)
     task = load_training_data(args)
+    if (output / PRUNED_DIR).is_dir():  # --overwrite: an earlier run's pruned fusion is not this run's
+        shutil.rmtree(output / PRUNED_DIR)
     model, names, _ = load_adapters(folders, args.model)
     fused = {n: folder.resolve() for n, folder in zip(names, folders)}
     hashes = adapter_hashes(fused)  # what the fusion is trained over; loading it checks them
@@ -154,7 +160,7 @@ def _pruned_run(model, name: str, task, config, unpruned, epochs: int):
     from ..inference.store import SAVED_EXTRAS
     from ..training import BEST_DIR, RESULTS_FILE, Trainer
 
-    folder = Path(config.output_dir) / "pruned"
+    folder = Path(config.output_dir) / PRUNED_DIR
     if epochs > 0:
         return Trainer(model, name, task, dataclasses.replace(config, epochs=epochs, output_dir=str(folder))).train()
     measured = {split: evaluate(model, getattr(task, split), name, max_length=config.max_length) for split in ("validation", "test")}
