@@ -118,3 +118,8 @@ def test_fuse_overwrite_without_prune_drops_the_earlier_pruned_fusion(workspace,
     assert code == 0, err
     code, out, err = run_cli("report", str(tmp_path / "fusion"))
     assert code == 0 and "pruned" not in out, out  # the earlier run's pruned fusion is not this run's
+
+
+def test_generate_with_an_encoder_base_names_the_flag(workspace):
+    code, _, err = run_cli("generate", "--model", str(workspace["model"]), "--prompt", "hi", "--quiet")
+    one_line_error(code, err, f"--model {workspace['model']} is an encoder (bert); generate needs a decoder model")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.prompts import PROMPT_FORMATS, SIMPLE, TEXT
 from .common import parse_seed
+from .console import quiet_libraries
 from .generation import add_generation_arguments
 
 DESCRIPTION = """Generate a response to each prompt with a causal-LM adapter trained by `adapterkit
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, help="prompt budget: the instruction gets half of it "
                         "(default: the length the adapter was trained with, else 128)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--quiet", action="store_true", help="no loading messages")
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -89,14 +91,21 @@ def load(args: argparse.Namespace):
     """(model, adapter name or None, recorded prompt format, recorded max length).
 
     Raises:
-        ValueError: an adapter that does not generate responses (a translation or classification one).
+        ValueError: an adapter that does not generate responses (a translation or classification one),
+            or a base model that is not a decoder.
     """
     from ..data.task import INSTRUCTION, LANGUAGE_MODEL, TRANSLATION
     from ..inference.loading import load_adapters
     from ..model import AdapterModel
 
     if args.adapter is None:
-        return AdapterModel.from_pretrained(args.model), None, SIMPLE, None
+        model = AdapterModel.from_pretrained(args.model)
+        if not model.is_decoder:
+            raise ValueError(
+                f"--model {args.model} is an encoder ({model.parts.model_type}); generate needs a decoder model, "
+                "such as smollm2-135m (see `adapterkit models`)"
+            )
+        return model, None, SIMPLE, None
     model, (name,), (meta,) = load_adapters([args.adapter], args.model)
     head = model.heads[name].config.kind if name in model.heads else None
     task = meta.get("task", {})
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("name a causal-LM adapter with --adapter DIR, or a base model with --model")
     messages = read_prompts(args)  # before loading the model: a bad input fails fast
     options = sampling(args)
+    quiet_libraries(args.quiet)
     model, name, recorded, trained_length = load(args)
     prompt_format = args.prompt_format or recorded
     if options["do_sample"]:
