@@ -123,3 +123,11 @@ def test_fuse_overwrite_without_prune_drops_the_earlier_pruned_fusion(workspace,
 def test_generate_with_an_encoder_base_names_the_flag(workspace):
     code, _, err = run_cli("generate", "--model", str(workspace["model"]), "--prompt", "hi", "--quiet")
     one_line_error(code, err, f"--model {workspace['model']} is an encoder (bert); generate needs a decoder model")
+
+
+def test_an_adapter_path_that_does_not_exist_is_called_so(tmp_path):
+    missing = str(tmp_path / "runs" / "typo" / "best")
+    code, _, err = run_cli("eval", "--adapter", missing, "--task", "trec6")
+    one_line_error(code, err, f"{missing} does not exist; check the path")
+    code, _, err = run_cli("convert", missing, str(tmp_path / "out"), "--to", "peft")
+    one_line_error(code, err, f"{missing} does not exist; check the")
