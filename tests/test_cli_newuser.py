@@ -131,3 +131,10 @@ def test_an_adapter_path_that_does_not_exist_is_called_so(tmp_path):
     one_line_error(code, err, f"{missing} does not exist; check the path")
     code, _, err = run_cli("convert", missing, str(tmp_path / "out"), "--to", "peft")
     one_line_error(code, err, f"{missing} does not exist; check the")
+
+
+def test_a_missing_stack_under_adapter_is_refused_before_any_work(workspace, tmp_path):
+    missing = str(tmp_path / "lang" / "best")
+    code, _, err = run_cli(*train_argv(workspace, "--stack-under", missing, "--output-dir", str(tmp_path / "run")))
+    one_line_error(code, err, f"{missing} does not exist")
+    assert not (tmp_path / "run").exists()  # else a rerun would need --overwrite

@@ -166,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
                 "adapter once, and train knowledge adapters meant to be read together under different --name"
             )
         knowledge[known] = folder.resolve()
+    for folder in args.stack_under or ():  # readable before any work, as --knowledge is
+        read_adapter_config(folder)
     if args.method == "k_task" and "adapters" not in options:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
