@@ -138,3 +138,11 @@ def test_a_missing_stack_under_adapter_is_refused_before_any_work(workspace, tmp
     code, _, err = run_cli(*train_argv(workspace, "--stack-under", missing, "--output-dir", str(tmp_path / "run")))
     one_line_error(code, err, f"{missing} does not exist")
     assert not (tmp_path / "run").exists()  # else a rerun would need --overwrite
+
+
+def test_a_wrong_model_leaves_no_run_folder_behind(workspace, tmp_path):
+    argv = train_argv(workspace, "--output-dir", str(tmp_path / "run"))
+    argv[argv.index("--model") + 1] = str(tmp_path / "no-such-model")
+    code, _, err = run_cli(*argv)
+    one_line_error(code, err, "is not a known model name or an existing folder")
+    assert not (tmp_path / "run").exists()  # the corrected command needs no --overwrite

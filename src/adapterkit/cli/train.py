@@ -192,8 +192,6 @@ def run(args: argparse.Namespace) -> int:
         **training_controls(args, run_folder),
     )
     main = is_main_process()
-    if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
-        save_run_config(args, Path(run_folder) / RUN_CONFIG_FILE, {"name": name, "output_dir": run_folder, "nproc": world_size()})
     if task is None:
         task = load_training_data(args)
     check_against_task(args, task)
@@ -212,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(config)
     if args.fsdp:
         shard_model(model, accelerator)
+    if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
+        # written once the run is set up: a wrong --model must not leave a folder that needs --overwrite
+        save_run_config(args, Path(run_folder) / RUN_CONFIG_FILE, {"name": name, "output_dir": run_folder, "nproc": world_size()})
     try:
         result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
     except TrainingInterrupted as stop:
