@@ -146,3 +146,13 @@ def test_a_wrong_model_leaves_no_run_folder_behind(workspace, tmp_path):
     code, _, err = run_cli(*argv)
     one_line_error(code, err, "is not a known model name or an existing folder")
     assert not (tmp_path / "run").exists()  # the corrected command needs no --overwrite
+
+
+def test_class_weights_on_a_regression_task_name_the_flag(workspace, tmp_path):
+    values = tmp_path / "values.csv"
+    values.write_text("review,sentiment\n" + "".join(f"good film {i},{i / 10}\n" for i in range(20)))
+    argv = train_argv(workspace, "--class-weights", "balanced", "--output-dir", str(tmp_path / "run"))
+    argv[argv.index("--train-file") + 1] = str(values)
+    argv[argv.index("--validation-file"):argv.index("--validation-file") + 4] = []  # no held-out classification files
+    code, _, err = run_cli(*argv)
+    one_line_error(code, err, "--class-weights weight a classification loss, but task 'values' is regression")

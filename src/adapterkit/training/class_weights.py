@@ -29,7 +29,9 @@ def task_class_weights(spec: str | Sequence[float] | None, task: TaskData) -> to
     if spec is None:
         return None
     if task.kind != CLASSIFICATION:
-        raise ValueError(f"class_weights weight a classification loss, but task {task.name!r} is {task.kind}")
+        raise ParameterError(
+            "{class_weights} weight a classification loss, but task {name!r} is {kind}", name=task.name, kind=task.kind
+        )
     return class_weight_vector(spec, [e.label for e in task.train], task.label_names)
 
 
