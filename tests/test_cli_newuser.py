@@ -156,3 +156,9 @@ def test_class_weights_on_a_regression_task_name_the_flag(workspace, tmp_path):
     argv[argv.index("--validation-file"):argv.index("--validation-file") + 4] = []  # no held-out classification files
     code, _, err = run_cli(*argv)
     one_line_error(code, err, "--class-weights weight a classification loss, but task 'values' is regression")
+
+
+def test_resume_without_a_checkpoint_says_so_even_when_quiet(workspace, tmp_path):
+    code, _, err = run_cli(*train_argv(workspace, "--resume", "--output-dir", str(tmp_path / "typo")))
+    assert code == 0, err
+    assert f"warning: resume: no checkpoint in {tmp_path / 'typo' / 'checkpoint'}; training from the start" in err

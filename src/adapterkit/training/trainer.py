@@ -255,7 +255,7 @@ class Trainer:
             self._log(f"resuming {checkpoint_dir} at {where} of {plan.total_steps} steps")
             return progress, restore_rng
         if cfg.resume:
-            self._log(f"no checkpoint in {checkpoint_dir}; training from the start")
+            self._warn(f"resume: no checkpoint in {checkpoint_dir}; training from the start")  # even quiet: a mistyped folder?
         return Progress(), None
 
     def _restore_best(self, acc, best_dir: Path, progress: Progress) -> None:
