@@ -162,3 +162,14 @@ def test_resume_without_a_checkpoint_says_so_even_when_quiet(workspace, tmp_path
     code, _, err = run_cli(*train_argv(workspace, "--resume", "--output-dir", str(tmp_path / "typo")))
     assert code == 0, err
     assert f"warning: resume: no checkpoint in {tmp_path / 'typo' / 'checkpoint'}; training from the start" in err
+
+
+def test_fuse_refuses_two_adapters_of_the_same_name(workspace, tmp_path):
+    for seed in ("1", "2"):  # two different adapters, both named "same"
+        code, _, err = run_cli(*train_argv(workspace, "--name", "same", "--seed", seed,
+                                           "--output-dir", str(tmp_path / seed), method="pfeiffer"))
+        assert code == 0, err
+    code, _, err = run_cli("fuse", "--model", str(workspace["model"]), "--adapters", f"{tmp_path / '1/best'},{tmp_path / '2/best'}",
+                           *files(workspace), *SMALL, "--output-dir", str(tmp_path / "fusion"))
+    one_line_error(code, err, "both hold adapter 'same'")  # it fused one of them, silently
+    assert not (tmp_path / "fusion").exists()
