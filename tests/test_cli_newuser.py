@@ -173,3 +173,13 @@ def test_fuse_refuses_two_adapters_of_the_same_name(workspace, tmp_path):
                            *files(workspace), *SMALL, "--output-dir", str(tmp_path / "fusion"))
     one_line_error(code, err, "both hold adapter 'same'")  # it fused one of them, silently
     assert not (tmp_path / "fusion").exists()
+
+
+@pytest.mark.parametrize("adapter_flags, message", [
+    (["--adapter", "a"], "with one --adapter there is nothing to share"),  # it was ignored
+    (["--adapters", "a,b", "--drop-first", "-1"], "--drop-first N: N is a number of layers, 0 or more; got -1"),
+])
+def test_predict_drop_first_is_checked_before_loading(tmp_path, adapter_flags, message):
+    flags = [*adapter_flags, *(() if "--drop-first" in adapter_flags else ("--drop-first", "1"))]
+    code, _, err = run_cli("predict", *flags, "--input", str(tmp_path / "in.txt"))
+    one_line_error(code, err, message)

@@ -109,6 +109,11 @@ def check_options(args: argparse.Namespace) -> Path | None:
         codecs.lookup(args.encoding)
     except LookupError:
         raise ValueError(f"--encoding {args.encoding}: unknown encoding; e.g. utf-8, latin1, cp1252") from None
+    if args.drop_first and not args.adapters:
+        raise ValueError("--drop-first N shares the first N layers between the tasks of --adapters A,B,...; with one "
+                         "--adapter there is nothing to share: leave it out")
+    if args.drop_first < 0:
+        raise ValueError(f"--drop-first N: N is a number of layers, 0 or more; got {args.drop_first}")
     if args.scores and args.adapters:
         raise ValueError("--scores prints one adapter's class probabilities: use it with --adapter (or --output FILE)")
     return output_file(args.output)
