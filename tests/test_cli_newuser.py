@@ -183,3 +183,14 @@ def test_predict_drop_first_is_checked_before_loading(tmp_path, adapter_flags, m
     flags = [*adapter_flags, *(() if "--drop-first" in adapter_flags else ("--drop-first", "1"))]
     code, _, err = run_cli("predict", *flags, "--input", str(tmp_path / "in.txt"))
     one_line_error(code, err, message)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--adapter", "a", "--max-length", "-5"],  # a tokenizer OverflowError traceback
+    ["eval", "--adapter", "a", "--task", "trec6", "--max-length", "0"],  # 0 was silently the default
+    ["eval", "--adapter", "a", "--task", "trec6", "--batch-size", "0"],  # a DataLoader message, after loading
+    ["generate", "--model", "m", "--prompt", "hi", "--num-beams", "0"],  # a ZeroDivisionError traceback
+])
+def test_sizes_and_lengths_below_one_are_usage_errors(argv):
+    code, _, err = run_cli(*argv)
+    assert code == 2 and f"argument {argv[-2]}: expected a whole number >= 1, got '{argv[-1]}'" in err, err

@@ -27,6 +27,17 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (sizes and lengths; 0 would be silently replaced by a default, or fail late)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def parse_seed(text: str) -> int:
     """A random seed: a whole number from 0 to 2**32 - 1 (what numpy, which splits and shuffles, accepts)."""
     try:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..data.prompts import PROMPT_FORMATS, SIMPLE, TEXT
-from .common import parse_seed
+from .common import parse_seed, positive_int
 from .console import quiet_libraries
 from .generation import add_generation_arguments
 
@@ -33,9 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
     parser.add_argument("--top-p", type=float, help="sample from the smallest token set of this probability (default: greedy)")
     parser.add_argument("--seed", type=parse_seed, default=0, help="the sampling seed (default: 0)")
-    parser.add_argument("--max-length", type=int, help="prompt budget: the instruction gets half of it "
+    parser.add_argument("--max-length", type=positive_int, help="prompt budget: the instruction gets half of it "
                         "(default: the length the adapter was trained with, else 128)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--quiet", action="store_true", help="no loading messages")
     add_generation_arguments(parser)
     parser.set_defaults(func=run)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.files import read_rows
 from ..data.tables import CONVERT_HINT, decode_text, field_text, require_columns
 from ..data.task import require_text
+from .common import positive_int
 from .console import quiet_libraries, show_progress
 from .generation import add_generation_arguments
 from .predictions import output_file, prediction_record, scores_line, write_records
@@ -43,8 +44,8 @@ def register(subparsers) -> None:
     parser.add_argument("--input", type=Path, help="input file (default: standard input, plain text)")
     parser.add_argument("--images", type=Path, nargs="+", metavar="FILE", help="image files (for an image model's adapter)")
     parser.add_argument("--text-column", action="append", metavar="COLUMN", help="text column(s) of a CSV/TSV/JSONL input")
-    parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=positive_int, help="default: the length the adapter was trained with")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--language", help="translation adapters: the target language, e.g. German "
                         "(default: the adapter's only one)")
     parser.add_argument("--encoding", default="utf-8", help="encoding of the input (default: utf-8), e.g. latin1")
