@@ -194,3 +194,13 @@ def test_predict_drop_first_is_checked_before_loading(tmp_path, adapter_flags, m
 def test_sizes_and_lengths_below_one_are_usage_errors(argv):
     code, _, err = run_cli(*argv)
     assert code == 2 and f"argument {argv[-2]}: expected a whole number >= 1, got '{argv[-1]}'" in err, err
+
+
+def test_fuse_refuses_negative_prune_epochs(tmp_path):
+    folders = []
+    for name in ("a", "b"):  # adapter_folder only looks for the folders' config files here
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+        folders.append(str(tmp_path / name))
+    code, _, err = run_cli("fuse", "--adapters", ",".join(folders), "--task", "trec6", "--prune", "1", "--prune-epochs", "-1")
+    one_line_error(code, err, "--prune-epochs E: E is 0 (the pruned fusion as it is) or more epochs; got -1")

@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
     if args.prune is not None and not 1 <= args.prune < len(folders):
         raise ValueError(f"--prune K keeps K of the {len(folders)} adapters fused: give 1 <= K < {len(folders)}")
+    if args.prune_epochs < 0:
+        raise ValueError(f"--prune-epochs E: E is 0 (the pruned fusion as it is) or more epochs; got {args.prune_epochs}")
     name = args.name or adapter_name(f"{data_name(args)}_fusion")
     output = output_dir(args, name)
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
