@@ -204,3 +204,12 @@ def test_fuse_refuses_negative_prune_epochs(tmp_path):
         folders.append(str(tmp_path / name))
     code, _, err = run_cli("fuse", "--adapters", ",".join(folders), "--task", "trec6", "--prune", "1", "--prune-epochs", "-1")
     one_line_error(code, err, "--prune-epochs E: E is 0 (the pruned fusion as it is) or more epochs; got -1")
+
+
+def test_instruction_data_on_an_encoder_names_model(workspace, tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"instruction": f"say {i}", "response": f"ok {i}"}) + "\n" for i in range(20)))
+    code, _, err = run_cli("train", "--model", str(workspace["model"]), "--method", "lora", "--train-file", str(chat),
+                           "--quiet", "--output-dir", str(tmp_path / "run"))
+    one_line_error(code, err, f"{chat} holds instruction data, which fine-tunes a causal LM, but --model")
+    assert not (tmp_path / "run").exists()

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries(args.quiet)
 
     from ..composition import AdapterDrop, Stack
+    from ..data.task import GENERATION_KINDS
     from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model, world_size
     from ..inference.loading import STACKED_UNDER, load_under
@@ -198,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet and main:
         print(f"{task.describe()}\nrun folder: {output}", file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
+    if task.kind in GENERATION_KINDS and not model.is_decoder:
+        raise ValueError(
+            f"{args.task or args.train_file} holds {task.kind.replace('_', ' ')} data, which fine-tunes a causal LM, "
+            f"but --model {args.model} is an encoder ({model.parts.model_type}); give a decoder, such as "
+            "--model smollm2-135m (see `adapterkit models`)"
+        )
     for folder in knowledge.values():
         model.load_adapter(folder, activate=False)
     under = load_under(model, args.stack_under or ())
