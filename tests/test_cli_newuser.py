@@ -213,3 +213,13 @@ def test_instruction_data_on_an_encoder_names_model(workspace, tmp_path):
                            "--quiet", "--output-dir", str(tmp_path / "run"))
     one_line_error(code, err, f"{chat} holds instruction data, which fine-tunes a causal LM, but --model")
     assert not (tmp_path / "run").exists()
+
+
+def test_repeating_a_run_from_its_config_does_not_overwrite_it(workspace, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = run_cli(*train_argv(workspace, "--output-dir", str(run), "--overwrite"))
+    assert code == 0, err
+    before = (run / "results.json").read_text()
+    code, _, err = run_cli("train", "--config", str(run / "config.yaml"))  # output_dir: the run itself
+    one_line_error(code, err, "already holds an earlier run")
+    assert (run / "results.json").read_text() == before

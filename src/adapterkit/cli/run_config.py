@@ -27,6 +27,9 @@ from ..spelling import did_you_mean
 RUN_CONFIG_FILE = "config.yaml"
 #: Namespace entries that are no flag of the subcommand.
 _NOT_FLAGS = ("help", "config", "func", "command", "argv", "config_keys")
+#: Permissions one command line gave, saved switched off: repeating a run with its config.yaml
+#: must not silently replace the run (or its store entry) that it repeats.
+_PER_INVOCATION = {"overwrite": False, "resume": False, "replace_in_store": False}
 
 
 def apply_run_config(build_parser: Callable[[], argparse.ArgumentParser], parser: argparse.ArgumentParser, argv: Sequence[str]) -> int | None:
@@ -84,9 +87,11 @@ def read_run_config(path: Path) -> dict[str, Any]:
 
 
 def save_run_config(args: argparse.Namespace, path: Path, resolved: dict[str, Any]) -> None:
-    """Write every flag of ``args`` (``resolved`` overriding, for values the run derived) as YAML."""
+    """Write every flag of ``args`` (``resolved`` overriding, for values the run derived) as YAML;
+    ``--overwrite``, ``--resume`` and ``--replace-in-store`` as false."""
     import yaml
 
+    resolved = {**resolved, **{k: v for k, v in _PER_INVOCATION.items() if k in args.config_keys}}
     values = {key: resolved.get(key, getattr(args, key)) for key in args.config_keys}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({k: _plain(k, v) for k, v in values.items()}, sort_keys=False), encoding="utf-8")
