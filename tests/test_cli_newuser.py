@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,15 @@ def test_repeating_a_run_from_its_config_does_not_overwrite_it(workspace, tmp_pa
     code, _, err = run_cli("train", "--config", str(run / "config.yaml"))  # output_dir: the run itself
     one_line_error(code, err, "already holds an earlier run")
     assert (run / "results.json").read_text() == before
+
+
+def test_a_run_config_repeats_the_run_from_another_folder(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(workspace["root"])
+    argv = train_argv(workspace, "--output-dir", str(tmp_path / "first"))
+    for flag in ("--model", "--train-file", "--validation-file", "--test-file"):  # relative, as users type them
+        argv[argv.index(flag) + 1] = Path(argv[argv.index(flag) + 1]).name
+    code, _, err = run_cli(*argv)
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("train", "--config", str(tmp_path / "first" / "config.yaml"), "--output-dir", str(tmp_path / "again"))
+    assert code == 0, err
