@@ -236,3 +236,12 @@ def test_a_run_config_repeats_the_run_from_another_folder(workspace, tmp_path, m
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli("train", "--config", str(tmp_path / "first" / "config.yaml"), "--output-dir", str(tmp_path / "again"))
     assert code == 0, err
+
+
+def test_generate_names_non_utf8_stdin(monkeypatch):
+    class Stdin(io.StringIO):
+        buffer = io.BytesIO(b"Un film tr\xe8s r\xe9ussi\n")
+
+    monkeypatch.setattr("sys.stdin", Stdin())
+    code, _, err = run_cli("generate", "--model", "smollm2-135m", "--quiet")
+    one_line_error(code, err, "stdin line 1: not UTF-8 text (byte 0xe8 at column 11)")  # was a tokenizer traceback

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..data.prompts import PROMPT_FORMATS, SIMPLE, TEXT
 from .common import parse_seed, positive_int
 from .console import quiet_libraries
 from .generation import add_generation_arguments
+from .predict import stdin_bytes
 
 DESCRIPTION = """Generate a response to each prompt with a causal-LM adapter trained by `adapterkit
 train` on instruction or text files, or with a base model alone (--model, no --adapter) for
@@ -46,10 +46,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     line is a JSON object).
 
     Raises:
-        ValueError: no prompt, a missing file, a blank --prompt, or a bad JSON Lines row.
+        ValueError: no prompt, a missing file, text that is not UTF-8 (naming the line), a blank
+            --prompt, or a bad JSON Lines row.
     """
     from ..data.lm_files import prompt_of
-    from ..data.tables import read_json_lines
+    from ..data.tables import decode_text, read_json_lines
     from ..data.task import require_text
 
     if args.prompt:
@@ -61,8 +62,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.input is not None and not args.input.is_file():
         raise FileNotFoundError(f"{args.input}: file not found")
     source = str(args.input or "stdin")
-    text = args.input.read_text(encoding="utf-8-sig") if args.input is not None else sys.stdin.read()
-    lines = text.splitlines()
+    lines = decode_text(args.input.read_bytes() if args.input is not None else stdin_bytes(), source).splitlines()
     first = next((line.strip() for line in lines if line.strip()), None)
     if first is None:
         raise ValueError(f"{source} holds no prompt; give one per line, or use --prompt TEXT")

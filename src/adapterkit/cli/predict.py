@@ -78,7 +78,7 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     source = str(path or "stdin")
-    lines = decode_text(path.read_bytes() if path is not None else _stdin_bytes(), source, encoding, fix).splitlines()
+    lines = decode_text(path.read_bytes() if path is not None else stdin_bytes(), source, encoding, fix).splitlines()
     texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -95,7 +95,7 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
     return texts
 
 
-def _stdin_bytes() -> bytes:
+def stdin_bytes() -> bytes:
     """Standard input as bytes (decoded by the caller, so a wrong encoding is named, not garbled);
     a text stream without a byte buffer (a test's) is encoded back as UTF-8."""
     if sys.stdin.isatty():
