@@ -103,7 +103,8 @@ _NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "nproc"
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:
     """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``
-    and ``--log-dir``, the store and the TensorBoard folder, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``.
+    and ``--log-dir``, the store and the TensorBoard folder, checked writable, before any work;
+    the run folder must be free unless ``--overwrite``/``--resume``.
 
     Raises:
         ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
