@@ -245,3 +245,9 @@ def test_generate_names_non_utf8_stdin(monkeypatch):
     monkeypatch.setattr("sys.stdin", Stdin())
     code, _, err = run_cli("generate", "--model", "smollm2-135m", "--quiet")
     one_line_error(code, err, "stdin line 1: not UTF-8 text (byte 0xe8 at column 11)")  # was a tokenizer traceback
+
+
+@pytest.mark.parametrize("command", [["train", "--method", "lora"], ["fuse", "--adapters", "a,b"]])
+def test_a_negative_patience_is_a_usage_error_in_cli_terms(command):
+    code, _, err = run_cli(*command, "--task", "trec6", "--patience", "-1")
+    assert code == 2 and "argument --patience: expected a whole number >= 0, got '-1'" in err, err  # was "(or None ...)"

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,24 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1 (sizes and lengths; 0 would be silently replaced by a default, or fail late)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (a size of 0 would be silently replaced by a
+    default, or fail late; a negative count read as if it were 0)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+#: Sizes and lengths.
+positive_int = whole_number(1)
 
 
 def parse_seed(text: str) -> int:

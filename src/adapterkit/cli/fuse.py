@@ -7,7 +7,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, data_name, load_training_data, parse_seed
+from .common import add_data_arguments, adapter_name, data_name, load_training_data, parse_seed, whole_number
 from .console import quiet_libraries
 from .names import check_task
 from .paths import fresh_dir, writable_dir
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the fusion method's)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=parse_seed, default=0)
-    parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping (0: never)")
+    parser.add_argument("--patience", type=whole_number(0), default=2, help="validations without improvement before stopping (0: never)")
     parser.add_argument("--output-dir", help="default: runs/<name>-<digest of the settings given>")
     parser.add_argument("--overwrite", action="store_true",
                         help="train into OUTPUT_DIR even if it holds an earlier run")

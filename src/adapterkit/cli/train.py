@@ -7,7 +7,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, data_name, load_training_data, options_dict, parse_option, parse_seed
+from .common import (
+    add_data_arguments, adapter_name, data_name, load_training_data, options_dict, parse_option, parse_seed, whole_number,
+)
 from .console import quiet_children, quiet_libraries
 from .names import check_task, method_options
 from .paths import fresh_dir, writable_dir
@@ -66,7 +68,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-augment", action="store_true",
                         help="image tasks: no augmentation (default: the rotations, crops and flips that keep the task's labels)")
     parser.add_argument("--seed", type=parse_seed, default=0)
-    parser.add_argument("--patience", type=int, default=2,
+    parser.add_argument("--patience", type=whole_number(0), default=2,
                         help="stop after this many validations without improvement (default: 2; 0 never stops)")
     parser.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
