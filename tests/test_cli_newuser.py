@@ -251,3 +251,13 @@ def test_generate_names_non_utf8_stdin(monkeypatch):
 def test_a_negative_patience_is_a_usage_error_in_cli_terms(command):
     code, _, err = run_cli(*command, "--task", "trec6", "--patience", "-1")
     assert code == 2 and "argument --patience: expected a whole number >= 0, got '-1'" in err, err  # was "(or None ...)"
+
+
+def test_a_run_at_the_defaults_gets_the_plain_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "runs" / "rotten_tomatoes-pfeiffer-minilm"
+    earlier.mkdir(parents=True)
+    (earlier / "results.json").write_text("{}")
+    code, _, err = run_cli("train", "--method", "pfeiffer", "--task", "rotten_tomatoes")
+    # the parser's own entries (flag names, config keys) are no settings: no digest was to be added
+    one_line_error(code, err, "--output-dir runs/rotten_tomatoes-pfeiffer-minilm already holds an earlier run")
