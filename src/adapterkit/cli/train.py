@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
     options = method_options(args.method, args.option)  # names first: torch is not imported yet
     if args.task:
         check_task(args.task)
+    # output paths before any work: a run must not train for an epoch, then fail to save. A given
+    # --output-dir before the data too; a default one is named after the adapter, whose name is
+    # checked against torch's (nn.Module attributes), so after the data's torch-free checks
+    output = output_dir(args, args.name or "") if args.output_dir is not None else None
     # one process: the data too before the heavy imports (--nproc N: each relaunched process loads it)
     task = load_training_data(args) if args.nproc == 1 else None
     from ..distributed import launched, relaunch
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size % args.nproc:
         raise ValueError(f"--batch-size {args.batch_size} is split across --nproc {args.nproc} processes; make it a multiple")
     name = args.name or adapter_name(data_name(args))
-    output = output_dir(args, name)  # before any work: a run must not train for an epoch, then fail to save
+    output = output or output_dir(args, name)
     if args.nproc > 1 and not launched():  # before the heavy imports: the N processes do the work
         quiet_children(args.quiet)
         return relaunch(args.nproc, args.argv)
