@@ -122,7 +122,6 @@ def check_options(args: argparse.Namespace) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     output = check_options(args)
-    quiet_libraries(args.quiet)
     if args.adapters:
         return run_parallel(args, output)
     from ..formats.native import read_adapter_config
@@ -138,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.loading import load_saved_adapter
     from ..inference.predict import score_texts
 
+    quiet_libraries(args.quiet)  # imports torch: after the inputs are checked
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     if images:
         return predict_image_files(model, name, args, output)
@@ -175,13 +175,17 @@ def run_parallel(args: argparse.Namespace, output: Path | None) -> int:
     from ..inference.multitask import predict_tasks
     from ..inference.store import adapter_folder
 
+    texts_only = ValueError(
+        "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
+        "run predict --adapter A --images FILE ... once per adapter"
+    )
+    if args.images:  # before loading anything
+        raise texts_only
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
+    quiet_libraries(args.quiet)
     model, names, metas = load_adapters(folders, args.model)
-    if args.images or model.processor is not None:
-        raise ValueError(
-            "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
-            "run predict --adapter A --images FILE ... once per adapter"
-        )
+    if model.processor is not None:
+        raise texts_only
     if all(n in model.heads and model.heads[n].config.kind == "causal_lm" for n in names):
         from .generation import route_translations  # translation adapters: one per row, by its language
 
