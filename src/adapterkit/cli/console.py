@@ -46,12 +46,14 @@ def quiet_children(quiet: bool) -> None:
 
 @contextlib.contextmanager
 def one_line_warnings(command: str):
-    """While the body runs, show each Python warning as ``adapterkit COMMAND: warning: MESSAGE``
-    on stderr; the previous filters and display are restored afterwards."""
+    """While the body runs, Python shows each warning as ``adapterkit COMMAND: warning: MESSAGE``
+    (through ``warnings.formatwarning``: warnings recorded by a caller stay recorded)."""
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"adapterkit {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"adapterkit {command}: warning: {' '.join(str(message).split())}\n"
 
-    with warnings.catch_warnings():
-        warnings.showwarning = show
+    before, warnings.formatwarning = warnings.formatwarning, one_line
+    try:
         yield
+    finally:
+        warnings.formatwarning = before
