@@ -268,3 +268,13 @@ def test_a_run_at_the_defaults_gets_the_plain_default_folder(tmp_path, monkeypat
     code, _, err = run_cli("train", "--method", "pfeiffer", "--task", "rotten_tomatoes")
     # the parser's own entries (flag names, config keys) are no settings: no digest was to be added
     one_line_error(code, err, "--output-dir runs/rotten_tomatoes-pfeiffer-minilm already holds an earlier run")
+
+
+@pytest.mark.parametrize("command", [["predict", "--adapter"], ["generate", "--adapter"]])
+def test_an_input_that_is_a_folder_is_called_a_folder(tmp_path, command):
+    from test_cli_options import fake_adapter
+
+    adapter = fake_adapter(tmp_path / "adapter")
+    (tmp_path / "inputs.csv").mkdir()
+    code, _, err = run_cli(*command, str(adapter), "--input", str(tmp_path / "inputs.csv"))
+    one_line_error(code, err, f"--input {tmp_path / 'inputs.csv'}: is a folder; give a file")  # was "file not found"

@@ -9,6 +9,7 @@ from ..data.prompts import PROMPT_FORMATS, SIMPLE, TEXT
 from .common import parse_seed, positive_int
 from .console import quiet_libraries
 from .generation import add_generation_arguments
+from .paths import require_input_file
 from .predict import stdin_bytes
 
 DESCRIPTION = """Generate a response to each prompt with a causal-LM adapter trained by `adapterkit
@@ -59,8 +60,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         for number, prompt in enumerate(args.prompt, start=1):
             require_text((prompt,), f"--prompt {number}")
         return list(args.prompt)
-    if args.input is not None and not args.input.is_file():
-        raise FileNotFoundError(f"{args.input}: file not found")
+    if args.input is not None:
+        require_input_file(args.input, "--input")
     source = str(args.input or "stdin")
     lines = decode_text(args.input.read_bytes() if args.input is not None else stdin_bytes(), source).splitlines()
     first = next((line.strip() for line in lines if line.strip()), None)

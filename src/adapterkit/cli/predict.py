@@ -13,6 +13,7 @@ from ..data.task import require_text
 from .common import positive_int
 from .console import quiet_libraries, show_progress
 from .generation import add_generation_arguments
+from .paths import require_input_file
 from .predictions import output_file, prediction_record, scores_line, write_records
 
 _TABLES = (".csv", ".tsv", ".jsonl", ".json")
@@ -67,6 +68,8 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
             at all, or a row or line with an empty (or whitespace-only) text, naming the file and line.
     """
     fix = f"{CONVERT_HINT}, or name its encoding with --encoding latin1"
+    if path is not None:
+        require_input_file(path, "--input")
     if path is not None and path.suffix.lower() in _TABLES:
         texts = []
         for row in read_rows(path, encoding, fix):
@@ -75,8 +78,6 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
             texts.append(tuple(field_text(row.fields[c]) for c in columns))
             require_text(texts[-1], where, columns)
         return texts
-    if path is not None and not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
     source = str(path or "stdin")
     lines = decode_text(path.read_bytes() if path is not None else stdin_bytes(), source, encoding, fix).splitlines()
     texts = []
