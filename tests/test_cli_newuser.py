@@ -278,3 +278,12 @@ def test_an_input_that_is_a_folder_is_called_a_folder(tmp_path, command):
     (tmp_path / "inputs.csv").mkdir()
     code, _, err = run_cli(*command, str(adapter), "--input", str(tmp_path / "inputs.csv"))
     one_line_error(code, err, f"--input {tmp_path / 'inputs.csv'}: is a folder; give a file")  # was "file not found"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "99999"], "argument --port: expected a port from 1 to 65535, got '99999'"),  # uvicorn started on it
+    (["--threads", "0"], "argument --threads: expected a whole number >= 1, got '0'"),  # silently torch's default
+])
+def test_serve_checks_its_numbers_before_loading(tmp_path, flags, message):
+    code, _, err = run_cli("serve", "--store", str(tmp_path), *flags)
+    assert code == 2 and message in err, err
