@@ -130,12 +130,15 @@ def test_path_checks_create_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_file_system_error_during_the_work_is_one_line_naming_the_path(monkeypatch):
+def test_a_file_system_error_during_the_work_is_one_line_naming_the_path(monkeypatch, tmp_path):
+    from test_cli_options import fake_adapter
+
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/srv/models/x")
 
-    monkeypatch.setattr("adapterkit.formats.native.read_adapter_config", denied)
-    code, _, err = run_cli("eval", "--adapter", "somewhere", "--task", "rotten_tomatoes", "--quiet")
+    monkeypatch.setattr("adapterkit.inference.loading.load_saved_adapter", denied)
+    somewhere = fake_adapter(tmp_path / "somewhere")  # eval reads its config before loading
+    code, _, err = run_cli("eval", "--adapter", str(somewhere), "--task", "rotten_tomatoes", "--quiet")
     one_line_error(code, err, "adapterkit eval: error: /srv/models/x: permission denied")
     assert describe_os_error(FileNotFoundError("x.csv: file not found")) == "x.csv: file not found"
     assert describe_os_error(OSError(18, "Invalid cross-device link", "a", None, "b")) == "a -> b: invalid cross-device link"

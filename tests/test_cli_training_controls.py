@@ -65,8 +65,8 @@ def test_log_dir_puts_the_event_files_elsewhere(workspace, tmp_path):
     [
         (["--metric", "macro-f1"], "unknown metric 'macro-f1' for any task; did you mean macro_f1?"),
         (["--metric", "pearson"], "unknown metric 'pearson' for classification tasks"),
-        (["--class-weights", "1,2,3"], "class_weights has 3 weight(s), but the task has 2 labels ['neg', 'pos']"),
-        (["--max-steps", "0"], "max_steps must be a positive integer"),
+        (["--class-weights", "1,2,3"], "--class-weights has 3 weight(s), but the task has 2 labels ['neg', 'pos']"),
+        (["--max-steps", "0"], "--max-steps must be a positive integer"),
     ],
 )
 def test_bad_step_flags_exit_2_with_one_line(workspace, tmp_path, flags, message):

@@ -40,8 +40,11 @@ def test_an_unknown_config_or_no_config_is_refused_clearly(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="neither adapterkit's .* nor AdapterHub's"):
         folder_format(tmp_path)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         folder_format(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist; check the adapter folder's path"):
+        folder_format(tmp_path / "typo")
 
 
 def test_a_pickled_adapterhub_folder_loads_like_its_safetensors_twin(tmp_path):

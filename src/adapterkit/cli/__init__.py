@@ -7,7 +7,8 @@ the library as ``ValueError``, ``FileNotFoundError`` or ``ModuleNotFoundError`` 
 says what to do, and file-system errors (``OSError``: a folder that cannot be written, a full disk)
 name their path; here they become one line on stderr and exit status 2, like argparse's own usage
 errors, instead of a traceback. A ``ParameterError`` names the library's parameters: here it names
-the command's flags instead (``--text-column``, not ``text_columns=``). Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
+the command's flags instead (``--text-column``, not ``text_columns=``). Output piped into a reader that
+stops early (``adapterkit methods | head``) ends quietly with status 141. Set ``ADAPTERKIT_DEBUG=1`` to get the traceback anyway.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 from ..bundled_models import ModelInstallError
 from ..errors import ParameterError
+from .console import one_line_warnings
 from .parsing import CliParser, flag_names
 from .paths import describe_os_error
 from .run_config import apply_run_config
@@ -63,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     args.argv = argv  # `train --nproc N` relaunches itself with it
     try:
-        return args.func(args)
+        with one_line_warnings(args.command):
+            return args.func(args)
+    except BrokenPipeError:  # `adapterkit methods | head`: the reader has what it wanted
+        return reader_gone()
     except (ValueError, OSError, ModelInstallError, ModuleNotFoundError) as error:
         if os.environ.get("ADAPTERKIT_DEBUG"):
             raise
@@ -77,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"adapterkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def reader_gone() -> int:
+    """The exit status when stdout's reader closed the pipe (141, as if killed by SIGPIPE), with
+    stdout pointed at the null device so that flushing it at exit does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test's StringIO)
+        pass
+    return 141
 
 
 __all__ = ["build_parser", "main"]

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,37 @@ def parse_option(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw
     return key.strip().replace("-", "_"), value
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (a size of 0 would be silently replaced by a
+    default, or fail late; a negative count read as if it were 0)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+#: Sizes and lengths.
+positive_int = whole_number(1)
+
+
+def parse_seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**32 - 1 (what numpy, which splits and shuffles, accepts)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 4294967295, got {text!r}")
+    return seed
 
 
 def options_dict(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:

@@ -5,11 +5,13 @@ transformers' loading bars ("Loading weights") and its warnings. In a distribute
 processes other than rank 0 are always silenced that way and their Python warnings are dropped,
 since they repeat rank 0's word for word; with ``--quiet`` the processes a run launches also keep
 torch's C++ warnings to themselves (DDP's reducer warns from every rank). Bars are shown only on a
-terminal (not in a log file).
+terminal (not in a log file). Python warnings raised while a subcommand runs are shown as one line
+each (:func:`one_line_warnings`), not with the file, line number and source line of their origin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -40,3 +42,18 @@ def quiet_children(quiet: bool) -> None:
     (``TORCH_CPP_LOG_LEVEL=ERROR``, read when torch starts; a value the user set is kept)."""
     if quiet:
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """While the body runs, Python shows each warning as ``adapterkit COMMAND: warning: MESSAGE``
+    (through ``warnings.formatwarning``: warnings recorded by a caller stay recorded)."""
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"adapterkit {command}: warning: {' '.join(str(message).split())}\n"
+
+    before, warnings.formatwarning = warnings.formatwarning, one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..data.task import KINDS
-from .common import add_data_arguments, relabel
+from .common import add_data_arguments, parse_seed, positive_int, relabel
 from .console import quiet_libraries, show_progress
 from .generation import add_generation_arguments
 from .names import check_task
@@ -34,9 +34,9 @@ def register(subparsers) -> None:
                        help="run the adapter above these saved adapters, lowest first (repeatable), instead of the "
                        "ones it was trained above")
     under.add_argument("--alone", action="store_true", help="run the adapter without the adapters it was trained above")
-    parser.add_argument("--seed", type=int, help="split seed of a bundled task (default: the training seed)")
-    parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=parse_seed, help="split seed of a bundled task (default: the training seed)")
+    parser.add_argument("--max-length", type=positive_int, help="default: the length the adapter was trained with")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--json", action="store_true", help="print the metrics (and a classifier's per-class ones) as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no loading messages")
     add_generation_arguments(parser)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, data_name, load_training_data
+from .common import add_data_arguments, adapter_name, data_name, load_training_data, parse_seed, whole_number
 from .console import quiet_libraries
 from .names import check_task
 from .paths import fresh_dir, writable_dir
 from .run_names import changed_settings, default_run_dir
+
+#: The pruned fusion's run folder, inside the unpruned one's (``--prune``).
+PRUNED_DIR = "pruned"
 
 DESCRIPTION = """AdapterFusion's second stage: load trained adapters (names in --store, or saved adapter
 folders), freeze them and the base model, and train a fusion layer per transformer layer plus a head
@@ -47,8 +51,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the fusion method's)")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping (0: never)")
+    parser.add_argument("--seed", type=parse_seed, default=0)
+    parser.add_argument("--patience", type=whole_number(0), default=2, help="validations without improvement before stopping (0: never)")
     parser.add_argument("--output-dir", help="default: runs/<name>-<digest of the settings given>")
     parser.add_argument("--overwrite", action="store_true",
                         help="train into OUTPUT_DIR even if it holds an earlier run")
@@ -90,11 +94,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--adapters: name at least two adapters to fuse, separated by commas")
     if args.prune is not None and not 1 <= args.prune < len(folders):
         raise ValueError(f"--prune K keeps K of the {len(folders)} adapters fused: give 1 <= K < {len(folders)}")
+    if args.prune_epochs < 0:
+        raise ValueError(f"--prune-epochs E: E is 0 (the pruned fusion as it is) or more epochs; got {args.prune_epochs}")
     name = args.name or adapter_name(f"{data_name(args)}_fusion")
     output = output_dir(args, name)
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
     quiet_libraries(args.quiet)
     task = load_training_data(args)
+    if (output / PRUNED_DIR).is_dir():  # --overwrite: an earlier run's pruned fusion is not this run's
+        shutil.rmtree(output / PRUNED_DIR)
     model, names, _ = load_adapters(folders, args.model)
     fused = {n: folder.resolve() for n, folder in zip(names, folders)}
     hashes = adapter_hashes(fused)  # what the fusion is trained over; loading it checks them
@@ -154,7 +162,7 @@ def _pruned_run(model, name: str, task, config, unpruned, epochs: int):
     from ..inference.store import SAVED_EXTRAS
     from ..training import BEST_DIR, RESULTS_FILE, Trainer
 
-    folder = Path(config.output_dir) / "pruned"
+    folder = Path(config.output_dir) / PRUNED_DIR
     if epochs > 0:
         return Trainer(model, name, task, dataclasses.replace(config, epochs=epochs, output_dir=str(folder))).train()
     measured = {split: evaluate(model, getattr(task, split), name, max_length=config.max_length) for split in ("validation", "test")}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..data.prompts import PROMPT_FORMATS, SIMPLE, TEXT
+from .common import parse_seed, positive_int
+from .console import quiet_libraries
 from .generation import add_generation_arguments
+from .paths import require_input_file
+from .predict import stdin_bytes
 
 DESCRIPTION = """Generate a response to each prompt with a causal-LM adapter trained by `adapterkit
 train` on instruction or text files, or with a base model alone (--model, no --adapter) for
@@ -30,10 +33,11 @@ def register(subparsers) -> None:
                         help="how prompts are written (default: the adapter's; simple without an adapter)")
     parser.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
     parser.add_argument("--top-p", type=float, help="sample from the smallest token set of this probability (default: greedy)")
-    parser.add_argument("--seed", type=int, default=0, help="the sampling seed (default: 0)")
-    parser.add_argument("--max-length", type=int, help="prompt budget: the instruction gets half of it "
+    parser.add_argument("--seed", type=parse_seed, default=0, help="the sampling seed (default: 0)")
+    parser.add_argument("--max-length", type=positive_int, help="prompt budget: the instruction gets half of it "
                         "(default: the length the adapter was trained with, else 128)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--quiet", action="store_true", help="no loading messages")
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -43,10 +47,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     line is a JSON object).
 
     Raises:
-        ValueError: no prompt, a missing file, a blank --prompt, or a bad JSON Lines row.
+        ValueError: no prompt, a missing file, text that is not UTF-8 (naming the line), a blank
+            --prompt, or a bad JSON Lines row.
     """
     from ..data.lm_files import prompt_of
-    from ..data.tables import read_json_lines
+    from ..data.tables import decode_text, read_json_lines
     from ..data.task import require_text
 
     if args.prompt:
@@ -55,11 +60,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         for number, prompt in enumerate(args.prompt, start=1):
             require_text((prompt,), f"--prompt {number}")
         return list(args.prompt)
-    if args.input is not None and not args.input.is_file():
-        raise FileNotFoundError(f"{args.input}: file not found")
+    if args.input is not None:
+        require_input_file(args.input, "--input")
     source = str(args.input or "stdin")
-    text = args.input.read_text(encoding="utf-8-sig") if args.input is not None else sys.stdin.read()
-    lines = text.splitlines()
+    lines = decode_text(args.input.read_bytes() if args.input is not None else stdin_bytes(), source).splitlines()
     first = next((line.strip() for line in lines if line.strip()), None)
     if first is None:
         raise ValueError(f"{source} holds no prompt; give one per line, or use --prompt TEXT")
@@ -88,14 +92,21 @@ def load(args: argparse.Namespace):
     """(model, adapter name or None, recorded prompt format, recorded max length).
 
     Raises:
-        ValueError: an adapter that does not generate responses (a translation or classification one).
+        ValueError: an adapter that does not generate responses (a translation or classification one),
+            or a base model that is not a decoder.
     """
     from ..data.task import INSTRUCTION, LANGUAGE_MODEL, TRANSLATION
     from ..inference.loading import load_adapters
     from ..model import AdapterModel
 
     if args.adapter is None:
-        return AdapterModel.from_pretrained(args.model), None, SIMPLE, None
+        model = AdapterModel.from_pretrained(args.model)
+        if not model.is_decoder:
+            raise ValueError(
+                f"--model {args.model} is an encoder ({model.parts.model_type}); generate needs a decoder model, "
+                "such as smollm2-135m (see `adapterkit models`)"
+            )
+        return model, None, SIMPLE, None
     model, (name,), (meta,) = load_adapters([args.adapter], args.model)
     head = model.heads[name].config.kind if name in model.heads else None
     task = meta.get("task", {})
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("name a causal-LM adapter with --adapter DIR, or a base model with --model")
     messages = read_prompts(args)  # before loading the model: a bad input fails fast
     options = sampling(args)
+    quiet_libraries(args.quiet)
     model, name, recorded, trained_length = load(args)
     prompt_format = args.prompt_format or recorded
     if options["do_sample"]:

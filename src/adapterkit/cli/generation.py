@@ -16,11 +16,12 @@ from typing import Any
 
 from ..data.prompts import SIMPLE
 from ..data.task import INSTRUCTION, LANGUAGE_MODEL, TRANSLATION
+from .common import positive_int
 
 #: What the eval and predict commands add for causal-LM adapters.
 OPTIONS = (
-    ("--num-beams", dict(type=int, default=1, help="causal-LM adapters: beam search width (default: 1, greedy)")),
-    ("--max-new-tokens", dict(type=int, default=64, help="causal-LM adapters: longest generated text in tokens (default: 64)")),
+    ("--num-beams", dict(type=positive_int, default=1, help="causal-LM adapters: beam search width (default: 1, greedy)")),
+    ("--max-new-tokens", dict(type=positive_int, default=64, help="causal-LM adapters: longest generated text in tokens (default: 64)")),
 )
 
 

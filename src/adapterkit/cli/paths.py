@@ -82,6 +82,18 @@ def fresh_dir(path: str | os.PathLike, flag: str, reuse: bool, resumable: bool =
     return path
 
 
+def require_input_file(path: Path, flag: str) -> None:
+    """Refuse an input path that is not a file: missing, or a folder.
+
+    Raises:
+        FileNotFoundError: naming ``flag`` and ``path``.
+    """
+    if path.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: is a folder; give a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: file not found")
+
+
 def describe_os_error(error: OSError) -> str:
     """An ``OSError`` as one line: the reason and the path(s) it names (``str(error)`` when it
     names none, as for a ``FileNotFoundError`` raised with a message)."""

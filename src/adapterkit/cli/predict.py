@@ -10,8 +10,10 @@ from pathlib import Path
 from ..data.files import read_rows
 from ..data.tables import CONVERT_HINT, decode_text, field_text, require_columns
 from ..data.task import require_text
+from .common import positive_int
 from .console import quiet_libraries, show_progress
 from .generation import add_generation_arguments
+from .paths import require_input_file
 from .predictions import output_file, prediction_record, scores_line, write_records
 
 _TABLES = (".csv", ".tsv", ".jsonl", ".json")
@@ -43,8 +45,8 @@ def register(subparsers) -> None:
     parser.add_argument("--input", type=Path, help="input file (default: standard input, plain text)")
     parser.add_argument("--images", type=Path, nargs="+", metavar="FILE", help="image files (for an image model's adapter)")
     parser.add_argument("--text-column", action="append", metavar="COLUMN", help="text column(s) of a CSV/TSV/JSONL input")
-    parser.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=positive_int, help="default: the length the adapter was trained with")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--language", help="translation adapters: the target language, e.g. German "
                         "(default: the adapter's only one)")
     parser.add_argument("--encoding", default="utf-8", help="encoding of the input (default: utf-8), e.g. latin1")
@@ -66,6 +68,8 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
             at all, or a row or line with an empty (or whitespace-only) text, naming the file and line.
     """
     fix = f"{CONVERT_HINT}, or name its encoding with --encoding latin1"
+    if path is not None:
+        require_input_file(path, "--input")
     if path is not None and path.suffix.lower() in _TABLES:
         texts = []
         for row in read_rows(path, encoding, fix):
@@ -74,10 +78,8 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
             texts.append(tuple(field_text(row.fields[c]) for c in columns))
             require_text(texts[-1], where, columns)
         return texts
-    if path is not None and not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
     source = str(path or "stdin")
-    lines = decode_text(path.read_bytes() if path is not None else _stdin_bytes(), source, encoding, fix).splitlines()
+    lines = decode_text(path.read_bytes() if path is not None else stdin_bytes(), source, encoding, fix).splitlines()
     texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -94,7 +96,7 @@ def read_inputs(path: Path | None, columns: tuple[str, ...], encoding: str = "ut
     return texts
 
 
-def _stdin_bytes() -> bytes:
+def stdin_bytes() -> bytes:
     """Standard input as bytes (decoded by the caller, so a wrong encoding is named, not garbled);
     a text stream without a byte buffer (a test's) is encoded back as UTF-8."""
     if sys.stdin.isatty():
@@ -109,6 +111,11 @@ def check_options(args: argparse.Namespace) -> Path | None:
         codecs.lookup(args.encoding)
     except LookupError:
         raise ValueError(f"--encoding {args.encoding}: unknown encoding; e.g. utf-8, latin1, cp1252") from None
+    if args.drop_first and not args.adapters:
+        raise ValueError("--drop-first N shares the first N layers between the tasks of --adapters A,B,...; with one "
+                         "--adapter there is nothing to share: leave it out")
+    if args.drop_first < 0:
+        raise ValueError(f"--drop-first N: N is a number of layers, 0 or more; got {args.drop_first}")
     if args.scores and args.adapters:
         raise ValueError("--scores prints one adapter's class probabilities: use it with --adapter (or --output FILE)")
     return output_file(args.output)
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.loading import load_saved_adapter
     from ..inference.predict import score_texts
 
+    quiet_libraries(args.quiet)  # imports torch: after the inputs are checked
     model, name, meta = load_saved_adapter(args.adapter, args.model)
     if images:
         return predict_image_files(model, name, args, output)
@@ -170,13 +178,17 @@ def run_parallel(args: argparse.Namespace, output: Path | None) -> int:
     from ..inference.multitask import predict_tasks
     from ..inference.store import adapter_folder
 
+    texts_only = ValueError(
+        "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
+        "run predict --adapter A --images FILE ... once per adapter"
+    )
+    if args.images:  # before loading anything
+        raise texts_only
     folders = [adapter_folder(item.strip(), args.store) for item in args.adapters.split(",") if item.strip()]
+    quiet_libraries(args.quiet)
     model, names, metas = load_adapters(folders, args.model)
-    if args.images or model.processor is not None:
-        raise ValueError(
-            "--adapters predicts texts with several adapters in one pass; for an image model's adapters "
-            "run predict --adapter A --images FILE ... once per adapter"
-        )
+    if model.processor is not None:
+        raise texts_only
     if all(n in model.heads and model.heads[n].config.kind == "causal_lm" for n in names):
         from .generation import route_translations  # translation adapters: one per row, by its language
 

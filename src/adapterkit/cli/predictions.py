@@ -28,9 +28,10 @@ def output_file(path: str | os.PathLike | None) -> Path | None:
     """
     if path is None:
         return None
-    if Path(path).suffix.lower() not in FORMATS:
+    checked = writable_file(path, "--output")  # first: a folder is not a file of an unknown extension
+    if checked.suffix.lower() not in FORMATS:
         raise ValueError(f"--output {path}: unknown extension; use .jsonl (JSON Lines), .csv or .tsv")
-    return writable_file(path, "--output")
+    return checked
 
 
 def prediction_record(inputs: Mapping[str, Any], prediction) -> dict[str, Any]:

@@ -21,11 +21,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.tables import decode_text
 from ..spelling import did_you_mean
 
 RUN_CONFIG_FILE = "config.yaml"
 #: Namespace entries that are no flag of the subcommand.
 _NOT_FLAGS = ("help", "config", "func", "command", "argv", "config_keys")
+#: Permissions one command line gave, saved switched off: repeating a run with its config.yaml
+#: must not silently replace the run (or its store entry) that it repeats.
+_PER_INVOCATION = {"overwrite": False, "resume": False, "replace_in_store": False}
+#: Flags that read files or folders, saved absolute so the config repeats the run from any folder
+#: (``model`` too when it names a local folder rather than a bundled model).
+_INPUT_PATHS = ("model", "train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir",
+                "knowledge", "stack_under")
 
 
 def apply_run_config(build_parser: Callable[[], argparse.ArgumentParser], parser: argparse.ArgumentParser, argv: Sequence[str]) -> int | None:
@@ -64,13 +72,15 @@ def read_run_config(path: Path) -> dict[str, Any]:
     """The mapping in a YAML or JSON run config.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not YAML/JSON, or not a mapping.
+        FileNotFoundError: no such file. ValueError: a folder, not UTF-8, not YAML/JSON, or not a mapping.
     """
     import yaml
 
+    if path.is_dir():
+        raise ValueError(f"--config {path}: is a folder; give a YAML or JSON file (a run's OUTPUT_DIR/config.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    text = decode_text(path.read_bytes(), f"--config {path}")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
@@ -81,9 +91,14 @@ def read_run_config(path: Path) -> dict[str, Any]:
 
 
 def save_run_config(args: argparse.Namespace, path: Path, resolved: dict[str, Any]) -> None:
-    """Write every flag of ``args`` (``resolved`` overriding, for values the run derived) as YAML."""
+    """Write every flag of ``args`` (``resolved`` overriding, for values the run derived) as YAML;
+    ``--overwrite``, ``--resume`` and ``--replace-in-store`` as false, input paths absolute."""
     import yaml
 
+    resolved = {**resolved, **{k: v for k, v in _PER_INVOCATION.items() if k in args.config_keys}}
+    for key in _INPUT_PATHS:
+        if key in args.config_keys and key not in resolved:
+            resolved[key] = _absolute(getattr(args, key))
     values = {key: resolved.get(key, getattr(args, key)) for key in args.config_keys}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({k: _plain(k, v) for k, v in values.items()}, sort_keys=False), encoding="utf-8")
@@ -174,6 +189,15 @@ def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: {error}") from None
     if action.choices is not None and value not in action.choices:
         raise ValueError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+def _absolute(value: Any) -> Any:
+    """A path (or each of a list of paths) made absolute if it names something that exists."""
+    if isinstance(value, (list, tuple)):
+        return [_absolute(item) for item in value]
+    if value is not None and Path(value).exists():
+        return str(Path(value).resolve())
     return value
 
 

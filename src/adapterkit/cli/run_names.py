@@ -23,7 +23,7 @@ from typing import Any
 
 RUNS = Path("runs")
 #: Namespace entries that are not settings of the run (set by ``cli.main``, or the subcommand).
-_NOT_SETTINGS = ("argv", "func", "command", "_flags")
+_NOT_SETTINGS = ("argv", "func", "command", "_flags", "config_keys")
 
 
 def changed_settings(

@@ -6,10 +6,23 @@ import argparse
 import os
 from pathlib import Path
 
+from .common import positive_int
+
 DESCRIPTION = """Serve the adapters of a store (the folder `adapterkit train --store` writes) over HTTP:
 POST /v1/classify, /v1/embeddings, /v1/completions; GET /v1/models, /health, /ready, /metrics;
 the OpenAPI schema at /openapi.json. Requests for different adapters are batched into one forward
 pass. The API key and admin token can also come from ADAPTERKIT_API_KEY and ADAPTERKIT_ADMIN_TOKEN."""
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return port
 
 
 def register(subparsers) -> None:
@@ -17,25 +30,25 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default="minilm", help="base model: a bundled name or a local folder (default: minilm)")
     parser.add_argument("--store", type=Path, required=True, help="the adapter store folder")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-adapters", type=int, default=64, help="adapters resident at once; LRU eviction beyond")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="input rows per forward pass (1: batching off)")
+    parser.add_argument("--port", type=port_number, default=8000)
+    parser.add_argument("--max-adapters", type=positive_int, default=64, help="adapters resident at once; LRU eviction beyond")
+    parser.add_argument("--max-batch-size", type=positive_int, default=32, help="input rows per forward pass (1: batching off)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
-    parser.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 429")
+    parser.add_argument("--max-queue", type=positive_int, default=1024, help="requests waiting before 429")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait and run before 504")
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 beyond)")
-    parser.add_argument("--max-inputs", type=int, default=256, help="inputs per request")
-    parser.add_argument("--max-tokens", type=int, default=256, help="new tokens a completion may ask for")
+    parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (413 beyond)")
+    parser.add_argument("--max-inputs", type=positive_int, default=256, help="inputs per request")
+    parser.add_argument("--max-tokens", type=positive_int, default=256, help="new tokens a completion may ask for")
     parser.add_argument("--no-mix-adapters", dest="mix_adapters", action="store_false",
                         help="one forward pass per adapter of a batch instead of one routed pass (for comparison)")
-    parser.add_argument("--threads", type=int, help="torch threads for the forward passes (default: torch's, one per core)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads for the forward passes (default: torch's, one per core)")
     parser.add_argument("--preload", default="", metavar="A,B", help="adapters loaded at start")
     parser.add_argument("--pin", default="", metavar="A,B", help="adapters loaded at start and never evicted")
     parser.add_argument("--api-key", default=os.environ.get("ADAPTERKIT_API_KEY"), help="require 'Authorization: Bearer KEY'")
     parser.add_argument("--admin-token", default=os.environ.get("ADAPTERKIT_ADMIN_TOKEN"),
                         help="enable /admin routes (load/unload adapters) behind this token")
     parser.add_argument("--ray", action="store_true", help="run on Ray Serve (pip install 'adapterkit[ray]')")
-    parser.add_argument("--replicas", type=int, default=2, help="with --ray: engine replicas")
+    parser.add_argument("--replicas", type=positive_int, default=2, help="with --ray: engine replicas")
     parser.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (default: start one here)")
     parser.set_defaults(func=run)
 

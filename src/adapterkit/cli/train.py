@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .common import (
     add_data_arguments, adapter_name, data_name, file_safe_name, load_training_data, options_dict, parse_option,
+    parse_seed, whole_number,
 )
 from .console import quiet_children, quiet_libraries
 from .names import check_task, method_options
@@ -68,8 +69,8 @@ def register(subparsers) -> None:
                         help="image models: the square input size (default: 64; efficientnet-lite0 takes multiples of 32)")
     parser.add_argument("--no-augment", action="store_true",
                         help="image tasks: no augmentation (default: the rotations, crops and flips that keep the task's labels)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patience", type=int, default=2,
+    parser.add_argument("--seed", type=parse_seed, default=0)
+    parser.add_argument("--patience", type=whole_number(0), default=2,
                         help="stop after this many validations without improvement (default: 2; 0 never stops)")
     parser.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
@@ -100,14 +101,15 @@ def register(subparsers) -> None:
 
 #: Options that change how a run is carried out or reported, not what it trains, or that are
 #: already in the default run folder's name (see ``run_names.py``).
-_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "replace_in_store", "nproc", "fsdp",
-                  "gradient_checkpointing", "save_steps", "tensorboard", "log_dir", "config", "model", "method", "name")
+_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "nproc", "fsdp", "gradient_checkpointing",
+                  "model", "method", "name")
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:
-    """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``,
-    the store, checked writable, before any work; the run folder must be free unless ``--overwrite``/``--resume``
-    (checked by the first process only: the others of a distributed run may find its first files there).
+    """The run folder (``--output-dir``, or the default of ``run_names.py``) and, with ``--store``
+    and ``--log-dir``, the store and the TensorBoard folder, checked writable, before any work;
+    the run folder must be free unless ``--overwrite``/``--resume`` (checked by the first process
+    only: the others of a distributed run may find its first files there).
 
     Raises:
         ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
@@ -124,6 +126,8 @@ def output_dir(args: argparse.Namespace, name: str) -> Path:
     output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume or later_rank, resumable=True)
     if args.store:  # whether the name is free there: check_store_entry, once the store code is imported
         writable_dir(args.store, "--store")
+    if args.log_dir:
+        writable_dir(args.log_dir, "--log-dir")
     return output
 
 
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries(args.quiet)
 
     from ..composition import AdapterDrop, Stack
+    from ..data.task import GENERATION_KINDS
     from ..formats.native import read_adapter_config
     from ..distributed import is_main_process, make_accelerator, shard_model, world_size
     from ..inference.loading import STACKED_UNDER, load_under
@@ -170,11 +175,14 @@ def run(args: argparse.Namespace) -> int:
                 "adapter once, and train knowledge adapters meant to be read together under different --name"
             )
         knowledge[known] = folder.resolve()
+    for folder in args.stack_under or ():  # readable before any work, as --knowledge is
+        read_adapter_config(folder)
     if args.method == "k_task" and "adapters" not in options:
         options["adapters"] = list(knowledge)
     method = make_config(args.method, **options)  # fail fast, before loading data and model
     name = args.name or adapter_name(data_name(args))
     replacing = check_store_entry(args.store, name, args.replace_in_store) if args.store else None  # before any work
+    run_folder = str(output)
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -186,22 +194,26 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         eval_every=args.eval_every,
         max_grad_norm=args.max_grad_norm or None,
-        output_dir=str(output),
+        output_dir=run_folder,
         resume=args.resume,
         mixed_precision=args.mixed_precision,
         progress=not args.quiet,
         augment=not args.no_augment,
-        **training_controls(args, str(output)),
+        **training_controls(args, run_folder),
     )
     main = is_main_process()
-    if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
-        save_run_config(args, output / RUN_CONFIG_FILE, {"name": name, "output_dir": str(output), "nproc": world_size()})
     if task is None:
         task = load_training_data(args)
     check_against_task(args, task)
     if not args.quiet and main:
         print(f"{task.describe()}\nrun folder: {output}", file=sys.stderr, flush=True)
     model = AdapterModel.from_pretrained(args.model, image_size=args.image_size)
+    if task.kind in GENERATION_KINDS and not model.is_decoder:
+        raise ValueError(
+            f"{args.task or args.train_file} holds {task.kind.replace('_', ' ')} data, which fine-tunes a causal LM, "
+            f"but --model {args.model} is an encoder ({model.parts.model_type}); give a decoder, such as "
+            "--model smollm2-135m (see `adapterkit models`)"
+        )
     for folder in knowledge.values():
         model.load_adapter(folder, activate=False)
     under = load_under(model, args.stack_under or ())
@@ -214,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(config)
     if args.fsdp:
         shard_model(model, accelerator)
+    if main:  # every flag's final value: `train --config OUTPUT_DIR/config.yaml` repeats the run
+        # written once the run is set up: a wrong --model must not leave a folder that needs --overwrite
+        save_run_config(args, Path(run_folder) / RUN_CONFIG_FILE, {"name": name, "output_dir": run_folder, "nproc": world_size()})
     try:
         result = Trainer(model, name, task, config, setup=setup, accelerator=accelerator).train()
     except TrainingInterrupted as stop:

@@ -63,10 +63,12 @@ def folder_format(directory: str | Path) -> str:
     """The library that wrote the adapter folder ``directory`` (see the module docstring).
 
     Raises:
-        FileNotFoundError: no adapter config in the folder or its subfolders.
+        FileNotFoundError: no such folder, or no adapter config in it or its subfolders.
         ValueError: a config none of the three libraries writes, or subfolders by several.
     """
     directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory} does not exist; check the adapter folder's path")
     for name in (CONFIG_FILE, FUSION_CONFIG_FILE):
         data = read_json(directory / name)
         if data is not None:

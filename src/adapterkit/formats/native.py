@@ -44,9 +44,11 @@ def read_format_json(directory: str | Path, filename: str, expected_format: str,
     """Read ``directory/filename`` and check its ``format`` tag (an adapter, a checkpoint, ...).
 
     Raises:
-        FileNotFoundError: the file is missing (the folder is not ``what``).
+        FileNotFoundError: the folder does not exist, or the file is missing (the folder is not ``what``).
         ValueError: the file is not JSON, or has another format tag.
     """
+    if not Path(directory).exists():
+        raise FileNotFoundError(f"{directory} does not exist; check the path of {what}")
     path = Path(directory) / filename
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not {what}: {filename} is missing")

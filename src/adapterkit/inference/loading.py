@@ -53,8 +53,17 @@ def load_adapters(folders: Sequence[Path], model: str | None = None) -> tuple[Ad
 
     Raises:
         ChangedAdapter: an adapter a fusion reads is not the one it was trained over.
+        ValueError: two folders hold adapters of the same name (one would silently stand for both).
     """
     metas = [read_adapter_config(folder) for folder in folders]
+    first: dict[str, Path] = {}
+    for folder, meta in zip(folders, metas):
+        if meta["name"] in first:
+            raise ValueError(
+                f"{first[meta['name']]} and {folder} both hold adapter {meta['name']!r}; adapters used together need "
+                "distinct names: give each once, or retrain one under another --name"
+            )
+        first[meta["name"]] = Path(folder)
     loaded = base_model_for(metas, folders, model)
     loaded_from: dict[str, Path] = {}
     for folder, meta in sorted(zip(folders, metas), key=lambda fm: fm[1]["config"]["method"] in READS_ADAPTERS):

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional
 
 from ..data.task import CLASSIFICATION, TaskData
+from ..errors import ParameterError
 
 
 def task_class_weights(spec: str | Sequence[float] | None, task: TaskData) -> torch.Tensor | None:
@@ -28,7 +29,9 @@ def task_class_weights(spec: str | Sequence[float] | None, task: TaskData) -> to
     if spec is None:
         return None
     if task.kind != CLASSIFICATION:
-        raise ValueError(f"class_weights weight a classification loss, but task {task.name!r} is {task.kind}")
+        raise ParameterError(
+            "{class_weights} weight a classification loss, but task {name!r} is {kind}", name=task.name, kind=task.kind
+        )
     return class_weight_vector(spec, [e.label for e in task.train], task.label_names)
 
 
@@ -44,9 +47,9 @@ def class_weight_vector(spec: str | Sequence[float], labels: Sequence[int], labe
         weights = torch.where(counts > 0, len(labels) / (k * counts.clamp(min=1)), torch.zeros_like(counts))
         return weights.float()
     if len(spec) != k:
-        raise ValueError(
-            f"class_weights has {len(spec)} weight(s), but the task has {k} labels {list(label_names)}; give one per label, "
-            "in that order (or 'balanced')"
+        raise ParameterError(
+            "{class_weights} has {n} weight(s), but the task has {k} labels {names}; give one per label, "
+            "in that order (or 'balanced')", n=len(spec), k=k, names=list(label_names),
         )
     return torch.tensor([float(w) for w in spec])
 

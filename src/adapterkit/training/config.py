@@ -108,7 +108,7 @@ class TrainingConfig:
         optional_positive = {"max_steps": self.max_steps, "eval_steps": self.eval_steps, "save_steps": self.save_steps}
         for name, value in optional_positive.items():
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer (or None), got {value!r}")
+                raise ParameterError(f"{{{name}}} must be a positive integer, got {{value!r}}", value=value)
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
@@ -143,9 +143,11 @@ class TrainingConfig:
         if weights is None or weights == "balanced":
             return
         if isinstance(weights, str) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
-            raise ValueError(f"class_weights must be 'balanced' or a list of numbers, one per label; got {weights!r}")
+            raise ParameterError(
+                "{class_weights} must be 'balanced' or a list of numbers, one per label; got {w!r}", w=weights
+            )
         if not weights or min(weights) < 0 or not sum(weights) > 0:
-            raise ValueError(f"class_weights must be >= 0 and not all 0, got {list(weights)}")
+            raise ParameterError("{class_weights} must be >= 0 and not all 0, got {w}", w=list(weights))
 
     def learning_rate_for(self, method: str) -> float:
         return self.learning_rate if self.learning_rate is not None else default_learning_rate(method)

@@ -18,7 +18,8 @@ resumed run ends with the same weights as a run that was never interrupted, from
 boundary or mid-epoch. At the end the best adapter is loaded back into the model (left in eval
 mode; a reparameterised prefix folded into plain prefixes, and ``best/`` rewritten in that small
 form), evaluated on the test split, and the :class:`TrainingResult` is written to
-``output_dir/results.json``.
+``output_dir/results.json`` (a fresh run, not resumed, first removes an earlier run's, so that an
+unfinished run never shows another's result).
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ class Trainer:
 
         checkpoint_dir, best_dir = output / CHECKPOINT_DIR, output / BEST_DIR
         progress, restore_rng = self._resume(checkpoint_dir, optimizer, scheduler, plan)
+        if keep and self._main and restore_rng is None:  # a fresh run: an earlier run's result is not this one's
+            (output / RESULTS_FILE).unlink(missing_ok=True)
         step_log = None
         if keep and self._main:  # a resumed run keeps the log up to its checkpoint's step
             step_log = StepLog(output / LOG_FILE, cfg.tensorboard_dir, progress.global_step if restore_rng else None)
@@ -252,7 +255,7 @@ class Trainer:
             self._log(f"resuming {checkpoint_dir} at {where} of {plan.total_steps} steps")
             return progress, restore_rng
         if cfg.resume:
-            self._log(f"no checkpoint in {checkpoint_dir}; training from the start")
+            self._warn(f"resume: no checkpoint in {checkpoint_dir}; training from the start")  # even quiet: a mistyped folder?
         return Progress(), None
 
     def _restore_best(self, acc, best_dir: Path, progress: Progress) -> None:
