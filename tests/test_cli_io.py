@@ -227,7 +227,8 @@ def test_the_default_folder_names_the_model_and_an_earlier_run_is_refused(worksp
     assert str(Path("runs") / run.name / "best") in out
     first = (run / "results.json").read_text()
     code, _, err = run_cli(*train_argv(workspace))  # the same run again: refused, nothing touched
-    one_line_error(code, err, f"--output-dir {Path('runs') / run.name} already holds an earlier run", "--overwrite", "--resume")
+    one_line_error(code, err, f"the default run folder {Path('runs') / run.name} already holds an earlier run", "--overwrite",
+                   "--resume")
     assert (run / "results.json").read_text() == first
     code, _, err = run_cli(*train_argv(workspace, "--seed", "1"))  # another seed: another folder
     assert code == 0, err

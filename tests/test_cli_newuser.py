@@ -267,7 +267,14 @@ def test_a_run_at_the_defaults_gets_the_plain_default_folder(tmp_path, monkeypat
     (earlier / "results.json").write_text("{}")
     code, _, err = run_cli("train", "--method", "pfeiffer", "--task", "rotten_tomatoes")
     # the parser's own entries (flag names, config keys) are no settings: no digest was to be added
-    one_line_error(code, err, "--output-dir runs/rotten_tomatoes-pfeiffer-minilm already holds an earlier run")
+    one_line_error(code, err, "the default run folder runs/rotten_tomatoes-pfeiffer-minilm already holds an earlier run")
+
+
+@pytest.mark.parametrize("command", ["train", "fuse"])
+def test_an_empty_name_is_refused_not_replaced_by_the_default(command, tmp_path):
+    extra = ["--method", "lora"] if command == "train" else ["--adapters", "a,b"]
+    code, _, err = run_cli(command, *extra, "--task", "rotten_tomatoes", "--name", " ", "--output-dir", str(tmp_path / "r"))
+    assert code == 2 and "argument --name: must not be empty" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("command", [["predict", "--adapter"], ["generate", "--adapter"]])

@@ -28,6 +28,13 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def given_name(text: str) -> str:
+    """An argparse type for ``--name``: not empty (an empty name silently meant the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty; leave --name out for the default name")
+    return text
+
+
 def whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= ``minimum`` (a size of 0 would be silently replaced by a
     default, or fail late; a negative count read as if it were 0)."""

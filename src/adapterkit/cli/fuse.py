@@ -7,7 +7,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .common import add_data_arguments, adapter_name, data_name, load_training_data, parse_seed, whole_number
+from .common import add_data_arguments, adapter_name, data_name, given_name, load_training_data, parse_seed, whole_number
 from .console import quiet_libraries
 from .names import check_task
 from .paths import fresh_dir, writable_dir
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--replace-in-store", action="store_true", help="replace STORE/NAME if it exists")
     parser.add_argument("--model", help="base model (default: the one recorded in the adapters)")
     add_data_arguments(parser, training=True)
-    parser.add_argument("--name", help="fusion name (default: <task>_fusion)")
+    parser.add_argument("--name", type=given_name, help="fusion name (default: <task>_fusion)")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature over adapters (default: 1)")
     parser.add_argument("--regularization", type=float, default=0.01, help="weight of ||V - I||^2 (default: 0.01)")
     parser.add_argument("--prune", type=int, metavar="K", help="keep only the K most attended adapters after training")
@@ -73,7 +73,8 @@ def output_dir(args: argparse.Namespace, name: str) -> Path:
         ValueError: a path that cannot be written, or an earlier run or adapter not to be replaced.
     """
     folder = args.output_dir or default_run_dir(name, changed_settings(args, register, _NOT_IN_DIGEST))
-    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite)
+    flag = "--output-dir" if args.output_dir is not None else "the default run folder"
+    output = fresh_dir(folder, flag, reuse=args.overwrite)
     if args.store is not None:
         writable_dir(args.store, "--store")
     return output

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .common import (
-    add_data_arguments, adapter_name, data_name, file_safe_name, load_training_data, options_dict, parse_option,
+    add_data_arguments, adapter_name, data_name, file_safe_name, given_name, load_training_data, options_dict,
+    parse_option,
     parse_seed, whole_number,
 )
 from .console import quiet_children, quiet_libraries
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
                         help="a method option (repeatable): --option reduction_factor=8 --option targets=q,v; "
                         "lists as a,b or [a,b], numbers, true/false and null as such (see `adapterkit methods NAME`)")
     add_data_arguments(parser, training=True)
-    parser.add_argument("--name", help="adapter name (default: the task name)")
+    parser.add_argument("--name", type=given_name, help="adapter name (default: the task name)")
     parser.add_argument("--chat-template", action="store_true", help="instruction files: write prompts with the "
                         "tokenizer's chat template (default: ### Instruction: ... ### Response:), recorded with the adapter")
     parser.add_argument("--knowledge", action="append", type=Path, metavar="DIR",
@@ -123,7 +124,8 @@ def output_dir(args: argparse.Namespace, name: str) -> Path:
             settings["option"] = dict(sorted(options_dict(args.option).items()))
         folder = default_run_dir(f"{name}-{args.method}-{model_tag(args.model)}", settings)
     later_rank = int(os.environ.get("RANK", "0")) > 0
-    output = fresh_dir(folder, "--output-dir", reuse=args.overwrite or args.resume or later_rank, resumable=True)
+    flag = "--output-dir" if args.output_dir is not None else "the default run folder"
+    output = fresh_dir(folder, flag, reuse=args.overwrite or args.resume or later_rank, resumable=True)
     if args.store:  # whether the name is free there: check_store_entry, once the store code is imported
         writable_dir(args.store, "--store")
     if args.log_dir:
