@@ -294,3 +294,10 @@ def test_an_input_that_is_a_folder_is_called_a_folder(tmp_path, command):
 def test_serve_checks_its_numbers_before_loading(tmp_path, flags, message):
     code, _, err = run_cli("serve", "--store", str(tmp_path), *flags)
     assert code == 2 and message in err, err
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "x"])
+def test_a_negative_gradient_clip_is_refused_by_the_parser(value, tmp_path):
+    code, _, err = run_cli("train", "--method", "lora", "--task", "rotten_tomatoes", "--max-grad-norm", value,
+                           "--output-dir", str(tmp_path / "r"))
+    assert code == 2 and "argument --max-grad-norm: expected a number >= 0 (0 disables it)" in err and "None" not in err

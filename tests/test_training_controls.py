@@ -220,6 +220,18 @@ def test_resuming_with_more_epochs_rebuilds_the_schedule_and_says_so_in_one_line
     assert again.epochs_run == 2 and len(again.history) == 2
 
 
+def test_resuming_with_fewer_epochs_than_run_says_nothing_is_left(model_dir, tmp_path, capsys):
+    task = toy_task(32, 16)  # 4 steps per epoch
+    first = Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, epochs=2)).train()
+    capsys.readouterr()
+    again = Trainer(fresh(model_dir, task=task), "toy", task, quick(tmp_path, epochs=1, resume=True)).train()
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "step 8" in line] == [
+        "warning: the checkpoint is at optimizer step 8, past the 4 steps of this run: nothing is left to train, "
+        "the run ends with its best adapter as it is; raise --epochs (or --max-steps) to go on"]
+    assert again.test_metrics == first.test_metrics
+
+
 # ---------------------------------------------------------------- the selection metric
 def test_the_selection_metric_is_checked_against_the_tasks_metrics():
     assert check_metric("macro_f1", "classification") == "macro_f1"

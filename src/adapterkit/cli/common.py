@@ -35,6 +35,17 @@ def given_name(text: str) -> str:
     return text
 
 
+def non_negative(text: str) -> float:
+    """An argparse type: a number >= 0 (``--max-grad-norm``, where 0 disables clipping)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0 disables it), got {text!r}")
+    return value
+
+
 def whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= ``minimum`` (a size of 0 would be silently replaced by a
     default, or fail late; a negative count read as if it were 0)."""

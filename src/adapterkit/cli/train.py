@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from .common import (
-    add_data_arguments, adapter_name, data_name, file_safe_name, given_name, load_training_data, options_dict,
-    parse_option,
-    parse_seed, whole_number,
+    add_data_arguments, adapter_name, data_name, file_safe_name, given_name, load_training_data, non_negative,
+    options_dict, parse_option, parse_seed, whole_number,
 )
 from .console import quiet_children, quiet_libraries
 from .names import check_task, method_options
@@ -74,7 +73,7 @@ def register(subparsers) -> None:
     parser.add_argument("--patience", type=whole_number(0), default=2,
                         help="stop after this many validations without improvement (default: 2; 0 never stops)")
     parser.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
+    parser.add_argument("--max-grad-norm", type=non_negative, default=1.0, help="gradient clipping (0 disables)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--output-dir", help="default: runs/<name>-<method>-<model>[-<digest of the changed settings>]")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")

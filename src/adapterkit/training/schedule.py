@@ -61,6 +61,11 @@ def resumed_schedule_note(name: str, saved_total: int, plan: StepPlan, step: int
     """One line for a run resumed with another total of steps than its checkpoint's; None if the same."""
     if not saved_total or saved_total == plan.total_steps:
         return None
+    if step >= plan.total_steps:  # fewer epochs (or --max-steps) than the checkpoint already ran
+        return (
+            f"the checkpoint is at optimizer step {step}, past the {plan.total_steps} steps of this run: nothing is "
+            "left to train, the run ends with its best adapter as it is; raise --epochs (or --max-steps) to go on"
+        )
     return (
         f"resuming a run of {saved_total} optimizer steps as one of {plan.total_steps}: the {name} learning-rate "
         f"schedule is rebuilt over {plan.total_steps} steps and continues from step {step}"
