@@ -208,6 +208,9 @@ def test_default_run_folders_are_readable_deterministic_and_distinct(tmp_path, m
     plain = settings_of("--method", "pfeiffer", "--task", "rotten_tomatoes")
     assert plain == Path("runs/rotten_tomatoes-pfeiffer-minilm")  # at the defaults: no digest
     assert settings_of("--task", "rotten_tomatoes", "--method", "pfeiffer", "--quiet", "--store", "s", "--nproc", "2") == plain
+    # where logs and checkpoints go, or where the flags came from, is no setting of the run either
+    assert settings_of("--task", "rotten_tomatoes", "--method", "pfeiffer", "--tensorboard", "--save-steps", "5",
+                       "--replace-in-store", "--log-dir", "tb") == plain
     r8 = settings_of("--method", "pfeiffer", "--option", "reduction_factor=8", "--task", "rotten_tomatoes")
     assert r8 == Path("runs/rotten_tomatoes-pfeiffer-minilm-3705e9")  # stable across processes and versions
     two = ("--option", "reduction_factor=8", "--option", "non_linearity=gelu")

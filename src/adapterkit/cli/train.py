@@ -101,8 +101,8 @@ def register(subparsers) -> None:
 
 #: Options that change how a run is carried out or reported, not what it trains, or that are
 #: already in the default run folder's name (see ``run_names.py``).
-_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "nproc", "fsdp", "gradient_checkpointing",
-                  "model", "method", "name")
+_NOT_IN_DIGEST = ("output_dir", "resume", "overwrite", "quiet", "store", "replace_in_store", "nproc", "fsdp",
+                  "gradient_checkpointing", "save_steps", "tensorboard", "log_dir", "config", "model", "method", "name")
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:
